@@ -1,0 +1,65 @@
+"""slam_hf: the SLAM family of transformer architectures, native to Hugging Face transformers.
+
+Importing the package registers every class with the Auto* factories (in-process use) and marks them
+for `register_for_auto_class`, so `save_pretrained` writes `auto_map` and copies the remote code; the
+saved folder then loads with `trust_remote_code=True` where slam_hf is not installed.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
+
+from .configuration_slam import SlamV1Config
+from .modeling_slam import (
+    SlamV1ForCausalLM,
+    SlamV1ForMaskedLM,
+    SlamV1ForSequenceClassification,
+    SlamV1Model,
+    SlamV1PreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+# (config class, {Auto factory: model class}); later variants add rows here.
+MODEL_FAMILIES = [
+    (
+        SlamV1Config,
+        {
+            AutoModel: SlamV1Model,
+            AutoModelForCausalLM: SlamV1ForCausalLM,
+            AutoModelForMaskedLM: SlamV1ForMaskedLM,
+            AutoModelForSequenceClassification: SlamV1ForSequenceClassification,
+        },
+    ),
+]
+
+
+def register_auto_classes() -> None:
+    """Register every SLAM class with the Auto factories and for remote-code saving. Idempotent."""
+    for config_class, heads in MODEL_FAMILIES:
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        config_class.register_for_auto_class()
+        AutoTokenizer.register(config_class, tokenizer_class=PreTrainedTokenizerFast, exist_ok=True)
+        for auto_class, model_class in heads.items():
+            auto_class.register(config_class, model_class, exist_ok=True)
+            model_class.register_for_auto_class(auto_class.__name__)
+
+
+register_auto_classes()
+
+__all__ = [
+    "MODEL_FAMILIES",
+    "SlamV1Config",
+    "SlamV1ForCausalLM",
+    "SlamV1ForMaskedLM",
+    "SlamV1ForSequenceClassification",
+    "SlamV1Model",
+    "SlamV1PreTrainedModel",
+    "register_auto_classes",
+]

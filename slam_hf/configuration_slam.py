@@ -1,0 +1,192 @@
+"""Configurations of the SLAM model family.
+
+Remote code: imports only `transformers` (no torch), and is copied flat next to the weights.
+Every field uses the standard transformers name where one exists, so PEFT, accelerate and Hub
+tooling read them as usual. Invalid values fail here, at construction, with the field and the fix.
+"""
+
+from transformers import PretrainedConfig
+
+MLP_TYPES = ("gelu", "geglu", "swiglu")
+NORM_TYPES = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+POSITION_EMBEDDING_TYPES = ("rope", "learned", "none")
+
+
+def _require_positive(config, *names):
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def _require_choice(config, name, choices):
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"`{name}`={value!r} is not supported; choose one of {', '.join(map(repr, choices))}.")
+
+
+class SlamConfigMixin:
+    """Fields and checks shared by every SLAM variant (DESIGN §2): attention, MLP, norm, positions."""
+
+    def _init_shared(
+        self,
+        vocab_size,
+        hidden_size,
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim,
+        intermediate_size,
+        mlp_type,
+        norm_type,
+        norm_position,
+        norm_eps,
+        position_embedding_type,
+        rope_theta,
+        max_position_embeddings,
+        attention_bias,
+        mlp_bias,
+        attention_dropout,
+        hidden_dropout,
+        initializer_range,
+        use_cache,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        self.head_dim = head_dim
+        self.intermediate_size = intermediate_size
+        self.mlp_type = mlp_type
+        self.norm_type = norm_type
+        self.norm_position = norm_position
+        self.norm_eps = norm_eps
+        self.position_embedding_type = position_embedding_type
+        self.rope_theta = rope_theta
+        self.max_position_embeddings = max_position_embeddings
+        self.attention_bias = attention_bias
+        self.mlp_bias = mlp_bias
+        self.attention_dropout = attention_dropout
+        self.hidden_dropout = hidden_dropout
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+
+        _require_positive(self, "vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads")
+        _require_positive(self, "intermediate_size", "max_position_embeddings")
+        if self.head_dim is None:
+            if hidden_size % num_attention_heads:
+                raise ValueError(
+                    f"`hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` ({num_attention_heads}); "
+                    "change one of them or set `head_dim` explicitly."
+                )
+            self.head_dim = hidden_size // num_attention_heads
+        _require_positive(self, "head_dim")
+        if self.position_embedding_type == "rope" and self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even `head_dim`, got {self.head_dim}.")
+        if num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"`num_key_value_heads` ({self.num_key_value_heads}) must divide `num_attention_heads` "
+                f"({num_attention_heads}); use a divisor (equal to the heads for MHA, 1 for MQA)."
+            )
+        _require_choice(self, "mlp_type", MLP_TYPES)
+        _require_choice(self, "norm_type", NORM_TYPES)
+        _require_choice(self, "norm_position", NORM_POSITIONS)
+        _require_choice(self, "position_embedding_type", POSITION_EMBEDDING_TYPES)
+        for name in ("norm_eps", "rope_theta", "initializer_range"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}.")
+        for name in ("attention_dropout", "hidden_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)!r}.")
+
+
+class SlamV1Config(SlamConfigMixin, PretrainedConfig):
+    r"""Configuration of SLAM v1: overlapping encoder-fusion (EF) cycles (DESIGN §3).
+
+    Layer schedule: one full-attention layer, `ef_cycles` EF cycles of two blocks (A, B) with their own
+    weights, one full-attention layer, then a norm. `num_hidden_layers` is derived (2 + 2 * ef_cycles)
+    because each block owns one KV-cache layer.
+
+    Args:
+        ef_cycles: number of encoder-fusion cycles.
+        ef_segment_length: window length `w` of an EF block, in tokens.
+        ef_segment_overlap: tokens shared by consecutive windows; stride = length - overlap. The published
+            geometry (A = first 60 %, B = last 60 % of 100 tokens) is length 60, overlap 20.
+        mlp_type: "gelu" | "geglu" | "swiglu".  norm_type: "layernorm" | "rmsnorm".
+        norm_position: "post" (published) | "pre".  position_embedding_type: "rope" | "learned" | "none".
+        The remaining fields are the standard transformers ones.
+    """
+
+    model_type = "slam_v1"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        hidden_size: int = 256,
+        num_attention_heads: int = 8,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        intermediate_size: int = 1024,
+        mlp_type: str = "gelu",
+        norm_type: str = "layernorm",
+        norm_position: str = "post",
+        norm_eps: float = 1e-5,
+        position_embedding_type: str = "rope",
+        rope_theta: float = 10000.0,
+        max_position_embeddings: int = 2048,
+        attention_bias: bool = False,
+        mlp_bias: bool = False,
+        attention_dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        ef_cycles: int = 2,
+        ef_segment_length: int = 60,
+        ef_segment_overlap: int = 20,
+        num_hidden_layers: int | None = None,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        **kwargs,
+    ):
+        self._init_shared(
+            vocab_size, hidden_size, num_attention_heads, num_key_value_heads, head_dim, intermediate_size,
+            mlp_type, norm_type, norm_position, norm_eps, position_embedding_type, rope_theta,
+            max_position_embeddings, attention_bias, mlp_bias, attention_dropout, hidden_dropout,
+            initializer_range, use_cache,
+        )  # fmt: skip
+        self.ef_cycles = ef_cycles
+        self.ef_segment_length = ef_segment_length
+        self.ef_segment_overlap = ef_segment_overlap
+        _require_positive(self, "ef_cycles", "ef_segment_length")
+        if not isinstance(ef_segment_overlap, int) or not 0 <= ef_segment_overlap < ef_segment_length:
+            raise ValueError(
+                f"`ef_segment_overlap` ({ef_segment_overlap!r}) must be an integer in [0, ef_segment_length="
+                f"{ef_segment_length}); windows advance by length - overlap tokens, so lower the overlap."
+            )
+        derived_layers = 2 + 2 * ef_cycles
+        if num_hidden_layers is not None and num_hidden_layers != derived_layers:
+            raise ValueError(
+                f"`num_hidden_layers` is derived as 2 + 2 * ef_cycles = {derived_layers} for SLAM v1, got "
+                f"{num_hidden_layers}; set `ef_cycles` instead."
+            )
+        self.num_hidden_layers = derived_layers
+        self.tie_word_embeddings = tie_word_embeddings
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        super().__init__(**kwargs)
+
+    @property
+    def ef_stride(self) -> int:
+        return self.ef_segment_length - self.ef_segment_overlap
+
+    @property
+    def layer_schedule(self) -> list[str]:
+        """The architecture as data: one entry per cache layer."""
+        return ["full"] + ["ef_a", "ef_b"] * self.ef_cycles + ["full"]
+
+
+__all__ = ["SlamV1Config"]

@@ -1,0 +1,373 @@
+"""SLAM models for transformers (entry point of the Hub remote code).
+
+SLAM v1 (DESIGN §3): embed -> full-attention layer -> `ef_cycles` encoder-fusion cycles -> full-attention
+layer -> norm. An EF cycle cuts the sequence into overlapping windows handled alternately by its blocks A
+and B; each block attends only inside its windows, and a token in two windows takes the mean of both.
+"""
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+)
+
+from .configuration_slam import SlamV1Config
+from .slam_blocks import SlamEncoderFusionCycle, SlamLayer, SlamWindowedLayer
+from .slam_compat import DynamicCache, create_bidirectional_mask, create_causal_mask, init
+from .slam_layers import SlamRotaryEmbedding, make_norm
+from .slam_windows import padding_offsets, plan_windows
+
+
+def validate_inputs(config, input_ids, inputs_embeds, attention_mask, past_length):
+    """Clear errors for bad forward inputs, before they turn into index errors deep in the model."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"`input_ids` must have shape (batch, sequence), got {tuple(input_ids.shape)}.")
+        if input_ids.dtype.is_floating_point:
+            raise TypeError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}.")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+            raise ValueError(
+                f"`input_ids` holds ids outside the vocabulary [0, {config.vocab_size}) "
+                f"(min {int(input_ids.min())}, max {int(input_ids.max())}); use the tokenizer that matches this model."
+            )
+        shape = input_ids.shape
+    else:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+            raise ValueError(
+                f"`inputs_embeds` must have shape (batch, sequence, {config.hidden_size}), got {tuple(inputs_embeds.shape)}."
+            )
+        shape = inputs_embeds.shape[:2]
+    if shape[1] == 0:
+        raise ValueError("The input sequence is empty; pass at least one token.")
+    if attention_mask is not None:
+        expected = (shape[0], past_length + shape[1])
+        if attention_mask.dim() != 2 or tuple(attention_mask.shape) != expected:
+            raise ValueError(
+                f"`attention_mask` must have shape (batch, past + new tokens) = {expected}, got "
+                f"{tuple(attention_mask.shape)}."
+            )
+        real = attention_mask.bool()
+        first = (real.long().cumsum(-1) == 0).sum(-1)
+        span_end = first + real.sum(-1)
+        positions = torch.arange(real.shape[1], device=real.device)
+        contiguous = (real == ((positions >= first[:, None]) & (positions < span_end[:, None]))).all()
+        if not contiguous:
+            raise ValueError(
+                "`attention_mask` must mark one contiguous span of real tokens per row (left or right padding); "
+                "SLAM windows are placed by counting real tokens, so masks with holes are not supported."
+            )
+
+
+def validate_labels(labels, expected_shape, name="labels"):
+    if labels is not None and tuple(labels.shape) != tuple(expected_shape):
+        raise ValueError(f"`{name}` must have shape {tuple(expected_shape)}, got {tuple(labels.shape)}.")
+
+
+class SlamV1PreTrainedModel(PreTrainedModel):
+    config_class = SlamV1Config
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SlamLayer", "SlamEncoderFusionCycle"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = False  # EF windows build boolean masks; not tested with flash kernels
+    _supports_flex_attn = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, SlamRotaryEmbedding):
+            # Non-persistent buffer: from_pretrained leaves it uninitialised on the meta device.
+            init.copy_(module.inv_freq, module.reset_inv_freq())
+
+
+class SlamV1Model(SlamV1PreTrainedModel):
+    """The SLAM v1 trunk. `is_causal=False` gives the bidirectional encoder used by the MLM and classifier heads."""
+
+    def __init__(self, config: SlamV1Config, is_causal: bool = True):
+        super().__init__(config)
+        self.is_causal = is_causal
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.embed_positions = None
+        if config.position_embedding_type == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.rotary_emb = None
+        if config.position_embedding_type == "rope":
+            self.rotary_emb = SlamRotaryEmbedding(config.head_dim, config.rope_theta)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+        # The schedule as data: config.layer_schedule lists one entry per cache layer.
+        layers, idx = [], 0
+        for kind in config.layer_schedule:
+            if kind == "full":
+                layers.append(SlamLayer(config, idx, is_causal=is_causal))
+            elif kind == "ef_a":
+                layers.append(SlamEncoderFusionCycle(config, idx, is_causal=is_causal))
+            idx += 1
+        self.layers = nn.ModuleList(layers)
+        self.norm = make_norm(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if output_attentions:
+            raise ValueError(
+                "`output_attentions=True` is not supported: EF blocks attend inside windows, so there is no (L, L) "
+                "attention map per layer. Use `output_hidden_states=True` instead."
+            )
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        validate_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if not self.is_causal or (self.gradient_checkpointing and self.training):
+            use_cache = False
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if not use_cache:
+            past_key_values = None if past_length == 0 else past_key_values
+        total = past_length + length
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device)
+
+        if position_ids is None:
+            # Count real tokens, so a left-padded row gets the same positions as the unpadded sequence.
+            offsets, _ = padding_offsets(attention_mask, batch, total, device)
+            position_ids = (torch.arange(past_length, total, device=device)[None] - offsets[:, None]).clamp(min=0)
+        hidden_states = inputs_embeds
+        if self.embed_positions is not None:
+            if int(position_ids.max()) >= self.config.max_position_embeddings:
+                raise ValueError(
+                    f"Sequence of {int(position_ids.max()) + 1} positions exceeds max_position_embeddings="
+                    f"{self.config.max_position_embeddings} of the learned position table; shorten `input_ids` "
+                    "or use position_embedding_type='rope'."
+                )
+            hidden_states = hidden_states + self.embed_positions(position_ids)
+        position_embeddings = None
+        if self.rotary_emb is not None:
+            position_embeddings = self.rotary_emb(position_ids, hidden_states.dtype)
+
+        mask_fn = create_causal_mask if self.is_causal else create_bidirectional_mask
+        mask_kwargs = {"past_key_values": past_key_values} if self.is_causal else {}
+        full_mask = mask_fn(self.config, inputs_embeds, attention_mask, **mask_kwargs)
+        window_plans = plan_windows(
+            attention_mask,
+            batch,
+            past_length,
+            length,
+            self.config.ef_segment_length,
+            self.config.ef_stride,
+            self.is_causal,
+            "eager" if self.config._attn_implementation == "eager" else "sdpa",
+            device,
+        )
+
+        hidden_states = self.dropout(hidden_states)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                position_embeddings,
+                attention_mask=full_mask,
+                window_plans=window_plans,
+                past_key_values=past_key_values,
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+        )
+
+
+class SlamV1ForCausalLM(SlamV1PreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SlamV1Config):
+        super().__init__(config)
+        self.model = SlamV1Model(config, is_causal=True)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=kwargs.pop("output_attentions", None),
+        )
+        hidden_states = outputs.last_hidden_state
+        validate_labels(labels, hidden_states.shape[:2])
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+        )
+
+
+class SlamV1ForMaskedLM(SlamV1PreTrainedModel):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SlamV1Config):
+        super().__init__(config)
+        self.model = SlamV1Model(config, is_causal=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=kwargs.pop("output_attentions", None),
+        )
+        hidden_states = outputs.last_hidden_state
+        validate_labels(labels, hidden_states.shape[:2])
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class SlamV1ForSequenceClassification(SlamV1PreTrainedModel):
+    """Bidirectional trunk, mean over real tokens, linear classifier (`config.num_labels`, `problem_type`)."""
+
+    def __init__(self, config: SlamV1Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = SlamV1Model(config, is_causal=False)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=kwargs.pop("output_attentions", None),
+        )
+        hidden_states = outputs.last_hidden_state
+        if attention_mask is None:
+            pooled = hidden_states.mean(dim=1)
+        else:
+            weights = attention_mask.to(hidden_states.dtype)[..., None]
+            pooled = (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        logits = self.score(pooled)
+        loss = None
+        if labels is not None:
+            validate_labels(labels, logits.shape[:1] if labels.dim() == 1 else logits.shape)
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+__all__ = [
+    "SlamV1ForCausalLM",
+    "SlamV1ForMaskedLM",
+    "SlamV1ForSequenceClassification",
+    "SlamV1Model",
+    "SlamV1PreTrainedModel",
+]
