@@ -174,9 +174,10 @@ class SlamV1Model(SlamV1PreTrainedModel):
         if self.rotary_emb is not None:
             position_embeddings = self.rotary_emb(position_ids, hidden_states.dtype)
 
-        mask_fn = create_causal_mask if self.is_causal else create_bidirectional_mask
-        mask_kwargs = {"past_key_values": past_key_values} if self.is_causal else {}
-        full_mask = mask_fn(self.config, inputs_embeds, attention_mask, **mask_kwargs)
+        if self.is_causal:
+            full_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values)
+        else:
+            full_mask = create_bidirectional_mask(self.config, inputs_embeds, attention_mask)
         window_plans = plan_windows(
             attention_mask,
             batch,
