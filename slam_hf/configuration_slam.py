@@ -112,6 +112,9 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
         ef_segment_length: window length `w` of an EF block, in tokens.
         ef_segment_overlap: tokens shared by consecutive windows; stride = length - overlap. The published
             geometry (A = first 60 %, B = last 60 % of 100 tokens) is length 60, overlap 20.
+        is_causal: causal attention everywhere (causal LM) or bidirectional (masked LM, classifier). The
+            masked-LM and classification heads set it to False on their own copy of the config, so a saved
+            checkpoint records which trunk it holds; transformers' mask builders read the same field.
         mlp_type: "gelu" | "geglu" | "swiglu".  norm_type: "layernorm" | "rmsnorm".
         norm_position: "post" (published) | "pre".  position_embedding_type: "rope" | "learned" | "none".
         The remaining fields are the standard transformers ones.
@@ -144,6 +147,7 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
         ef_segment_length: int = 60,
         ef_segment_overlap: int = 20,
         num_hidden_layers: int | None = None,
+        is_causal: bool = True,
         use_cache: bool = True,
         tie_word_embeddings: bool = True,
         pad_token_id: int | None = 0,
@@ -173,6 +177,9 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
                 f"{num_hidden_layers}; set `ef_cycles` instead."
             )
         self.num_hidden_layers = derived_layers
+        if not isinstance(is_causal, bool):
+            raise TypeError(f"`is_causal` must be True or False, got {is_causal!r}.")
+        self.is_causal = is_causal
         self.tie_word_embeddings = tie_word_embeddings
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id

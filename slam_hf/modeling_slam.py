@@ -5,6 +5,8 @@ layer -> norm. An EF cycle cuts the sequence into overlapping windows handled al
 and B; each block attends only inside its windows, and a token in two windows takes the mean of both.
 """
 
+import copy
+
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -69,6 +71,18 @@ def validate_labels(labels, expected_shape, name="labels"):
         raise ValueError(f"`{name}` must have shape {tuple(expected_shape)}, got {tuple(labels.shape)}.")
 
 
+def with_causality(config, is_causal: bool, head: str):
+    """The config a head runs with: bidirectional heads record `is_causal=False` on a copy (so the caller's
+    config is untouched and a saved checkpoint says which trunk it holds); contradictions fail early."""
+    if config.is_causal == is_causal:
+        return config
+    if is_causal:
+        raise ValueError(f"{head} needs causal attention, but the config has is_causal=False; set is_causal=True.")
+    config = copy.deepcopy(config)
+    config.is_causal = False
+    return config
+
+
 class SlamV1PreTrainedModel(PreTrainedModel):
     config_class = SlamV1Config
     base_model_prefix = "model"
@@ -88,11 +102,11 @@ class SlamV1PreTrainedModel(PreTrainedModel):
 
 
 class SlamV1Model(SlamV1PreTrainedModel):
-    """The SLAM v1 trunk. `is_causal=False` gives the bidirectional encoder used by the MLM and classifier heads."""
+    """The SLAM v1 trunk; `config.is_causal=False` gives the bidirectional encoder of the MLM and classifier heads."""
 
-    def __init__(self, config: SlamV1Config, is_causal: bool = True):
+    def __init__(self, config: SlamV1Config):
         super().__init__(config)
-        self.is_causal = is_causal
+        is_causal = self.is_causal = config.is_causal
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.embed_positions = None
@@ -214,8 +228,9 @@ class SlamV1ForCausalLM(SlamV1PreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: SlamV1Config):
+        config = with_causality(config, True, type(self).__name__)
         super().__init__(config)
-        self.model = SlamV1Model(config, is_causal=True)
+        self.model = SlamV1Model(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
@@ -273,8 +288,9 @@ class SlamV1ForMaskedLM(SlamV1PreTrainedModel):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: SlamV1Config):
+        config = with_causality(config, False, type(self).__name__)
         super().__init__(config)
-        self.model = SlamV1Model(config, is_causal=False)
+        self.model = SlamV1Model(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
@@ -321,9 +337,10 @@ class SlamV1ForSequenceClassification(SlamV1PreTrainedModel):
     """Bidirectional trunk, mean over real tokens, linear classifier (`config.num_labels`, `problem_type`)."""
 
     def __init__(self, config: SlamV1Config):
+        config = with_causality(config, False, type(self).__name__)
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.model = SlamV1Model(config, is_causal=False)
+        self.model = SlamV1Model(config)
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
 

@@ -72,7 +72,7 @@ class SlamWindowedLayer(SlamLayer):
         )
         residual = hidden_states[plan.batch_index, plan.query_slots]  # (B, n, q_len, hidden)
         window_out = self.finish(residual, attn_output.view_as(residual))
-        return plan.scatter_sum(window_out, new_length), plan.coverage(new_length)
+        return plan.scatter_sum(window_out, new_length), plan.coverage(new_length, window_out.dtype)
 
 
 class SlamEncoderFusionCycle(nn.Module):

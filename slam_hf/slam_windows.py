@@ -35,9 +35,9 @@ class WindowPlan:
         out = window_states.new_zeros(batch * new_length, hidden).index_add_(0, flat_index, contributions)
         return out.view(batch, new_length, hidden)
 
-    def coverage(self, new_length: int) -> torch.Tensor:
+    def coverage(self, new_length: int, dtype: torch.dtype) -> torch.Tensor:
         """(B, new_length, 1): how many of this plan's windows hold each new token."""
-        return self.scatter_sum(self.query_valid[..., None].float(), new_length)
+        return self.scatter_sum(self.query_valid[..., None].to(dtype), new_length)
 
 
 def padding_offsets(attention_mask: torch.Tensor | None, batch_size: int, total_length: int, device):
@@ -77,7 +77,11 @@ def plan_windows(
     rows = hi >= lo
     if rows.any():
         first = torch.div(lo[rows] - window_length + stride, stride, rounding_mode="floor").clamp(min=0)
-        first_window, last_window = int(first.min()), int((hi[rows] // stride).max())
+        last = hi[rows] // stride
+        if not is_causal:  # the first window reaching the end is the last one that exists
+            reaching_end = torch.div(real[rows] - window_length + stride - 1, stride, rounding_mode="floor")
+            last = torch.minimum(last, reaching_end.clamp(min=0))
+        first_window, last_window = int(first.min()), int(last.max())
     else:  # nothing but padding: one window keeps shapes valid, every query is masked out
         first_window = last_window = 0
     windows = torch.arange(first_window, last_window + 1, device=device)

@@ -1,0 +1,631 @@
+"""`slam-hf`: train a SLAM model from a YAML file and write a Hub-ready folder, or generate from one.
+
+    slam-hf train --config configs/slam-v1-tiny.yaml --output-dir out/slam-v1-tiny
+    slam-hf generate --model out/slam-v1-tiny --input "To be, or not to be"
+
+`train` reads three YAML sections (`model`, `data`, `training`; plus optional `output_dir` and `hub`),
+trains `AutoModelForCausalLM.from_config(config)` with the transformers `Trainer` on the Shakespeare corpus
+shipped with `slam_hf.data` (whole works held out for validation), measures held-out perplexity before and
+after training, and saves weights (safetensors), config with `auto_map`, remote code, tokenizer, a model
+card (README.md) and `training_metrics.json`. The folder loads with `trust_remote_code=True` where slam_hf
+is not installed, and can be uploaded to the Hub as is.
+
+Not part of the remote code: this module may import anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+
+TEMPLATE_NAME = "modelcard_template.md"
+CARD_TAGS = ["slam", "custom_code"]
+LORA_ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+GATED_MLP_TYPES = ("geglu", "swiglu")
+
+
+class ConfigError(ValueError):
+    """A problem with the training YAML; the message names the key and the fix."""
+
+
+class Variant(NamedTuple):
+    config_class: type
+    base_model_class: type  # written to auto_map as AutoModel
+    causal_lm_class: type  # AutoModelForCausalLM: what `train` builds
+    summary: str  # model-card description
+
+
+def variants() -> dict[str, Variant]:
+    """`model.variant` -> classes. One line per SLAM variant."""
+    from .configuration_slam import SlamV1Config
+    from .modeling_slam import SlamV1ForCausalLM, SlamV1Model
+
+    return {
+        "slam_v1": Variant(
+            SlamV1Config,
+            SlamV1Model,
+            SlamV1ForCausalLM,
+            "SLAM v1 runs one full-attention layer, then `ef_cycles` encoder-fusion (EF) cycles, then a second "
+            "full-attention layer. An EF cycle cuts the sequence into overlapping windows of `ef_segment_length` "
+            "tokens (overlap `ef_segment_overlap`) that its two blocks A and B handle alternately; each block "
+            "attends only inside its window (causally here), and a token covered by two windows takes the mean "
+            "of both outputs. Windows are fixed in absolute positions, so the KV cache stays valid while "
+            "generating.",
+        ),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# YAML config
+
+TOP_LEVEL_KEYS = ("model", "data", "training", "output_dir", "hub")
+DATA_KEYS = ("block_size", "max_train_rows", "max_eval_rows")
+HUB_KEYS = ("model_name", "repo_id")
+# TrainingArguments fields that the command sets itself: what it writes, where, and how it reports.
+RESERVED_TRAINING_KEYS = {
+    "output_dir": "set the top-level `output_dir:` or pass --output-dir",
+    "save_strategy": "only the final model is saved (save_strategy='no')",
+    "save_steps": "only the final model is saved (save_strategy='no')",
+    "report_to": "the command reports to the console and training_metrics.json",
+    "disable_tqdm": "the progress bar is always shown",
+    "use_cpu": "chosen automatically (CPU when no CUDA device is available)",
+    "prediction_loss_only": "evaluation computes the loss only",
+    "load_best_model_at_end": "no checkpoints are saved",
+    "push_to_hub": "upload the finished folder yourself (see the model card)",
+    "resume_from_checkpoint": "no checkpoints are saved",
+    "do_train": "implied by `slam-hf train`",
+    "do_eval": "implied by `slam-hf train`",
+}
+
+
+def _unknown_key_error(section: str, key, allowed) -> ConfigError:
+    where = f"{section}.{key}" if section else str(key)
+    message = f"unknown key `{where}`"
+    close = difflib.get_close_matches(str(key), list(allowed), n=1)
+    if close:
+        message += f"; did you mean `{close[0]}`?"
+    else:
+        message += f"; allowed keys{' in `' + section + '`' if section else ''}: {', '.join(sorted(allowed))}"
+    return ConfigError(message)
+
+
+def _section(raw: dict, name: str) -> dict:
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"`{name}` must be a mapping of keys to values, got {type(value).__name__}")
+    return dict(value)
+
+
+def _optional_positive_int(value, where: str):
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"`{where}` must be a positive integer or null, got {value!r}")
+    return value
+
+
+def _config_parameters(config_class) -> set[str]:
+    import inspect
+
+    params = inspect.signature(config_class.__init__).parameters
+    return {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def _training_fields() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def load_run_config(path) -> dict:
+    """Read and validate a training YAML; returns {model, variant, data, training, output_dir, hub}."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping with the sections {', '.join(TOP_LEVEL_KEYS)}")
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise _unknown_key_error("", key, TOP_LEVEL_KEYS)
+
+    model = _section(raw, "model")
+    known = variants()
+    variant = model.pop("variant", None)
+    if variant not in known:
+        raise ConfigError(f"`model.variant` must be one of {', '.join(known)}; got {variant!r}")
+    allowed_model = _config_parameters(known[variant].config_class)
+    for key in model:
+        if key not in allowed_model:
+            raise _unknown_key_error("model", key, allowed_model)
+
+    data = _section(raw, "data")
+    for key in data:
+        if key not in DATA_KEYS:
+            raise _unknown_key_error("data", key, DATA_KEYS)
+    data.setdefault("block_size", 128)
+    if not isinstance(data["block_size"], int) or isinstance(data["block_size"], bool) or data["block_size"] < 2:
+        raise ConfigError(f"`data.block_size` must be an integer >= 2, got {data['block_size']!r}")
+    for key in ("max_train_rows", "max_eval_rows"):
+        data[key] = _optional_positive_int(data.get(key), f"data.{key}")
+
+    training = _section(raw, "training")
+    allowed_training = _training_fields() - RESERVED_TRAINING_KEYS.keys()
+    for key in training:
+        if key in RESERVED_TRAINING_KEYS:
+            raise ConfigError(f"`training.{key}` cannot be set in the YAML: {RESERVED_TRAINING_KEYS[key]}")
+        if key not in allowed_training:
+            raise _unknown_key_error("training", key, allowed_training)
+
+    hub = _section(raw, "hub")
+    for key in hub:
+        if key not in HUB_KEYS:
+            raise _unknown_key_error("hub", key, HUB_KEYS)
+
+    output_dir = raw.get("output_dir")
+    if output_dir is not None and not isinstance(output_dir, str):
+        raise ConfigError(f"`output_dir` must be a path string, got {output_dir!r}")
+    return {"variant": variant, "model": model, "data": data, "training": training, "output_dir": output_dir, "hub": hub}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# train
+
+
+def _evenly_spaced(dataset, limit):
+    """A fixed subset of `limit` rows spread over the whole split, so every work is represented."""
+    n = len(dataset)
+    if limit is None or limit >= n:
+        return dataset
+    if limit == 1:
+        return dataset.select([0])
+    return dataset.select(sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)}))
+
+
+def _hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {torch.get_num_threads()} torch threads ({os.cpu_count()} logical cores visible)"
+
+
+def _template_path() -> Path:
+    """`hub_templates/modelcard_template.md`, inside the package or next to it in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "hub_templates" / TEMPLATE_NAME, here.parent / "hub_templates" / TEMPLATE_NAME):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"model card template {TEMPLATE_NAME} not found next to {here}")
+
+
+def _lora_targets(config) -> list[str]:
+    mlp = ["gate_proj", "up_proj", "down_proj"] if config.mlp_type in GATED_MLP_TYPES else ["up_proj", "down_proj"]
+    return LORA_ATTENTION_MODULES + mlp
+
+
+def _config_rows(config, block_size) -> list[tuple[str, object]]:
+    rows = [
+        ("model_type", config.model_type),
+        ("hidden_size", config.hidden_size),
+        ("num_hidden_layers", f"{config.num_hidden_layers} (" + " → ".join(config.layer_schedule) + ")"),
+        ("num_attention_heads / num_key_value_heads", f"{config.num_attention_heads} / {config.num_key_value_heads}"),
+        ("head_dim", config.head_dim),
+        ("intermediate_size", config.intermediate_size),
+        ("mlp_type", config.mlp_type),
+        ("norm", f"{config.norm_position}-{config.norm_type}"),
+        ("position_embedding_type", config.position_embedding_type),
+    ]
+    if getattr(config, "ef_cycles", None) is not None:
+        rows += [
+            ("ef_cycles", config.ef_cycles),
+            ("ef_segment_length / overlap", f"{config.ef_segment_length} / {config.ef_segment_overlap}"),
+        ]
+    rows += [
+        ("vocab_size", config.vocab_size),
+        ("tie_word_embeddings", config.tie_word_embeddings),
+        ("training context (block_size)", block_size),
+    ]
+    return rows
+
+
+def _eval_perplexity(metrics: dict) -> tuple[float, float]:
+    loss = float(metrics["eval_loss"])
+    return loss, math.exp(loss)
+
+
+def train(args) -> dict:
+    """`slam-hf train`: returns the metrics written to training_metrics.json."""
+    t_start = time.perf_counter()
+    run = load_run_config(args.config)
+    # Heavy imports after the config checks, so a bad YAML fails fast.
+    import datasets
+    import huggingface_hub
+    import torch
+    import transformers
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator, set_seed
+
+    from . import __version__
+    from .data import VALIDATION_WORKS, group_texts_for_causal_lm, load_default_tokenizer, load_shakespeare_corpus
+
+    variant = variants()[run["variant"]]
+    data_cfg, train_cfg = run["data"], dict(run["training"])
+    if args.max_steps is not None:
+        train_cfg["max_steps"] = args.max_steps
+    if args.seed is not None:
+        train_cfg["seed"] = args.seed
+    train_cfg.setdefault("seed", 42)
+    for key in ("max_train_rows", "max_eval_rows"):
+        if getattr(args, key) is not None:
+            data_cfg[key] = getattr(args, key)
+    output_dir = Path(args.output_dir or run["output_dir"] or Path("outputs") / Path(args.config).stem)
+    model_name = run["hub"].get("model_name") or output_dir.resolve().name
+    repo_id = run["hub"].get("repo_id") or str(output_dir)
+    block_size = data_cfg["block_size"]
+
+    # Tokenizer first: it fixes vocab_size and the special-token ids of the model config.
+    tokenizer = load_default_tokenizer()
+    model_kwargs = dict(run["model"])
+    vocab_size = model_kwargs.setdefault("vocab_size", len(tokenizer))
+    if vocab_size < len(tokenizer):
+        raise ConfigError(f"`model.vocab_size` ({vocab_size}) is smaller than the tokenizer's {len(tokenizer)} tokens")
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        model_kwargs.setdefault(name, getattr(tokenizer, name))
+    try:
+        config = variant.config_class(**model_kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid `model` section: {err}") from err
+    if config.position_embedding_type == "learned" and block_size > config.max_position_embeddings:
+        raise ConfigError(
+            f"`data.block_size` ({block_size}) exceeds `model.max_position_embeddings` ({config.max_position_embeddings})"
+        )
+
+    print(f"[slam-hf] preparing data: Shakespeare corpus, block_size={block_size}", flush=True)
+    datasets.disable_progress_bars()
+    corpus = load_shakespeare_corpus()
+    train_rows = group_texts_for_causal_lm(corpus["train"], tokenizer, block_size)
+    eval_rows = group_texts_for_causal_lm(corpus["validation"], tokenizer, block_size)
+    datasets.enable_progress_bars()
+    train_rows_total, eval_rows_total = len(train_rows), len(eval_rows)
+    train_rows = _evenly_spaced(train_rows, data_cfg["max_train_rows"])
+    eval_rows = _evenly_spaced(eval_rows, data_cfg["max_eval_rows"])
+    print(
+        f"[slam-hf] train: {len(train_rows)}/{train_rows_total} rows of {block_size} tokens from "
+        f"{corpus['train'].num_rows} works; validation: {len(eval_rows)}/{eval_rows_total} rows from the "
+        f"{len(VALIDATION_WORKS)} held-out works ({', '.join(VALIDATION_WORKS)})",
+        flush=True,
+    )
+
+    use_cpu = not torch.cuda.is_available()
+    try:
+        training_args = TrainingArguments(
+            output_dir=str(output_dir),
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=False,
+            use_cpu=use_cpu,
+            prediction_loss_only=True,
+            **train_cfg,
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid `training` section: {err}") from err
+
+    set_seed(training_args.seed)  # the model is built before Trainer seeds anything
+    model = AutoModelForCausalLM.from_config(config)
+    use_cache = model.config.use_cache  # Trainer switches the cache off for training; the saved config keeps it
+    n_params = model.num_parameters()
+    n_params_no_emb = model.num_parameters(exclude_embeddings=True)
+    print(
+        f"[slam-hf] {run['variant']}: {n_params:,} parameters ({n_params_no_emb:,} without embeddings); "
+        f"{_hardware()}",
+        flush=True,
+    )
+
+    class PerplexityTrainer(Trainer):
+        def log(self, logs, *rest, **kwargs):
+            if "eval_loss" in logs:
+                logs["eval_perplexity"] = round(math.exp(logs["eval_loss"]), 3)
+            super().log(logs, *rest, **kwargs)
+
+    trainer = PerplexityTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        data_collator=default_data_collator,
+    )
+
+    val_loss_before, val_ppl_before = _eval_perplexity(trainer.evaluate())
+    print(f"[slam-hf] held-out perplexity before training: {val_ppl_before:.2f} (loss {val_loss_before:.4f})", flush=True)
+    in_train_start = len(trainer.state.log_history)
+    train_output = trainer.train()
+    steps = trainer.state.global_step
+    # Throughput counts optimisation only: evaluations inside train() are subtracted.
+    in_train = trainer.state.log_history[in_train_start:]
+    eval_seconds_in_train = sum(e.get("eval_runtime", 0.0) for e in in_train)
+    train_seconds = float(train_output.metrics["train_runtime"])
+    # Trainer already evaluates at the last step when eval_strategy="steps"; reuse that instead of a second pass.
+    final_eval = next((e for e in reversed(in_train) if "eval_loss" in e and e.get("step") == steps), None)
+    val_loss_after, val_ppl_after = _eval_perplexity(final_eval or trainer.evaluate())
+    print(f"[slam-hf] held-out perplexity after training: {val_ppl_after:.2f} (loss {val_loss_after:.4f})", flush=True)
+    history = trainer.state.log_history
+    rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    rows_per_step *= max(training_args.world_size, 1)
+    train_tokens = steps * rows_per_step * block_size
+    optim_seconds = max(train_seconds - eval_seconds_in_train, 1e-9)
+    train_losses = [e["loss"] for e in history if "loss" in e]
+    eval_curve = [
+        {"step": e["step"], "eval_loss": e["eval_loss"], "eval_perplexity": math.exp(e["eval_loss"])}
+        for e in history
+        if "eval_loss" in e
+    ]
+
+    # Hub folder: weights + config (full auto_map) + remote code + generation config + tokenizer.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stale = output_dir / "pytorch_model.bin"
+    if stale.exists():
+        stale.unlink()
+    model.config.auto_map = {
+        "AutoConfig": _class_reference(variant.config_class),
+        "AutoModel": _class_reference(variant.base_model_class),
+        "AutoModelForCausalLM": _class_reference(variant.causal_lm_class),
+    }
+    model.config.use_cache = use_cache
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+
+    wall_seconds = time.perf_counter() - t_start
+    metrics = {
+        "variant": run["variant"],
+        "model_name": model_name,
+        "parameters": n_params,
+        "non_embedding_parameters": n_params_no_emb,
+        "val_loss_before": val_loss_before,
+        "val_perplexity_before": val_ppl_before,
+        "val_loss_after": val_loss_after,
+        "val_perplexity_after": val_ppl_after,
+        "val_rows": len(eval_rows),
+        "val_tokens": len(eval_rows) * block_size,
+        "train_rows": len(train_rows),
+        "train_steps": steps,
+        "train_epochs": trainer.state.epoch,
+        "train_tokens": train_tokens,
+        "train_loss_mean": float(train_output.training_loss),
+        "train_loss_last_logged": train_losses[-1] if train_losses else None,
+        "train_seconds": train_seconds,
+        "train_seconds_excluding_eval": optim_seconds,
+        "train_tokens_per_second": train_tokens / optim_seconds,
+        "wall_seconds": wall_seconds,
+        "hardware": _hardware(),
+        "block_size": block_size,
+        "seed": training_args.seed,
+        "eval_curve": eval_curve,
+        "training_config": {"model": run["model"], "data": data_cfg, "training": train_cfg},
+        "versions": {
+            "slam_hf": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "huggingface_hub": huggingface_hub.__version__,
+            "python": platform.python_version(),
+        },
+        "log_history": history,
+    }
+    (output_dir / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+
+    card_data = ModelCardData(
+        model_name=model_name,
+        language="en",
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=list(CARD_TAGS),
+        metrics=["perplexity"],
+        eval_results=[
+            EvalResult(
+                task_type="text-generation",
+                task_name="Causal language modeling",
+                dataset_type="shakespeare",
+                dataset_name="Shakespeare, held-out works",
+                dataset_split="validation",
+                metric_type="perplexity",
+                metric_name="Perplexity (held-out works)",
+                metric_value=round(val_ppl_after, 2),
+            )
+        ],
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(_template_path()),
+        model_name=model_name,  # with eval_results, model_name leaves card_data's template variables
+        repo_id=repo_id,
+        variant=run["variant"],
+        variant_summary=variant.summary,
+        config_rows=_config_rows(config, block_size),
+        lora_target_modules=_lora_targets(config),
+        validation_works=", ".join(VALIDATION_WORKS),
+        train_works=corpus["train"].num_rows,
+        tokenizer_size=f"{len(tokenizer):,}",
+        m=metrics,
+        t=training_args,
+        optimizer=_enum_value(training_args.optim),
+        scheduler=_enum_value(training_args.lr_scheduler_type),
+        params=f"{n_params:,}",
+        params_no_emb=f"{n_params_no_emb:,}",
+        train_tokens=f"{train_tokens:,}",
+        val_tokens=f"{metrics['val_tokens']:,}",
+        ppl_before=f"{val_ppl_before:.2f}",
+        ppl_after=f"{val_ppl_after:.2f}",
+        loss_before=f"{val_loss_before:.4f}",
+        loss_after=f"{val_loss_after:.4f}",
+        wall_time=_format_seconds(wall_seconds),
+        train_time=_format_seconds(optim_seconds),
+        tokens_per_second=f"{train_tokens / optim_seconds:,.0f}",
+        config_file=Path(args.config).as_posix(),
+    )
+    card.save(output_dir / "README.md")
+
+    print(
+        f"[slam-hf] saved {output_dir}: {n_params:,} params, held-out perplexity {val_ppl_before:.2f} -> "
+        f"{val_ppl_after:.2f}, {train_tokens:,} train tokens at {train_tokens / optim_seconds:,.0f} tokens/s, "
+        f"wall time {_format_seconds(wall_seconds)}",
+        flush=True,
+    )
+    return metrics
+
+
+def _class_reference(cls) -> str:
+    """auto_map value: `<module file stem>.<ClassName>` (the remote-code files are copied flat)."""
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+
+def _enum_value(value) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# generate
+
+
+def generate(args) -> str:
+    """`slam-hf generate`: prints and returns prompt + continuation."""
+    if not Path(args.model).is_dir() and not _looks_like_repo_id(args.model):
+        raise ConfigError(f"model folder not found: {args.model}")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # keep the output to the generated text
+    if args.seed is not None:
+        set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    inputs = tokenizer(args.input, return_tensors="pt").to(device)
+    gen_kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample}
+    if args.do_sample:
+        gen_kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    with torch.no_grad():
+        output = model.generate(**inputs, **gen_kwargs)
+    text = tokenizer.decode(output[0], skip_special_tokens=True)
+    print(text)
+    return text
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/")) and not os.path.exists(name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# argument parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slam-hf",
+        description="Train SLAM models with transformers and generate text from them.",
+        epilog="examples:\n"
+        "  slam-hf train --config configs/slam-v1-tiny.yaml --output-dir outputs/slam-v1-tiny\n"
+        '  slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --max-new-tokens 40',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate}")
+
+    p = sub.add_parser(
+        "train",
+        help="train from a YAML config and write a Hub-ready folder",
+        description="Train a SLAM causal LM on the Shakespeare corpus and write a Hub-ready folder "
+        "(safetensors, config with auto_map, remote code, tokenizer, model card, training_metrics.json).",
+    )
+    p.add_argument("--config", required=True, help="YAML file with `model`, `data` and `training` sections")
+    p.add_argument("--output-dir", help="folder to write (default: `output_dir` in the YAML)")
+    p.add_argument("--max-steps", type=_positive_int, help="override training.max_steps")
+    p.add_argument("--seed", type=int, help="override training.seed")
+    p.add_argument("--max-train-rows", type=_positive_int, help="override data.max_train_rows (quick runs)")
+    p.add_argument("--max-eval-rows", type=_positive_int, help="override data.max_eval_rows (quick runs)")
+    p.set_defaults(func=train)
+
+    g = sub.add_parser(
+        "generate",
+        help="continue a prompt with a trained model",
+        description="Load a folder written by `slam-hf train` (or a Hub repo) with trust_remote_code=True "
+        "and print the prompt followed by its continuation.",
+    )
+    g.add_argument("--model", required=True, help="model folder or Hub repo id")
+    g.add_argument("--input", required=True, help="prompt text")
+    g.add_argument("--max-new-tokens", type=_positive_int, default=50)
+    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=_positive_float, default=0.8, help="with --do-sample")
+    g.add_argument("--top-k", type=_positive_int, default=50, help="with --do-sample")
+    g.add_argument("--top-p", type=_positive_float, default=1.0, help="with --do-sample")
+    g.add_argument("--seed", type=int, help="random seed for sampling")
+    g.set_defaults(func=generate)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as err:
+        parser.exit(2, f"slam-hf {args.command}: error: {err}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The Hub path: a saved folder loads with `trust_remote_code=True` where slam_hf cannot be imported.
+
+Every class is saved (with the tokenizer) into its own folder; ONE clean subprocess (fresh HF_HOME, other
+cwd, empty PYTHONPATH, `import slam_hf` made to fail) loads them all through the Auto classes and
+writes back logits and greedy tokens, which must equal the in-process reference bit for bit.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import slam_hf
+from slam_hf.data import load_default_tokenizer
+from slam_common import single_threaded_torch
+from slam_tester import SlamV1ModelTester
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(slam_hf.__file__))
+TOKENIZER_TEXT = "To be, or not to be, that is the question"
+NEW_TOKENS = 6
+
+single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
+
+AUTO_CLASS_BY_ROLE = {
+    "base_model_class": "AutoModel",
+    "causal_lm_class": "AutoModelForCausalLM",
+    "masked_lm_class": "AutoModelForMaskedLM",
+    "sequence_classification_class": "AutoModelForSequenceClassification",
+}
+
+# Runs in the clean interpreter. Compares nothing itself: it reports, and the test asserts.
+LOADER = textwrap.dedent(
+    """
+    import sys
+    sys.modules["slam_hf"] = None  # `import slam_hf` raises ImportError even if it is installed
+    try:
+        import slam_hf
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("slam_hf is importable in the clean process")
+
+    import json
+    import torch
+    import transformers
+
+    spec = json.load(open(sys.argv[1]))
+    inputs = torch.load(spec["inputs"])
+    report, tensors = {}, {}
+    for entry in spec["models"]:
+        auto_class = getattr(transformers, entry["auto_class"])
+        model = auto_class.from_pretrained(entry["folder"], trust_remote_code=True).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(entry["folder"], trust_remote_code=True)
+        module = sys.modules[type(model).__module__]
+        with torch.no_grad():
+            outputs = model(input_ids=inputs["input_ids"])
+        tensors[entry["folder"]] = {
+            "output": outputs.logits if hasattr(outputs, "logits") else outputs.last_hidden_state,
+        }
+        if entry["generate"]:
+            tensors[entry["folder"]]["generated"] = model.generate(inputs["input_ids"], **spec["generate_kwargs"])
+        report[entry["folder"]] = {
+            "class": type(model).__name__,
+            "module_file": module.__file__,
+            "config_class": type(model.config).__name__,
+            "tied": model.get_output_embeddings() is not None
+            and model.get_output_embeddings().weight is model.get_input_embeddings().weight,
+            "token_ids": tokenizer(spec["text"])["input_ids"],
+        }
+    loaded = [name for name, module in sys.modules.items() if name.startswith("slam_hf") and module is not None]
+    report["slam_hf_modules"] = sorted(loaded)
+    torch.save(tensors, spec["tensors_out"])
+    json.dump(report, open(spec["report_out"], "w"))
+    """
+)
+
+
+def relative_import_closure(entry_file):
+    """Modules that `from .x import y` pulls in, recursively: the files save_pretrained must copy."""
+    pattern = re.compile(r"^\s*from\s+\.(\w+)\s+import", re.MULTILINE)
+    found, todo = set(), [entry_file]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        with open(os.path.join(PACKAGE_DIR, name)) as source:
+            todo.extend(f"{module}.py" for module in pattern.findall(source.read()))
+    return found
+
+
+@pytest.fixture(scope="module")
+def saved_folders(tmp_path_factory):
+    """Every class saved with the tokenizer; returns (root, inputs, generate kwargs, {folder: reference})."""
+    tester = SlamV1ModelTester()
+    root = tmp_path_factory.mktemp("remote")
+    tokenizer = load_default_tokenizer()
+    input_ids = tester.input_ids()
+    generate_kwargs = dict(do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0)
+
+    saved = {}
+    torch.manual_seed(0)
+    for role, auto_class in AUTO_CLASS_BY_ROLE.items():
+        model_class = getattr(tester, role)
+        if model_class is None:
+            continue
+        model = model_class(tester.get_config()).eval()
+        folder = str(root / model_class.__name__)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        with torch.no_grad():
+            expected = tester.logits_of(model, input_ids=input_ids)
+        generated = model.generate(input_ids, **generate_kwargs) if role == "causal_lm_class" else None
+        saved[folder] = dict(model_class=model_class, auto_class=auto_class, output=expected, generated=generated)
+    return root, input_ids, generate_kwargs, saved
+
+
+@pytest.fixture(scope="module")
+def remote_run(saved_folders):
+    """Load every saved folder in ONE clean subprocess; returns (saved, report, tensors, HF_HOME)."""
+    root, input_ids, generate_kwargs, saved = saved_folders
+    entries = [
+        dict(folder=folder, auto_class=info["auto_class"], generate=info["generated"] is not None)
+        for folder, info in saved.items()
+    ]
+    spec = dict(
+        models=entries,
+        inputs=str(root / "inputs.pt"),
+        text=TOKENIZER_TEXT,
+        generate_kwargs=generate_kwargs,
+        tensors_out=str(root / "tensors.pt"),
+        report_out=str(root / "report.json"),
+    )
+    torch.save({"input_ids": input_ids}, spec["inputs"])
+    (root / "spec.json").write_text(json.dumps(spec))
+    (root / "loader.py").write_text(LOADER)
+    elsewhere = root / "cwd"
+    elsewhere.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": "",
+        "HF_HOME": str(root / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",  # tiny tensors; see single_threaded_torch
+    }
+    result = subprocess.run(
+        [sys.executable, str(root / "loader.py"), str(root / "spec.json")],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"clean process failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    report = json.loads((root / "report.json").read_text())
+    tensors = torch.load(root / "tensors.pt")
+    return saved, report, tensors, str(root / "hf_home")
+
+
+def test_saved_folders_hold_the_remote_code():
+    expected_files = relative_import_closure("modeling_slam.py") | relative_import_closure("configuration_slam.py")
+    # The files the modeling code needs today; the closure above keeps the test right when modules are added.
+    assert {
+        "configuration_slam.py",
+        "modeling_slam.py",
+        "slam_layers.py",
+        "slam_attention.py",
+        "slam_blocks.py",
+        "slam_windows.py",
+        "slam_compat.py",
+    } <= expected_files
+    assert "__init__.py" not in expected_files and "data.py" not in expected_files
+
+
+def test_copied_files_and_auto_map(saved_folders):
+    saved = saved_folders[3]
+    expected_files = relative_import_closure("modeling_slam.py") | relative_import_closure("configuration_slam.py")
+    for folder, info in saved.items():
+        copied = {name for name in os.listdir(folder) if name.endswith(".py")}
+        assert copied == expected_files, f"{info['model_class'].__name__}: {sorted(copied)}"
+        for name in copied:  # verbatim copies of the package sources
+            with open(os.path.join(folder, name)) as a, open(os.path.join(PACKAGE_DIR, name)) as b:
+                assert a.read() == b.read(), name
+        assert "model.safetensors" in os.listdir(folder)
+        assert "tokenizer.json" in os.listdir(folder)
+
+        config = json.load(open(os.path.join(folder, "config.json")))
+        config_class = saved[folder]["model_class"].config_class.__name__
+        assert config["auto_map"] == {
+            "AutoConfig": f"configuration_slam.{config_class}",
+            info["auto_class"]: f"modeling_slam.{info['model_class'].__name__}",
+        }
+        assert config["architectures"] == [info["model_class"].__name__]
+
+
+def test_remote_code_loads_every_class_without_slam_hf(remote_run):
+    saved, report, tensors, hf_home = remote_run
+    assert report["slam_hf_modules"] == []
+    expected_token_ids = load_default_tokenizer()(TOKENIZER_TEXT)["input_ids"]
+    for folder, info in saved.items():
+        name = info["model_class"].__name__
+        loaded = report[folder]
+        assert loaded["class"] == name
+        assert loaded["config_class"] == info["model_class"].config_class.__name__
+        # The class came from the copied files under the clean HF_HOME, not from the repository.
+        assert loaded["module_file"].startswith(os.path.join(hf_home, "modules", "transformers_modules")), loaded
+        assert torch.equal(tensors[folder]["output"], info["output"]), f"{name}: outputs differ after remote load"
+        assert loaded["token_ids"] == expected_token_ids
+        if info["model_class"] in (SlamV1ModelTester.causal_lm_class, SlamV1ModelTester.masked_lm_class):
+            assert loaded["tied"], f"{name}: lm_head is not tied to the embeddings after remote load"
+        if info["generated"] is not None:
+            assert torch.equal(tensors[folder]["generated"], info["generated"]), f"{name}: greedy tokens differ"
