@@ -181,7 +181,9 @@ def load_run_config(path) -> dict:
     output_dir = raw.get("output_dir")
     if output_dir is not None and not isinstance(output_dir, str):
         raise ConfigError(f"`output_dir` must be a path string, got {output_dir!r}")
-    return {"variant": variant, "model": model, "data": data, "training": training, "output_dir": output_dir, "hub": hub}
+    return {
+        "variant": variant, "model": model, "data": data, "training": training, "output_dir": output_dir, "hub": hub,
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -221,7 +223,10 @@ def _template_path() -> Path:
     for candidate in (here / "hub_templates" / TEMPLATE_NAME, here.parent / "hub_templates" / TEMPLATE_NAME):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"model card template {TEMPLATE_NAME} not found next to {here}")
+    raise ConfigError(
+        f"model card template hub_templates/{TEMPLATE_NAME} not found in {here} or {here.parent}; "
+        "run from a source checkout of slam_hf or install a build that ships the template"
+    )
 
 
 def _lora_targets(config) -> list[str]:
@@ -263,7 +268,8 @@ def train(args) -> dict:
     """`slam-hf train`: returns the metrics written to training_metrics.json."""
     t_start = time.perf_counter()
     run = load_run_config(args.config)
-    # Heavy imports after the config checks, so a bad YAML fails fast.
+    template = _template_path()  # fail before training, not after
+    # Training-only imports (datasets, Trainer, model cards) stay out of `generate` and `--help`.
     import datasets
     import huggingface_hub
     import torch
@@ -303,7 +309,8 @@ def train(args) -> dict:
         raise ConfigError(f"invalid `model` section: {err}") from err
     if config.position_embedding_type == "learned" and block_size > config.max_position_embeddings:
         raise ConfigError(
-            f"`data.block_size` ({block_size}) exceeds `model.max_position_embeddings` ({config.max_position_embeddings})"
+            f"`data.block_size` ({block_size}) exceeds `model.max_position_embeddings` "
+            f"({config.max_position_embeddings})"
         )
 
     print(f"[slam-hf] preparing data: Shakespeare corpus, block_size={block_size}", flush=True)
@@ -361,20 +368,28 @@ def train(args) -> dict:
         data_collator=default_data_collator,
     )
 
-    val_loss_before, val_ppl_before = _eval_perplexity(trainer.evaluate())
-    print(f"[slam-hf] held-out perplexity before training: {val_ppl_before:.2f} (loss {val_loss_before:.4f})", flush=True)
-    in_train_start = len(trainer.state.log_history)
+    before = trainer.evaluate()
+    val_loss_before, val_ppl_before = _eval_perplexity(before)
+    print(
+        f"[slam-hf] held-out perplexity before training: {val_ppl_before:.2f} (loss {val_loss_before:.4f})", flush=True
+    )
+    history_before = trainer.state.log_history
     train_output = trainer.train()
     steps = trainer.state.global_step
+    # train() starts a fresh TrainerState (and log history); keep only what it logged.
+    in_train = list(trainer.state.log_history)
+    if trainer.state.log_history is history_before:
+        in_train = in_train[len(history_before) :]
     # Throughput counts optimisation only: evaluations inside train() are subtracted.
-    in_train = trainer.state.log_history[in_train_start:]
     eval_seconds_in_train = sum(e.get("eval_runtime", 0.0) for e in in_train)
     train_seconds = float(train_output.metrics["train_runtime"])
     # Trainer already evaluates at the last step when eval_strategy="steps"; reuse that instead of a second pass.
     final_eval = next((e for e in reversed(in_train) if "eval_loss" in e and e.get("step") == steps), None)
     val_loss_after, val_ppl_after = _eval_perplexity(final_eval or trainer.evaluate())
     print(f"[slam-hf] held-out perplexity after training: {val_ppl_after:.2f} (loss {val_loss_after:.4f})", flush=True)
-    history = trainer.state.log_history
+    history = [{**before, "step": 0}] + in_train
+    if final_eval is None:
+        history.append({**trainer.state.log_history[-1], "step": steps})
     rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     rows_per_step *= max(training_args.world_size, 1)
     train_tokens = steps * rows_per_step * block_size
@@ -425,6 +440,7 @@ def train(args) -> dict:
         "train_seconds_excluding_eval": optim_seconds,
         "train_tokens_per_second": train_tokens / optim_seconds,
         "wall_seconds": wall_seconds,
+        "process_cpu_seconds": time.process_time(),
         "hardware": _hardware(),
         "block_size": block_size,
         "seed": training_args.seed,
@@ -464,7 +480,7 @@ def train(args) -> dict:
     )
     card = ModelCard.from_template(
         card_data,
-        template_path=str(_template_path()),
+        template_path=str(template),
         model_name=model_name,  # with eval_results, model_name leaves card_data's template variables
         repo_id=repo_id,
         variant=run["variant"],
