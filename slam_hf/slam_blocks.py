@@ -41,38 +41,49 @@ class SlamLayer(GradientCheckpointingLayer):
 
 
 class SlamWindowedLayer(SlamLayer):
-    """A layer that only attends inside its windows (an EF block).
+    """A layer that only attends inside its windows (an EF block), so attention costs O(L * w).
 
-    Q/K/V are projected once per new token (they do not depend on the window: RoPE uses absolute
-    positions), K/V go to this layer's cache slot, then each window gathers its queries and keys, so
-    attention costs O(L * w). Returns per-token sums of the window outputs and how many windows
-    covered each token; the caller averages over all blocks of the cycle.
+    Without a cache, a window's keys are exactly its own tokens: the normalised tokens are gathered into
+    (batch * windows) short sequences and projected there. With a cache, Q/K/V are projected once per new
+    token (they do not depend on the window: RoPE uses absolute positions), K/V go to this layer's cache
+    slot, and each window gathers its keys from it. o_proj and the MLP run only on window slots that hold
+    a real token. Returns per-token sums of the window outputs and how many windows covered each token;
+    the caller averages over all blocks of the cycle.
     """
 
     def forward(self, hidden_states, position_embeddings=None, window_plan: WindowPlan = None, past_key_values=None):
-        q, k, v = self.self_attn.project(self.attention_input(hidden_states), position_embeddings)
-        if past_key_values is not None:
+        plan = window_plan
+        normed = self.attention_input(hidden_states)
+
+        def gather(states, index):  # (B, L, ...) -> (B * windows, window tokens, ...)
+            return states[plan.batch_index, index].flatten(0, 1)
+
+        if past_key_values is None:
+            if plan.num_windows == 0:
+                return self._no_windows(hidden_states)
+            window_positions = None
+            if position_embeddings is not None:
+                window_positions = tuple(gather(t, plan.query_slots) for t in position_embeddings)
+            q, k, v = self.self_attn.project(gather(normed, plan.query_slots), window_positions)
+        else:
+            q, k, v = self.self_attn.project(normed, position_embeddings)
             k, v = past_key_values.update(k, v, self.layer_idx)
-        plan, new_length = window_plan, hidden_states.shape[1]
-        if plan.num_windows == 0:  # e.g. block B of a sequence that fits in the first window
-            zeros = torch.zeros_like(hidden_states)
-            return zeros, zeros[..., :1]
+            if plan.num_windows == 0:  # the cache still holds this block's K/V of every token
+                return self._no_windows(hidden_states)
+            # (B, heads, L, D) -> (B * windows, heads, window tokens, D)
+            q, k, v = (gather(t.transpose(1, 2), index).transpose(1, 2) for t, index in
+                       ((q, plan.query_slots), (k, plan.key_index), (v, plan.key_index)))  # fmt: skip
 
-        # (B, heads, L, D) -> (B * windows, heads, window tokens, D)
-        def gather(states, index):
-            gathered = states.transpose(1, 2)[plan.batch_index, index]  # (B, n, len, heads, D)
-            return gathered.flatten(0, 1).transpose(1, 2)
+        attn_output, _ = self.self_attn.attend(q, k, v, plan.mask, implementation=plan.implementation)
+        rows = plan.valid_rows
+        residual = gather(hidden_states, plan.query_slots).flatten(0, 1)[rows]
+        window_out = self.finish(residual, attn_output.flatten(0, 1)[rows])  # (real window slots, hidden)
+        return plan.scatter_sum(window_out, hidden_states.shape[:2]), plan.coverage.to(window_out.dtype)
 
-        attn_output, _ = self.self_attn.attend(
-            gather(q, plan.query_slots),
-            gather(k, plan.key_index),
-            gather(v, plan.key_index),
-            plan.mask,
-            implementation=plan.implementation,
-        )
-        residual = hidden_states[plan.batch_index, plan.query_slots]  # (B, n, q_len, hidden)
-        window_out = self.finish(residual, attn_output.view_as(residual))
-        return plan.scatter_sum(window_out, new_length), plan.coverage(new_length, window_out.dtype)
+    @staticmethod
+    def _no_windows(hidden_states):  # e.g. block B of a sequence that fits in the first window
+        zeros = torch.zeros_like(hidden_states)
+        return zeros, zeros[..., :1]
 
 
 class SlamEncoderFusionCycle(nn.Module):

@@ -22,22 +22,19 @@ class WindowPlan:
     key_index: torch.Tensor  # (B, n, k_len): index into past + new tokens, clamped
     mask: torch.Tensor | None  # (B * n, 1, q_len, k_len) bool, True = attend; None = plain causal
     implementation: str  # attention kernel for the windows
+    valid_rows: torch.Tensor  # (R,): flat (B * n * q_len) slots that hold a real token
+    valid_tokens: torch.Tensor  # (R,): flat (B * new tokens) index of that token
+    coverage: torch.Tensor  # (B, new tokens, 1) float: how many of this plan's windows hold each token
 
     @property
     def num_windows(self) -> int:
         return self.query_slots.shape[1]
 
-    def scatter_sum(self, window_states: torch.Tensor, new_length: int) -> torch.Tensor:
-        """(B, n, q_len, D) window outputs -> (B, new_length, D) per-token sums over windows."""
-        batch, hidden = window_states.shape[0], window_states.shape[-1]
-        flat_index = (self.batch_index * new_length + self.query_slots).flatten()
-        contributions = (window_states * self.query_valid[..., None]).flatten(0, 2)
-        out = window_states.new_zeros(batch * new_length, hidden).index_add_(0, flat_index, contributions)
-        return out.view(batch, new_length, hidden)
-
-    def coverage(self, new_length: int, dtype: torch.dtype) -> torch.Tensor:
-        """(B, new_length, 1): how many of this plan's windows hold each new token."""
-        return self.scatter_sum(self.query_valid[..., None].to(dtype), new_length)
+    def scatter_sum(self, rows: torch.Tensor, shape) -> torch.Tensor:
+        """(R, D) outputs of the real window slots -> (B, L, D) per-token sums over windows."""
+        batch, length = shape
+        out = rows.new_zeros(batch * length, rows.shape[-1]).index_add_(0, self.valid_tokens, rows)
+        return out.view(batch, length, -1)
 
 
 def padding_offsets(attention_mask: torch.Tensor | None, batch_size: int, total_length: int, device):
@@ -124,14 +121,21 @@ def plan_windows(
             # instead of an all-masked row that would put NaN into the backward pass.
             allowed = allowed | ~query_valid[..., None]
             mask = allowed.flatten(0, 1)[:, None]
+        query_slots = query_slots.clamp(0, new_length - 1)
+        valid_rows = query_valid.flatten().nonzero().squeeze(1)
+        valid_tokens = (batch_index * new_length + query_slots).flatten()[valid_rows]
+        coverage = torch.bincount(valid_tokens, minlength=batch_size * new_length).view(batch_size, new_length, 1)
         plans.append(
             WindowPlan(
                 batch_index=batch_index,
-                query_slots=query_slots.clamp(0, new_length - 1),
+                query_slots=query_slots,
                 query_valid=query_valid,
                 key_index=key_index.clamp(0, total - 1),
                 mask=mask,
                 implementation=implementation,
+                valid_rows=valid_rows,
+                valid_tokens=valid_tokens,
+                coverage=coverage.float(),
             )
         )
     return plans
