@@ -93,6 +93,12 @@ class SlamV1PreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False  # EF windows build boolean masks; not tested with flash kernels
     _supports_flex_attn = False
 
+    def get_input_embeddings(self):
+        return self.base_model.embed_tokens  # `base_model` is the trunk itself or a head's `self.model`
+
+    def set_input_embeddings(self, value):
+        self.base_model.embed_tokens = value
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -129,12 +135,6 @@ class SlamV1Model(SlamV1PreTrainedModel):
         self.norm = make_norm(config)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embed_tokens = value
 
     def forward(
         self,
@@ -234,12 +234,6 @@ class SlamV1ForCausalLM(SlamV1PreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
-
     def get_output_embeddings(self):
         return self.lm_head
 
@@ -294,12 +288,6 @@ class SlamV1ForMaskedLM(SlamV1PreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
-
     def get_output_embeddings(self):
         return self.lm_head
 
@@ -343,12 +331,6 @@ class SlamV1ForSequenceClassification(SlamV1PreTrainedModel):
         self.model = SlamV1Model(config)
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
 
     def forward(
         self,
