@@ -123,14 +123,14 @@ class SlamV1Model(SlamV1PreTrainedModel):
             self.rotary_emb = SlamRotaryEmbedding(config.head_dim, config.rope_theta)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-        # The schedule as data: config.layer_schedule lists one entry per cache layer.
-        layers, idx = [], 0
-        for kind in config.layer_schedule:
+        # The schedule as data: config.layer_schedule lists one entry per cache layer; an EF cycle owns
+        # two of them ("ef_a", "ef_b"), so it is built at its "ef_a" entry.
+        layers = []
+        for idx, kind in enumerate(config.layer_schedule):
             if kind == "full":
                 layers.append(SlamLayer(config, idx, is_causal=is_causal))
             elif kind == "ef_a":
                 layers.append(SlamEncoderFusionCycle(config, idx, is_causal=is_causal))
-            idx += 1
         self.layers = nn.ModuleList(layers)
         self.norm = make_norm(config)
         self.gradient_checkpointing = False
