@@ -31,6 +31,7 @@ class SlamConfigMixin:
 
     def _init_shared(
         self,
+        *,
         vocab_size,
         hidden_size,
         num_attention_heads,
@@ -156,11 +157,26 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
         **kwargs,
     ):
         self._init_shared(
-            vocab_size, hidden_size, num_attention_heads, num_key_value_heads, head_dim, intermediate_size,
-            mlp_type, norm_type, norm_position, norm_eps, position_embedding_type, rope_theta,
-            max_position_embeddings, attention_bias, mlp_bias, attention_dropout, hidden_dropout,
-            initializer_range, use_cache,
-        )  # fmt: skip
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_attention_heads=num_attention_heads,
+            num_key_value_heads=num_key_value_heads,
+            head_dim=head_dim,
+            intermediate_size=intermediate_size,
+            mlp_type=mlp_type,
+            norm_type=norm_type,
+            norm_position=norm_position,
+            norm_eps=norm_eps,
+            position_embedding_type=position_embedding_type,
+            rope_theta=rope_theta,
+            max_position_embeddings=max_position_embeddings,
+            attention_bias=attention_bias,
+            mlp_bias=mlp_bias,
+            attention_dropout=attention_dropout,
+            hidden_dropout=hidden_dropout,
+            initializer_range=initializer_range,
+            use_cache=use_cache,
+        )
         self.ef_cycles = ef_cycles
         self.ef_segment_length = ef_segment_length
         self.ef_segment_overlap = ef_segment_overlap

@@ -54,12 +54,10 @@ def validate_inputs(config, input_ids, inputs_embeds, attention_mask, past_lengt
                 f"`attention_mask` must have shape (batch, past + new tokens) = {expected}, got "
                 f"{tuple(attention_mask.shape)}."
             )
-        real = attention_mask.bool()
-        first = (real.long().cumsum(-1) == 0).sum(-1)
-        span_end = first + real.sum(-1)
-        positions = torch.arange(real.shape[1], device=real.device)
-        contiguous = (real == ((positions >= first[:, None]) & (positions < span_end[:, None]))).all()
-        if not contiguous:
+        first, real = padding_offsets(attention_mask, *expected, attention_mask.device)
+        positions = torch.arange(expected[1], device=attention_mask.device)
+        span = (positions >= first[:, None]) & (positions < (first + real)[:, None])
+        if not torch.equal(attention_mask.bool(), span):
             raise ValueError(
                 "`attention_mask` must mark one contiguous span of real tokens per row (left or right padding); "
                 "SLAM windows are placed by counting real tokens, so masks with holes are not supported."

@@ -265,3 +265,17 @@ def test_ef_cycle_cost_is_linear_in_length(eager_model, is_causal):
     # So is every intermediate of the cycle (attention scores: heads x windows x w x w), unlike full attention.
     assert long["cycle"][1] < 2 * heads * length * window, long["cycle"][1]
     assert long["full"][1] >= heads * length * length
+
+
+def test_attention_mask_with_holes_is_rejected(tester):
+    """Windows are placed by counting real tokens, which needs one contiguous span per row."""
+    model = tester.causal_lm_class(tester.get_config()).eval()
+    input_ids = tester.input_ids(seq_length=12)
+    holes = torch.ones_like(input_ids)
+    holes[0, 5] = 0
+    with pytest.raises(ValueError, match="attention_mask.*contiguous"):
+        model(input_ids=input_ids, attention_mask=holes)
+    left_and_right = torch.ones_like(input_ids)
+    left_and_right[:, :2] = 0
+    left_and_right[:, -3:] = 0
+    model(input_ids=input_ids, attention_mask=left_and_right)  # padding on both ends is one span: fine
