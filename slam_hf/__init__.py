@@ -15,13 +15,18 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .configuration_slam import SlamV1Config
+from .configuration_slam import SlamV1Config, SlamV2Config
 from .modeling_slam import (
     SlamV1ForCausalLM,
     SlamV1ForMaskedLM,
     SlamV1ForSequenceClassification,
     SlamV1Model,
     SlamV1PreTrainedModel,
+    SlamV2ForCausalLM,
+    SlamV2ForMaskedLM,
+    SlamV2ForSequenceClassification,
+    SlamV2Model,
+    SlamV2PreTrainedModel,
 )
 
 __version__ = "0.1.0"
@@ -35,6 +40,15 @@ MODEL_FAMILIES = [
             AutoModelForCausalLM: SlamV1ForCausalLM,
             AutoModelForMaskedLM: SlamV1ForMaskedLM,
             AutoModelForSequenceClassification: SlamV1ForSequenceClassification,
+        },
+    ),
+    (
+        SlamV2Config,
+        {
+            AutoModel: SlamV2Model,
+            AutoModelForCausalLM: SlamV2ForCausalLM,
+            AutoModelForMaskedLM: SlamV2ForMaskedLM,
+            AutoModelForSequenceClassification: SlamV2ForSequenceClassification,
         },
     ),
 ]
@@ -61,5 +75,11 @@ __all__ = [
     "SlamV1ForSequenceClassification",
     "SlamV1Model",
     "SlamV1PreTrainedModel",
+    "SlamV2Config",
+    "SlamV2ForCausalLM",
+    "SlamV2ForMaskedLM",
+    "SlamV2ForSequenceClassification",
+    "SlamV2Model",
+    "SlamV2PreTrainedModel",
     "register_auto_classes",
 ]

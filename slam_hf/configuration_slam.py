@@ -212,4 +212,167 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
         return ["full"] + ["ef_a", "ef_b"] * self.ef_cycles + ["full"]
 
 
-__all__ = ["SlamV1Config"]
+class SlamV2Config(SlamConfigMixin, PretrainedConfig):
+    r"""Configuration of SLAM v2: cyclic four-segment encoder fusion + mixture of attention experts (DESIGN §4).
+
+    Layer schedule: Level 1, one full-attention layer; Level 2, `ef_cycles` cycles in which the sequence is cut
+    into non-overlapping segments of `ef_segment_length` tokens and segment s is processed by block
+    (s + c) mod `ef_num_blocks` (c = cycle, 0-based) on input h_s + x_s (its previous output plus its original
+    embedded input), attending only inside the segment; the blocks are shared by all cycles. Level 3, one
+    mixture-of-attention-experts (MoA) layer over the full sequence, its MLP and norm. `num_hidden_layers`
+    counts KV-cache layers and is derived: 1 + ef_cycles + 1.
+
+    Args:
+        ef_cycles: encoder-fusion cycles; the default 4 is one full rotation (every block meets every slot).
+        ef_num_blocks: blocks shared across cycles, and segments per rotation (4 as published).
+        ef_segment_length: tokens per segment, fixed so that segments stay put while generating. Defaults to
+            max_position_embeddings / ef_num_blocks (four equal parts of the longest sequence); must not exceed
+            max_position_embeddings. Sequences of any length work; the last segment may be partial.
+        moa_num_experts: attention experts of the MoA layer; each has its own q_proj and o_proj, and all
+            share one k_proj and v_proj.
+        moa_top_k: experts each token is routed to. moa_top_k = moa_num_experts is the published dense
+            softmax mixture.
+        moa_expert_heads: query heads per expert. Defaults to num_attention_heads / moa_top_k, so the routed
+            attention of a token is as wide as a dense layer's. The shared K/V have
+            moa_expert_heads * num_key_value_heads / num_attention_heads heads (the model's GQA ratio).
+        router_aux_loss_coef: weight of the load-balancing loss added to the loss whenever `labels` are given
+            (0 disables it). The loss is 1 for perfectly balanced routing.
+        output_router_logits: return the router logits by default (`output_router_logits` forward argument).
+        is_causal: as for SLAM v1; masked-LM and classification heads set it to False on their own copy.
+        Other fields: see SlamV1Config; defaults follow the published model (post-LayerNorm, GELU, MHA).
+    """
+
+    model_type = "slam_v2"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        hidden_size: int = 256,
+        num_attention_heads: int = 8,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        intermediate_size: int = 1024,
+        mlp_type: str = "gelu",
+        norm_type: str = "layernorm",
+        norm_position: str = "post",
+        norm_eps: float = 1e-5,
+        position_embedding_type: str = "rope",
+        rope_theta: float = 10000.0,
+        max_position_embeddings: int = 2048,
+        attention_bias: bool = False,
+        mlp_bias: bool = False,
+        attention_dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        ef_cycles: int = 4,
+        ef_num_blocks: int = 4,
+        ef_segment_length: int | None = None,
+        moa_num_experts: int = 8,
+        moa_top_k: int = 2,
+        moa_expert_heads: int | None = None,
+        router_aux_loss_coef: float = 0.01,
+        output_router_logits: bool = False,
+        num_hidden_layers: int | None = None,
+        is_causal: bool = True,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        **kwargs,
+    ):
+        self._init_shared(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_attention_heads=num_attention_heads,
+            num_key_value_heads=num_key_value_heads,
+            head_dim=head_dim,
+            intermediate_size=intermediate_size,
+            mlp_type=mlp_type,
+            norm_type=norm_type,
+            norm_position=norm_position,
+            norm_eps=norm_eps,
+            position_embedding_type=position_embedding_type,
+            rope_theta=rope_theta,
+            max_position_embeddings=max_position_embeddings,
+            attention_bias=attention_bias,
+            mlp_bias=mlp_bias,
+            attention_dropout=attention_dropout,
+            hidden_dropout=hidden_dropout,
+            initializer_range=initializer_range,
+            use_cache=use_cache,
+        )
+        self.ef_cycles = ef_cycles
+        self.ef_num_blocks = ef_num_blocks
+        _require_positive(self, "ef_cycles", "ef_num_blocks")
+        if ef_segment_length is None:
+            if max_position_embeddings % ef_num_blocks:
+                raise ValueError(
+                    f"`ef_segment_length` defaults to max_position_embeddings / ef_num_blocks, but "
+                    f"{max_position_embeddings} is not divisible by {ef_num_blocks}; set `ef_segment_length`."
+                )
+            ef_segment_length = max_position_embeddings // ef_num_blocks
+        self.ef_segment_length = ef_segment_length
+        _require_positive(self, "ef_segment_length")
+        if ef_segment_length > max_position_embeddings:
+            raise ValueError(
+                f"`ef_segment_length` ({ef_segment_length}) exceeds max_position_embeddings "
+                f"({max_position_embeddings}): no sequence could fill a segment. Lower it or raise max_position_embeddings."
+            )
+
+        self.moa_num_experts = moa_num_experts
+        self.moa_top_k = moa_top_k
+        _require_positive(self, "moa_num_experts", "moa_top_k")
+        if moa_top_k > moa_num_experts:
+            raise ValueError(
+                f"`moa_top_k` ({moa_top_k}) cannot exceed `moa_num_experts` ({moa_num_experts}); "
+                f"use moa_top_k = moa_num_experts for the dense mixture."
+            )
+        if moa_expert_heads is None:
+            if num_attention_heads % moa_top_k:
+                raise ValueError(
+                    f"`moa_expert_heads` defaults to num_attention_heads / moa_top_k, but {num_attention_heads} heads "
+                    f"are not divisible by moa_top_k={moa_top_k}; set `moa_expert_heads`."
+                )
+            moa_expert_heads = num_attention_heads // moa_top_k
+        self.moa_expert_heads = moa_expert_heads
+        _require_positive(self, "moa_expert_heads")
+        kv_groups = num_attention_heads // self.num_key_value_heads
+        if moa_expert_heads % kv_groups:
+            raise ValueError(
+                f"`moa_expert_heads` ({moa_expert_heads}) must be a multiple of num_attention_heads / "
+                f"num_key_value_heads = {kv_groups}, so the experts share K/V heads in the model's GQA ratio."
+            )
+        if isinstance(router_aux_loss_coef, bool) or not router_aux_loss_coef >= 0:
+            raise ValueError(f"`router_aux_loss_coef` must be a number >= 0, got {router_aux_loss_coef!r}.")
+        self.router_aux_loss_coef = router_aux_loss_coef
+        self.output_router_logits = output_router_logits
+
+        derived_layers = 2 + ef_cycles
+        if num_hidden_layers is not None and num_hidden_layers != derived_layers:
+            raise ValueError(
+                f"`num_hidden_layers` is derived as 1 + ef_cycles + 1 = {derived_layers} for SLAM v2 (one KV-cache "
+                f"layer per cycle), got {num_hidden_layers}; set `ef_cycles` instead."
+            )
+        self.num_hidden_layers = derived_layers
+        if not isinstance(is_causal, bool):
+            raise TypeError(f"`is_causal` must be True or False, got {is_causal!r}.")
+        self.is_causal = is_causal
+        self.tie_word_embeddings = tie_word_embeddings
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        super().__init__(**kwargs)
+
+    @property
+    def moa_key_value_heads(self) -> int:
+        return self.moa_expert_heads * self.num_key_value_heads // self.num_attention_heads
+
+    @property
+    def layer_schedule(self) -> list[str]:
+        """The architecture as data: one entry per cache layer."""
+        return ["full"] + [f"fusion_{cycle}" for cycle in range(self.ef_cycles)] + ["moa"]
+
+
+__all__ = ["SlamV1Config", "SlamV2Config"]

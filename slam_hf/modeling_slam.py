@@ -3,9 +3,14 @@
 SLAM v1 (DESIGN §3): embed -> full-attention layer -> `ef_cycles` encoder-fusion cycles -> full-attention
 layer -> norm. An EF cycle cuts the sequence into overlapping windows handled alternately by its blocks A
 and B; each block attends only inside its windows, and a token in two windows takes the mean of both.
+
+SLAM v2 (DESIGN §4): embed -> full-attention layer -> `ef_cycles` cycles of four shared blocks over
+non-overlapping segments, rotating (segment s -> block (s + c) mod 4, on input h_s + x_s) -> mixture of
+attention experts over the full sequence -> norm.
 """
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -14,14 +19,17 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
     MaskedLMOutput,
+    MoeCausalLMOutputWithPast,
+    MoeModelOutputWithPast,
     SequenceClassifierOutput,
 )
 
-from .configuration_slam import SlamV1Config
-from .slam_blocks import SlamEncoderFusionCycle, SlamLayer, SlamWindowedLayer
+from .configuration_slam import SlamV1Config, SlamV2Config
+from .slam_blocks import SlamCyclicFusion, SlamEncoderFusionCycle, SlamLayer, SlamMoALayer, SlamWindowedLayer
 from .slam_compat import DynamicCache, create_bidirectional_mask, create_causal_mask, init
 from .slam_layers import SlamRotaryEmbedding, make_norm
-from .slam_windows import padding_offsets, plan_windows
+from .slam_moa import load_balancing_loss
+from .slam_windows import padding_offsets, plan_segments, plan_windows
 
 
 def validate_inputs(config, input_ids, inputs_embeds, attention_mask, past_length):
@@ -69,6 +77,14 @@ def validate_labels(labels, expected_shape, name="labels"):
         raise ValueError(f"`{name}` must have shape {tuple(expected_shape)}, got {tuple(labels.shape)}.")
 
 
+def mean_pool(hidden_states, attention_mask):
+    """Mean over the real tokens of each row: (B, L, hidden) -> (B, hidden)."""
+    if attention_mask is None:
+        return hidden_states.mean(dim=1)
+    weights = attention_mask.to(hidden_states.dtype)[..., None]
+    return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 def with_causality(config, is_causal: bool, head: str):
     """The config a head runs with: bidirectional heads record `is_causal=False` on a copy (so the caller's
     config is untouched and a saved checkpoint says which trunk it holds); contradictions fail early."""
@@ -81,14 +97,14 @@ def with_causality(config, is_causal: bool, head: str):
     return config
 
 
-class SlamV1PreTrainedModel(PreTrainedModel):
-    config_class = SlamV1Config
+class SlamPreTrainedModel(PreTrainedModel):
+    """Capability flags, embeddings access and weight initialisation shared by every SLAM variant."""
+
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["SlamLayer", "SlamEncoderFusionCycle"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
-    _supports_flash_attn = False  # EF windows build boolean masks; not tested with flash kernels
+    _supports_flash_attn = False  # windows and segments build boolean masks; not tested with flash kernels
     _supports_flex_attn = False
 
     def get_input_embeddings(self):
@@ -104,13 +120,8 @@ class SlamV1PreTrainedModel(PreTrainedModel):
             # Non-persistent buffer: from_pretrained leaves it uninitialised on the meta device.
             init.copy_(module.inv_freq, module.reset_inv_freq())
 
-
-class SlamV1Model(SlamV1PreTrainedModel):
-    """The SLAM v1 trunk; `config.is_causal=False` gives the bidirectional encoder of the MLM and classifier heads."""
-
-    def __init__(self, config: SlamV1Config):
-        super().__init__(config)
-        is_causal = self.is_causal = config.is_causal
+    # ---- trunk helpers (used by the variant models) ----
+    def _build_embeddings(self, config):
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.embed_positions = None
@@ -121,36 +132,8 @@ class SlamV1Model(SlamV1PreTrainedModel):
             self.rotary_emb = SlamRotaryEmbedding(config.head_dim, config.rope_theta)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-        # The schedule as data: config.layer_schedule lists one entry per cache layer; an EF cycle owns
-        # two of them ("ef_a", "ef_b"), so it is built at its "ef_a" entry.
-        layers = []
-        for idx, kind in enumerate(config.layer_schedule):
-            if kind == "full":
-                layers.append(SlamLayer(config, idx, is_causal=is_causal))
-            elif kind == "ef_a":
-                layers.append(SlamEncoderFusionCycle(config, idx, is_causal=is_causal))
-        self.layers = nn.ModuleList(layers)
-        self.norm = make_norm(config)
-        self.gradient_checkpointing = False
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPast:
-        if output_attentions:
-            raise ValueError(
-                "`output_attentions=True` is not supported: EF blocks attend inside windows, so there is no (L, L) "
-                "attention map per layer. Use `output_hidden_states=True` instead."
-            )
+    def _prepare_inputs(self, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache):
+        """Validate inputs, embed them, set up the cache, positions and the full-attention mask."""
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         validate_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
         if inputs_embeds is None:
@@ -190,25 +173,100 @@ class SlamV1Model(SlamV1PreTrainedModel):
             full_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values)
         else:
             full_mask = create_bidirectional_mask(self.config, inputs_embeds, attention_mask)
+        return PreparedInputs(
+            hidden_states=self.dropout(hidden_states),
+            position_embeddings=position_embeddings,
+            full_mask=full_mask,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            past_length=past_length,
+            use_cache=use_cache,
+        )
+
+    @property
+    def window_implementation(self) -> str:
+        """Kernel for windows and segments: eager, or sdpa (which also serves any other requested backend)."""
+        return "eager" if self.config._attn_implementation == "eager" else "sdpa"
+
+
+@dataclass
+class PreparedInputs:
+    hidden_states: torch.Tensor  # embedded inputs (positions added, dropout applied)
+    position_embeddings: tuple | None  # RoPE (cos, sin) or None
+    full_mask: torch.Tensor | None  # mask of the full-attention layers
+    attention_mask: torch.Tensor | None  # the 2D padding mask, on the model's device
+    past_key_values: object
+    past_length: int
+    use_cache: bool
+
+
+def raise_if_output_attentions(output_attentions):
+    if output_attentions:
+        raise ValueError(
+            "`output_attentions=True` is not supported: SLAM blocks attend inside windows or segments, so there is "
+            "no (L, L) attention map per layer. Use `output_hidden_states=True` instead."
+        )
+
+
+class SlamV1PreTrainedModel(SlamPreTrainedModel):
+    config_class = SlamV1Config
+    _no_split_modules = ["SlamLayer", "SlamEncoderFusionCycle"]
+
+
+class SlamV1Model(SlamV1PreTrainedModel):
+    """The SLAM v1 trunk; `config.is_causal=False` gives the bidirectional encoder of the MLM and classifier heads."""
+
+    def __init__(self, config: SlamV1Config):
+        super().__init__(config)
+        is_causal = self.is_causal = config.is_causal
+        self._build_embeddings(config)
+
+        # The schedule as data: config.layer_schedule lists one entry per cache layer; an EF cycle owns
+        # two of them ("ef_a", "ef_b"), so it is built at its "ef_a" entry.
+        layers = []
+        for idx, kind in enumerate(config.layer_schedule):
+            if kind == "full":
+                layers.append(SlamLayer(config, idx, is_causal=is_causal))
+            elif kind == "ef_a":
+                layers.append(SlamEncoderFusionCycle(config, idx, is_causal=is_causal))
+        self.layers = nn.ModuleList(layers)
+        self.norm = make_norm(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        raise_if_output_attentions(output_attentions)
+        inputs = self._prepare_inputs(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
+        hidden_states, past_key_values = inputs.hidden_states, inputs.past_key_values
         window_plans = plan_windows(
-            attention_mask,
-            batch,
-            past_length,
-            length,
+            inputs.attention_mask,
+            hidden_states.shape[0],
+            inputs.past_length,
+            hidden_states.shape[1],
             self.config.ef_segment_length,
             self.config.ef_stride,
             self.is_causal,
-            "eager" if self.config._attn_implementation == "eager" else "sdpa",
-            device,
+            self.window_implementation,
+            hidden_states.device,
         )
 
-        hidden_states = self.dropout(hidden_states)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
-                position_embeddings,
-                attention_mask=full_mask,
+                inputs.position_embeddings,
+                attention_mask=inputs.full_mask,
                 window_plans=window_plans,
                 past_key_values=past_key_values,
             )
@@ -217,7 +275,7 @@ class SlamV1Model(SlamV1PreTrainedModel):
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            past_key_values=past_key_values if inputs.use_cache else None,
             hidden_states=all_hidden_states,
         )
 
@@ -348,13 +406,7 @@ class SlamV1ForSequenceClassification(SlamV1PreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=kwargs.pop("output_attentions", None),
         )
-        hidden_states = outputs.last_hidden_state
-        if attention_mask is None:
-            pooled = hidden_states.mean(dim=1)
-        else:
-            weights = attention_mask.to(hidden_states.dtype)[..., None]
-            pooled = (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
-        logits = self.score(pooled)
+        logits = self.score(mean_pool(outputs.last_hidden_state, attention_mask))
         loss = None
         if labels is not None:
             validate_labels(labels, logits.shape[:1] if labels.dim() == 1 else logits.shape)
@@ -362,7 +414,315 @@ class SlamV1ForSequenceClassification(SlamV1PreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
+# ------------------------------------------------------------------------------------------------ SLAM v2 ----
+@dataclass
+class SlamV2MaskedLMOutput(MaskedLMOutput):
+    """`MaskedLMOutput` plus the MoA load-balancing loss and (on request) the router logits."""
+
+    aux_loss: torch.Tensor | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class SlamV2SequenceClassifierOutput(SequenceClassifierOutput):
+    """`SequenceClassifierOutput` plus the MoA load-balancing loss and (on request) the router logits."""
+
+    aux_loss: torch.Tensor | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+
+
+class SlamV2PreTrainedModel(SlamPreTrainedModel):
+    config_class = SlamV2Config
+    _no_split_modules = ["SlamLayer", "SlamCyclicFusion", "SlamMoALayer"]
+
+
+class SlamV2Model(SlamV2PreTrainedModel):
+    """The SLAM v2 trunk: Level 1 full attention, Level 2 cyclic segment fusion, Level 3 mixture of attention
+    experts. `config.is_causal=False` gives the bidirectional encoder of the MLM and classifier heads.
+
+    `router_logits` (one (batch * sequence, experts) tensor per MoA layer, as in transformers' MoE models) is
+    returned with `output_router_logits=True`.
+    """
+
+    def __init__(self, config: SlamV2Config):
+        super().__init__(config)
+        is_causal = self.is_causal = config.is_causal
+        self._build_embeddings(config)
+        # Cache layers follow config.layer_schedule: full, one per fusion cycle, moa.
+        self.input_layer = SlamLayer(config, 0, is_causal=is_causal)
+        self.fusion = SlamCyclicFusion(config, first_layer_idx=1, is_causal=is_causal)
+        self.moa_layer = SlamMoALayer(config, 1 + config.ef_cycles, is_causal=is_causal)
+        self.norm = make_norm(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_router_logits: bool | None = None,
+        **kwargs,
+    ) -> MoeModelOutputWithPast:
+        raise_if_output_attentions(output_attentions)
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        inputs = self._prepare_inputs(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
+        hidden_states, past_key_values = inputs.hidden_states, inputs.past_key_values
+        segment_plan = plan_segments(
+            inputs.attention_mask,
+            hidden_states.shape[0],
+            inputs.past_length,
+            hidden_states.shape[1],
+            self.config.ef_segment_length,
+            self.config.ef_num_blocks,
+            self.is_causal,
+            self.window_implementation,
+            hidden_states.device,
+        )
+        original_inputs = hidden_states  # x: every fusion cycle adds it to its segment inputs
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        hidden_states = self.input_layer(
+            hidden_states, inputs.position_embeddings, attention_mask=inputs.full_mask, past_key_values=past_key_values
+        )
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        for cycle in range(self.config.ef_cycles):
+            hidden_states = self.fusion(
+                hidden_states,
+                original_inputs,
+                inputs.position_embeddings,
+                cycle=cycle,
+                segment_plan=segment_plan,
+                past_key_values=past_key_values,
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        hidden_states, router_logits = self.moa_layer(
+            hidden_states, inputs.position_embeddings, attention_mask=inputs.full_mask, past_key_values=past_key_values
+        )
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        hidden_states = self.norm(hidden_states)
+        return MoeModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if inputs.use_cache else None,
+            hidden_states=all_hidden_states,
+            router_logits=(router_logits.flatten(0, 1),) if output_router_logits else None,
+        )
+
+
+def router_aux_loss(config, router_logits, attention_mask, labelled=None, num_items_in_batch=None):
+    """The load-balancing loss over the real tokens of this forward, and its weight in the total loss.
+
+    Under gradient accumulation (`num_items_in_batch` given, the LM loss being a share of the big batch's
+    sum), each micro-batch contributes in proportion to its labelled tokens, so the accumulated weight of
+    the balancing loss stays `router_aux_loss_coef` instead of growing with the number of micro-batches.
+    """
+    token_mask = None
+    if attention_mask is not None:
+        length = router_logits[0].shape[0] // attention_mask.shape[0]
+        token_mask = attention_mask[:, -length:].bool().flatten()
+    aux_loss = sum(load_balancing_loss(logits, config.moa_top_k, token_mask) for logits in router_logits)
+    weight = config.router_aux_loss_coef
+    if num_items_in_batch is not None and labelled is not None:
+        weight = weight * labelled / num_items_in_batch
+    return aux_loss, weight
+
+
+class SlamV2ForCausalLM(SlamV2PreTrainedModel, GenerationMixin):
+    """Causal LM. With `labels`, loss = LM loss + router_aux_loss_coef * aux_loss (the MoA balancing loss)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SlamV2Config):
+        config = with_causality(config, True, type(self).__name__)
+        super().__init__(config)
+        self.model = SlamV2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> MoeCausalLMOutputWithPast:
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=kwargs.pop("output_attentions", None),
+            output_router_logits=True,
+        )
+        hidden_states = outputs.last_hidden_state
+        validate_labels(labels, hidden_states.shape[:2])
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        labelled = None if labels is None else (labels[:, 1:] != -100).sum()
+        aux_loss, aux_weight = router_aux_loss(
+            self.config, outputs.router_logits, attention_mask, labelled, kwargs.get("num_items_in_batch")
+        )
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if aux_weight:
+                loss = loss + aux_weight * aux_loss.to(loss.device)
+        return MoeCausalLMOutputWithPast(
+            loss=loss,
+            aux_loss=aux_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            router_logits=outputs.router_logits if output_router_logits else None,
+        )
+
+
+class SlamV2ForMaskedLM(SlamV2PreTrainedModel):
+    """Masked LM on the bidirectional trunk; with `labels`, the MoA balancing loss is added as for the causal LM."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SlamV2Config):
+        config = with_causality(config, False, type(self).__name__)
+        super().__init__(config)
+        self.model = SlamV2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        **kwargs,
+    ) -> SlamV2MaskedLMOutput:
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=kwargs.pop("output_attentions", None),
+            output_router_logits=True,
+        )
+        hidden_states = outputs.last_hidden_state
+        validate_labels(labels, hidden_states.shape[:2])
+        logits = self.lm_head(hidden_states)
+        labelled = None if labels is None else (labels != -100).sum()
+        aux_loss, aux_weight = router_aux_loss(
+            self.config, outputs.router_logits, attention_mask, labelled, kwargs.get("num_items_in_batch")
+        )
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if aux_weight:
+                loss = loss + aux_weight * aux_loss.to(loss.device)
+        return SlamV2MaskedLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            aux_loss=aux_loss,
+            router_logits=outputs.router_logits if output_router_logits else None,
+        )
+
+
+class SlamV2ForSequenceClassification(SlamV2PreTrainedModel):
+    """Bidirectional trunk, mean over real tokens, linear classifier; the MoA balancing loss is added to the
+    classification loss with `router_aux_loss_coef`."""
+
+    def __init__(self, config: SlamV2Config):
+        config = with_causality(config, False, type(self).__name__)
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = SlamV2Model(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        **kwargs,
+    ) -> SlamV2SequenceClassifierOutput:
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=kwargs.pop("output_attentions", None),
+            output_router_logits=True,
+        )
+        logits = self.score(mean_pool(outputs.last_hidden_state, attention_mask))
+        aux_loss, aux_weight = router_aux_loss(self.config, outputs.router_logits, attention_mask)
+        loss = None
+        if labels is not None:
+            validate_labels(labels, logits.shape[:1] if labels.dim() == 1 else logits.shape)
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
+            if aux_weight:
+                loss = loss + aux_weight * aux_loss.to(loss.device)
+        return SlamV2SequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            aux_loss=aux_loss,
+            router_logits=outputs.router_logits if output_router_logits else None,
+        )
+
+
 __all__ = [
+    "SlamPreTrainedModel",
+    "SlamV2ForCausalLM",
+    "SlamV2ForMaskedLM",
+    "SlamV2ForSequenceClassification",
+    "SlamV2Model",
+    "SlamV2PreTrainedModel",
     "SlamV1ForCausalLM",
     "SlamV1ForMaskedLM",
     "SlamV1ForSequenceClassification",

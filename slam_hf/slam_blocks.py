@@ -1,21 +1,26 @@
-"""Transformer layers: the full-attention layer and the windowed layer that EF blocks are made of."""
+"""Transformer layers: the full-attention layer, the windowed layer of SLAM v1's EF blocks, SLAM v2's
+cyclic segment fusion and its mixture-of-attention-experts layer."""
 
 import torch
 from torch import nn
 
-from .slam_attention import SlamAttention
-from .slam_compat import GradientCheckpointingLayer
-from .slam_layers import SlamMLP, make_norm
-from .slam_windows import WindowPlan
+from .slam_attention import SlamAttention, eager_attention_forward
+from .slam_compat import GradientCheckpointingLayer, get_attention_function
+from .slam_grouped import grouped_linear, grouped_mlp, grouped_norm
+from .slam_layers import SlamMLP, apply_rotary_pos_emb, make_norm
+from .slam_moa import SlamMixtureOfAttention
+from .slam_windows import SegmentPlan, WindowPlan
 
 
 class SlamLayer(GradientCheckpointingLayer):
     """Attention + MLP with residuals; `norm_position` picks pre-norm or the published post-norm."""
 
-    def __init__(self, config, layer_idx: int, is_causal: bool = True):
+    attention_class = SlamAttention
+
+    def __init__(self, config, layer_idx: int | None, is_causal: bool = True):
         super().__init__()
         self.layer_idx = layer_idx
-        self.self_attn = SlamAttention(config, layer_idx, is_causal=is_causal)
+        self.self_attn = self.attention_class(config, layer_idx, is_causal=is_causal)
         self.mlp = SlamMLP(config)
         self.attn_norm = make_norm(config)
         self.mlp_norm = make_norm(config)
@@ -108,4 +113,126 @@ class SlamEncoderFusionCycle(nn.Module):
         return torch.where(count > 0, total / count.clamp(min=1), hidden_states)
 
 
-__all__ = ["SlamEncoderFusionCycle", "SlamLayer", "SlamWindowedLayer"]
+class SlamMoALayer(SlamLayer):
+    """SLAM v2 Level 3: mixture of attention experts over the full sequence, then the MLP and norms.
+    Returns (hidden states, router logits)."""
+
+    attention_class = SlamMixtureOfAttention
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        attn_output, router_logits = self.self_attn(
+            self.attention_input(hidden_states), position_embeddings, attention_mask, past_key_values
+        )
+        return self.finish(hidden_states, attn_output), router_logits
+
+
+class SlamCyclicFusion(GradientCheckpointingLayer):
+    """SLAM v2 Level 2: `ef_num_blocks` blocks shared by all cycles; one call runs one cycle (DESIGN §4).
+
+    In cycle c, segment s is processed by block (s + c) mod G on input h_s + x_s (its output of the previous
+    stage plus its original embedded input) and attends only inside the segment. Segments sit in G slots
+    (`SegmentPlan`), so slot j simply uses block (j + c) mod G. When every slot holds tokens, all blocks run
+    as one batched computation (`slam_grouped`); otherwise (short inputs, decoding) only the occupied slots
+    run, one block each. Cycle c writes its K/V to cache layer `first_layer_idx + c`.
+    """
+
+    def __init__(self, config, first_layer_idx: int, is_causal: bool = True):
+        super().__init__()
+        self.first_layer_idx = first_layer_idx
+        self.blocks = nn.ModuleList([SlamLayer(config, None, is_causal=is_causal) for _ in range(config.ef_num_blocks)])
+        self.pre_norm = config.norm_position == "pre"
+        # False runs occupied slots one block at a time even when all are occupied (the reference path).
+        self.batch_blocks = True
+
+    def block_of_slot(self, slot: int, cycle: int) -> nn.Module:
+        return self.blocks[(slot + cycle) % len(self.blocks)]
+
+    def forward(
+        self,
+        hidden_states,
+        original_inputs,
+        position_embeddings=None,
+        cycle: int = 0,
+        segment_plan: SegmentPlan = None,
+        past_key_values=None,
+    ):
+        plan = segment_plan
+        if self.batch_blocks and len(plan.active_slots) == plan.num_slots:
+            slot_groups = [list(range(plan.num_slots))]
+        else:
+            slot_groups = [[slot] for slot in plan.active_slots]
+        attention = self.blocks[0].self_attn
+        head_dim = attention.head_dim
+        query_length, key_length = plan.token_index.shape[-1], plan.key_index.shape[-1]
+        inputs = hidden_states + original_inputs  # h_s + x_s
+
+        def split_heads(states, tokens):  # (g, B * m * tokens, heads * D) -> (g * B * m, heads, tokens, D)
+            return states.reshape(-1, tokens, states.shape[-1] // head_dim, head_dim).transpose(1, 2)
+
+        work = []  # per slot group: [slots, blocks, input rows, q, k, v]
+        for slots in slot_groups:
+            blocks = [self.block_of_slot(slot, cycle) for slot in slots]
+            rows = plan.gather(inputs, slots)  # (g, B * m * q_len, hidden)
+            normed = grouped_norm([b.attn_norm for b in blocks], rows) if self.pre_norm else rows
+            q, k, v = (
+                split_heads(grouped_linear([getattr(b.self_attn, name) for b in blocks], normed), query_length)
+                for name in ("q_proj", "k_proj", "v_proj")
+            )
+            if position_embeddings is not None:
+                cos, sin = (plan.gather(t, slots).view(-1, query_length, head_dim) for t in position_embeddings)
+                q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            work.append([slots, blocks, rows, q, k, v])
+
+        if past_key_values is not None:
+            # The cache holds this cycle's K/V in token order; each new token's come from the one slot holding it.
+            batch, length = hidden_states.shape[:2]
+            new_keys = hidden_states.new_zeros(batch, length, attention.num_key_value_heads, head_dim)
+            new_values = torch.zeros_like(new_keys)
+            for slots, _, _, _, k, v in work:
+                new_keys = plan.scatter(k.transpose(1, 2).unflatten(0, (len(slots), -1)).flatten(1, 2), slots, new_keys)
+                new_values = plan.scatter(v.transpose(1, 2).unflatten(0, (len(slots), -1)).flatten(1, 2), slots, new_values)
+            keys, values = past_key_values.update(
+                new_keys.transpose(1, 2), new_values.transpose(1, 2), self.first_layer_idx + cycle
+            )
+            for item in work:  # every segment's keys: its cached past plus its new tokens
+                item[4], item[5] = (
+                    plan.gather(t.transpose(1, 2), item[0], keys=True).reshape(-1, key_length, *t.shape[1:2], head_dim).transpose(1, 2)
+                    for t in (keys, values)
+                )
+
+        attention_fn = get_attention_function(plan.implementation, eager_attention_forward)
+        output = hidden_states  # tokens in no segment (padding) pass through unchanged
+        for slots, blocks, rows, q, k, v in work:
+            mask = None if plan.mask is None else plan.mask[slots].flatten(0, 1)
+            attn_output, _ = attention_fn(
+                attention,
+                q,
+                k,
+                v,
+                mask,
+                scaling=attention.scaling,
+                dropout=attention.attention_dropout if self.training else 0.0,
+            )
+            attn_output = attn_output.reshape(len(slots), rows.shape[1], -1)  # (g, B * m * q_len, heads * D)
+            attn_output = grouped_linear([b.self_attn.o_proj for b in blocks], attn_output)
+            output = plan.scatter(self._finish(blocks, rows, attn_output), slots, output)
+        return output
+
+    def _finish(self, blocks, residual, attn_output):
+        """`SlamLayer.finish` for a group of blocks: residual, norms and MLP, slot g through blocks[g]."""
+        dropout = self.blocks[0].dropout
+        hidden_states = residual + dropout(attn_output)
+        mlps = [b.mlp for b in blocks]
+        if self.pre_norm:
+            return hidden_states + dropout(grouped_mlp(mlps, grouped_norm([b.mlp_norm for b in blocks], hidden_states)))
+        hidden_states = grouped_norm([b.attn_norm for b in blocks], hidden_states)
+        return grouped_norm([b.mlp_norm for b in blocks], hidden_states + dropout(grouped_mlp(mlps, hidden_states)))
+
+
+__all__ = [
+    "SlamCyclicFusion",
+    "SlamEncoderFusionCycle",
+    "SlamLayer",
+    "SlamMoALayer",
+    "SlamWindowedLayer",
+]

@@ -14,6 +14,13 @@ def make_linear(config, in_features: int, out_features: int, bias: bool) -> nn.L
     return nn.Linear(in_features, out_features, bias=bias)
 
 
+def rms_normalize(hidden_states: torch.Tensor, eps: float) -> torch.Tensor:
+    # Normalise in float32: bf16 squares lose too much precision.
+    dtype = hidden_states.dtype
+    hidden_states = hidden_states.float()
+    return (hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
+
+
 class SlamRMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float):
         super().__init__()
@@ -21,11 +28,7 @@ class SlamRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32: bf16 squares lose too much precision.
-        dtype = hidden_states.dtype
-        hidden_states = hidden_states.float()
-        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * hidden_states.to(dtype)
+        return self.weight * rms_normalize(hidden_states, self.eps)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
@@ -101,5 +104,6 @@ __all__ = [
     "apply_rotary_pos_emb",
     "make_linear",
     "make_norm",
+    "rms_normalize",
     "rope_inverse_frequencies",
 ]

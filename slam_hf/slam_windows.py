@@ -46,6 +46,60 @@ def padding_offsets(attention_mask: torch.Tensor | None, batch_size: int, total_
     return (real.long().cumsum(-1) == 0).sum(-1), real.sum(-1)
 
 
+def _locate_new_tokens(attention_mask, batch_size, past_length, new_length, device):
+    """Per row: leading padding, real-token count, and the logical range [lo, hi] of the real new tokens."""
+    total = past_length + new_length
+    offsets, real = padding_offsets(attention_mask, batch_size, total, device)
+    lo = (past_length - offsets).clamp(min=0)
+    hi = torch.minimum(total - offsets, real) - 1
+    return offsets, real, lo, hi
+
+
+def _window_slots(ids, offsets, real, past_length, new_length, window_length, stride, is_causal, plain_causal):
+    """Gather indices of the windows `ids` (n,), for every row.
+
+    Returns query_slots (B, n, q_len) into the new tokens (clamped), query_valid (B, n, q_len),
+    key_index (B, n, k_len) into past + new tokens (clamped), and the mask (B, n, q_len, k_len) bool
+    (True = attend) or None when plain causal attention inside the window is exact.
+    """
+    device = ids.device
+    total = past_length + new_length
+    query_length = min(window_length, new_length)
+    key_length = min(window_length, total)
+    starts = ids * stride  # (n,)
+    exists = torch.ones(offsets.shape[0], ids.numel(), dtype=torch.bool, device=device)
+    if not is_causal and stride < window_length:  # a trailing window inside its predecessor does not exist
+        exists = (ids == 0) | ((ids - 1) * stride + window_length < real[:, None])
+
+    first_query = torch.maximum(starts[None, :], (past_length - offsets)[:, None])  # (B, n)
+    query_logical = first_query[..., None] + torch.arange(query_length, device=device)  # (B, n, q_len)
+    query_slots = query_logical + offsets[:, None, None] - past_length
+    query_valid = (
+        (query_slots < new_length)
+        & (query_logical < (starts + window_length)[None, :, None])
+        & (query_logical < real[:, None, None])
+        & exists[..., None]
+    )
+    key_logical = (starts[:, None] + torch.arange(key_length, device=device))[None]  # (1, n, k_len)
+    key_index = key_logical + offsets[:, None, None]
+    key_valid = (key_logical < real[:, None, None]) & (key_index < total)
+
+    mask = None
+    if not plain_causal:
+        allowed = key_valid[:, :, None, :]
+        if is_causal:
+            allowed = allowed & (key_logical[:, :, None, :] <= query_logical[..., None])
+        # Queries that are not real tokens attend everywhere: finite garbage that is discarded,
+        # instead of an all-masked row that would put NaN into the backward pass.
+        mask = allowed | ~query_valid[..., None]
+    return query_slots.clamp(0, new_length - 1), query_valid, key_index.clamp(0, total - 1), mask
+
+
+def _is_plain_causal(is_causal, past_length, real, total, implementation):
+    """No past, no padding: every window's mask is the lower triangle, which sdpa applies by itself."""
+    return is_causal and past_length == 0 and implementation != "eager" and bool((real == total).all())
+
+
 def plan_windows(
     attention_mask: torch.Tensor | None,
     batch_size: int,
@@ -66,11 +120,9 @@ def plan_windows(
     reproduces the published geometry (A = first 60 %, B = last 60 %) at L = 100, w = 60, overlap = 20.
     """
     total = past_length + new_length
-    offsets, real = padding_offsets(attention_mask, batch_size, total, device)
+    offsets, real, lo, hi = _locate_new_tokens(attention_mask, batch_size, past_length, new_length, device)
 
-    # Logical range [lo, hi] of the real new tokens of every row; windows must intersect it.
-    lo = (past_length - offsets).clamp(min=0)
-    hi = torch.minimum(total - offsets, real) - 1
+    # Windows must intersect the range of real new tokens of some row.
     rows = hi >= lo
     if rows.any():
         first = torch.div(lo[rows] - window_length + stride, stride, rounding_mode="floor").clamp(min=0)
@@ -83,45 +135,14 @@ def plan_windows(
         first_window = last_window = 0
     windows = torch.arange(first_window, last_window + 1, device=device)
 
-    query_length = min(window_length, new_length)
-    key_length = min(window_length, total)
-    plain_causal = (
-        is_causal and past_length == 0 and implementation != "eager" and bool((real == total).all())
-    )
+    plain_causal = _is_plain_causal(is_causal, past_length, real, total, implementation)
     batch_index = torch.arange(batch_size, device=device)[:, None, None]
-    positions_q = torch.arange(query_length, device=device)
-    positions_k = torch.arange(key_length, device=device)
     plans = []
     for block in range(num_blocks):
         ids = windows[(windows + block_offset) % num_blocks == block]
-        starts = ids * stride  # (n,)
-        exists = torch.ones(batch_size, ids.numel(), dtype=torch.bool, device=device)
-        if not is_causal:
-            exists = (ids == 0) | ((ids - 1) * stride + window_length < real[:, None])
-
-        first_query = torch.maximum(starts[None, :], (past_length - offsets)[:, None])  # (B, n)
-        query_logical = first_query[..., None] + positions_q  # (B, n, q_len)
-        query_slots = query_logical + offsets[:, None, None] - past_length
-        query_valid = (
-            (query_slots < new_length)
-            & (query_logical < (starts + window_length)[None, :, None])
-            & (query_logical < real[:, None, None])
-            & exists[..., None]
+        query_slots, query_valid, key_index, mask = _window_slots(
+            ids, offsets, real, past_length, new_length, window_length, stride, is_causal, plain_causal
         )
-        key_logical = (starts[:, None] + positions_k)[None]  # (1, n, k_len)
-        key_index = key_logical + offsets[:, None, None]
-        key_valid = (key_logical < real[:, None, None]) & (key_index < total)
-
-        mask = None
-        if not plain_causal:
-            allowed = key_valid[:, :, None, :]
-            if is_causal:
-                allowed = allowed & (key_logical[:, :, None, :] <= query_logical[..., None])
-            # Queries that are not real tokens attend everywhere: finite garbage that is discarded,
-            # instead of an all-masked row that would put NaN into the backward pass.
-            allowed = allowed | ~query_valid[..., None]
-            mask = allowed.flatten(0, 1)[:, None]
-        query_slots = query_slots.clamp(0, new_length - 1)
         valid_rows = query_valid.flatten().nonzero().squeeze(1)
         valid_tokens = (batch_index * new_length + query_slots).flatten()[valid_rows]
         coverage = torch.bincount(valid_tokens, minlength=batch_size * new_length).view(batch_size, new_length, 1)
@@ -130,8 +151,8 @@ def plan_windows(
                 batch_index=batch_index,
                 query_slots=query_slots,
                 query_valid=query_valid,
-                key_index=key_index.clamp(0, total - 1),
-                mask=mask,
+                key_index=key_index,
+                mask=None if mask is None else mask.flatten(0, 1)[:, None],
                 implementation=implementation,
                 valid_rows=valid_rows,
                 valid_tokens=valid_tokens,
@@ -141,4 +162,81 @@ def plan_windows(
     return plans
 
 
-__all__ = ["WindowPlan", "padding_offsets", "plan_windows"]
+@dataclass
+class SegmentPlan:
+    """Non-overlapping segments of `segment_length` tokens laid out as `num_slots` slots (SLAM v2).
+
+    Segment k (logical positions [k * S, (k + 1) * S)) sits in slot k % num_slots of group k // num_slots,
+    so a slot holds every num_slots-th segment and the slot layout is the same in every cycle: rotating
+    the blocks only changes which block's weights a slot uses. Tensors are (slots, B, groups, tokens).
+    """
+
+    token_index: torch.Tensor  # (G, B, m, q_len): flat index b * new_length + t of each query slot, clamped
+    query_valid: torch.Tensor  # (G, B, m, q_len) bool: a real new token sits in this slot
+    key_index: torch.Tensor  # (G, B, m, k_len): flat index b * total + t of each key slot, clamped
+    mask: torch.Tensor | None  # (G, B * m, 1, q_len, k_len) bool, True = attend; None = plain causal
+    implementation: str
+    active_slots: list[int]  # slots that hold at least one real token
+
+    @property
+    def num_slots(self) -> int:
+        return self.token_index.shape[0]
+
+    def gather(self, states: torch.Tensor, slots, keys: bool = False) -> torch.Tensor:
+        """(B, T, ...) per-token states -> (len(slots), B * m * tokens, ...) rows of those slots."""
+        index = (self.key_index if keys else self.token_index)[slots]
+        return states.flatten(0, 1)[index.flatten(1)]
+
+    def scatter(self, rows: torch.Tensor, slots, into: torch.Tensor) -> torch.Tensor:
+        """Write the rows of real tokens of `slots` back into a copy of the per-token tensor `into`."""
+        valid = self.query_valid[slots].flatten()
+        flat = into.flatten(0, 1).index_copy(0, self.token_index[slots].flatten()[valid], rows.flatten(0, 1)[valid])
+        return flat.view_as(into)
+
+
+def plan_segments(
+    attention_mask: torch.Tensor | None,
+    batch_size: int,
+    past_length: int,
+    new_length: int,
+    segment_length: int,
+    num_slots: int,
+    is_causal: bool,
+    implementation: str,
+    device,
+) -> SegmentPlan:
+    """The segments holding the real new tokens, in the slot layout of `SegmentPlan`."""
+    total = past_length + new_length
+    offsets, real, lo, hi = _locate_new_tokens(attention_mask, batch_size, past_length, new_length, device)
+    rows = hi >= lo
+    if rows.any():
+        first_group = int((lo[rows] // segment_length).min()) // num_slots
+        last_group = int((hi[rows] // segment_length).max()) // num_slots
+    else:  # nothing but padding: one group keeps shapes valid, every query is masked out
+        first_group = last_group = 0
+    groups = torch.arange(first_group, last_group + 1, device=device)
+    ids = (groups[None, :] * num_slots + torch.arange(num_slots, device=device)[:, None]).flatten()  # (G * m,)
+
+    plain_causal = _is_plain_causal(is_causal, past_length, real, total, implementation)
+    query_slots, query_valid, key_index, mask = _window_slots(
+        ids, offsets, real, past_length, new_length, segment_length, segment_length, is_causal, plain_causal
+    )
+    batch = torch.arange(batch_size, device=device)[:, None, None]
+
+    def slot_major(tensor):  # (B, G * m, ...) -> (G, B, m, ...)
+        return tensor.unflatten(1, (num_slots, -1)).transpose(0, 1)
+
+    query_valid = slot_major(query_valid)
+    if mask is not None:
+        mask = slot_major(mask).flatten(1, 2)[:, :, None]
+    return SegmentPlan(
+        token_index=slot_major(batch * new_length + query_slots),
+        query_valid=query_valid,
+        key_index=slot_major(batch * total + key_index),
+        mask=mask,
+        implementation=implementation,
+        active_slots=query_valid.flatten(1).any(1).nonzero().flatten().tolist(),
+    )
+
+
+__all__ = ["SegmentPlan", "WindowPlan", "padding_offsets", "plan_segments", "plan_windows"]

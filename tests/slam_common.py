@@ -574,7 +574,7 @@ class SlamModelTesterMixin:
         labels[3, ::2] = -100
         halves = (slice(0, 2), slice(2, 4))
         for model_class, shifts in token_classes:
-            model = model_class(tester.get_config()).train()
+            model = model_class(tester.get_config(**tester.exact_loss_config_kwargs())).train()
             counted = labels[:, 1:] if shifts else labels
             num_items = torch.tensor(int((counted != -100).sum()))
             big_loss, big_grads = self.loss_and_grads(model, dict(input_ids=input_ids, labels=labels))
@@ -688,7 +688,7 @@ class SlamModelTesterMixin:
         # Too little CPU memory: part of the model is offloaded to disk and still gives the same logits.
         model_class = tester.causal_lm_class or tester.all_model_classes[0]
         folder, model = saved_models[model_class]
-        budget = model.get_memory_footprint() // 2
+        budget = int(model.get_memory_footprint() * tester.offload_memory_fraction)
         offloaded = model_class.from_pretrained(
             folder, device_map="auto", max_memory={"cpu": budget}, offload_folder=str(tmp_path / "offload")
         )

@@ -14,6 +14,11 @@ from slam_hf import (
     SlamV1ForMaskedLM,
     SlamV1ForSequenceClassification,
     SlamV1Model,
+    SlamV2Config,
+    SlamV2ForCausalLM,
+    SlamV2ForMaskedLM,
+    SlamV2ForSequenceClassification,
+    SlamV2Model,
 )
 
 
@@ -37,6 +42,9 @@ class SlamModelTester:
     # Ids below this are special tokens (pad 0, bos 1, eos 2); random inputs avoid them so padding
     # and generation stopping never happen by accident.
     first_regular_token_id = 3
+    # CPU budget of the disk-offload test, as a share of the model's memory: enough for the embeddings and
+    # the largest no-split module that accelerate reserves room for, too little for everything.
+    offload_memory_fraction = 0.5
 
     # ---- configs -------------------------------------------------------------------------------
     def shared_config_kwargs(self) -> dict:
@@ -75,6 +83,11 @@ class SlamModelTester:
 
     def variant_bad_config_cases(self) -> list[tuple[dict, str]]:
         return []
+
+    def exact_loss_config_kwargs(self) -> dict:
+        """Overrides under which the loss is a plain sum over labelled tokens (no batch-level auxiliary
+        terms), so gradient accumulation must reproduce the big-batch loss exactly."""
+        return {}
 
     def bad_config_cases(self) -> list[tuple[dict, str]]:
         return self.shared_bad_config_cases() + self.variant_bad_config_cases()
@@ -196,4 +209,52 @@ class SlamV1ModelTester(SlamModelTester):
 
     def expected_num_hidden_states(self, config) -> int:
         # embeddings, first full layer, one per EF cycle, last full layer
+        return 1 + 1 + config.ef_cycles + 1
+
+
+class SlamV2ModelTester(SlamModelTester):
+    offload_memory_fraction = 0.8  # the fusion module (4 blocks, one no-split unit) is 58 % of the tiny model
+    config_class = SlamV2Config
+    base_model_class = SlamV2Model
+    causal_lm_class = SlamV2ForCausalLM
+    masked_lm_class = SlamV2ForMaskedLM
+    sequence_classification_class = SlamV2ForSequenceClassification
+
+    def variant_config_kwargs(self) -> dict:
+        # Segments of 3 tokens: at 15 tokens there are five, so slot 0 holds segments 0 and 4 (two groups of
+        # four slots, the second one mostly empty). Top-2 of 4 experts, each with 2 query heads on 1 K/V head.
+        return dict(ef_cycles=4, ef_segment_length=3, moa_num_experts=4, moa_top_k=2)
+
+    def variant_bad_config_cases(self) -> list[tuple[dict, str]]:
+        return [
+            (dict(ef_segment_length=0), "ef_segment_length"),
+            (dict(ef_segment_length=600, max_position_embeddings=512), "ef_segment_length"),
+            (dict(ef_segment_length=None, max_position_embeddings=510), "ef_segment_length"),  # 510 / 4 blocks
+            (dict(ef_cycles=0), "ef_cycles"),
+            (dict(ef_num_blocks=0), "ef_num_blocks"),
+            (dict(moa_top_k=5), "moa_top_k"),  # more than the 4 experts
+            (dict(moa_top_k=0), "moa_top_k"),
+            (dict(moa_num_experts=0), "moa_num_experts"),
+            (dict(moa_top_k=3), "moa_expert_heads"),  # 4 heads cannot be split into 3 routed experts
+            (dict(moa_expert_heads=3), "moa_expert_heads"),  # not a multiple of the GQA ratio 2
+            (dict(router_aux_loss_coef=-0.1), "router_aux_loss_coef"),
+            (dict(num_hidden_layers=3), "num_hidden_layers"),  # derived from ef_cycles, must agree
+        ]
+
+    def exact_loss_config_kwargs(self) -> dict:
+        return dict(router_aux_loss_coef=0.0)  # the balancing loss is a batch statistic
+
+    def non_default_config_kwargs(self) -> dict:
+        return {
+            **super().non_default_config_kwargs(),
+            "ef_cycles": 3,
+            "ef_segment_length": 5,
+            "moa_num_experts": 6,
+            "moa_top_k": 1,
+            "router_aux_loss_coef": 0.05,
+            "output_router_logits": True,
+        }
+
+    def expected_num_hidden_states(self, config) -> int:
+        # embeddings, Level-1 layer, one per fusion cycle, MoA layer
         return 1 + 1 + config.ef_cycles + 1

@@ -1,0 +1,126 @@
+"""Mixture of attention experts (MoA), the Level-3 layer of SLAM v2 (DESIGN §4).
+
+Every expert has its own query and output projection; all experts share one key and value projection.
+A router sends each token to its top-k experts; the token's output is the gate-weighted sum of those
+experts' attention outputs. Because K/V are shared, the k routed queries of a token are simply extra
+query heads over the same keys: one dense attention call serves all experts, and only the q/o
+projections are sparse (each token passes through exactly k of them).
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .slam_attention import eager_attention_forward
+from .slam_compat import get_attention_function
+from .slam_layers import apply_rotary_pos_emb, make_linear
+
+
+class SlamAttentionExpert(nn.Module):
+    """One attention expert: `q_proj` and `o_proj` (plain `nn.Linear`, so PEFT can target them)."""
+
+    def __init__(self, config, width: int):
+        super().__init__()
+        self.q_proj = make_linear(config, config.hidden_size, width, config.attention_bias)
+        self.o_proj = make_linear(config, width, config.hidden_size, config.attention_bias)
+
+
+class SlamMixtureOfAttention(nn.Module):
+    """Top-k routed attention experts with shared K/V.
+
+    Returns the attention output and the router logits (B, L, experts). `moa_top_k = moa_num_experts`
+    is the dense softmax mixture of all experts.
+    """
+
+    def __init__(self, config, layer_idx: int, is_causal: bool = True):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_causal = is_causal
+        self.head_dim = config.head_dim
+        self.num_experts = config.moa_num_experts
+        self.top_k = config.moa_top_k
+        self.expert_heads = config.moa_expert_heads
+        self.num_key_value_heads = config.moa_key_value_heads
+        self.kv_groups = self.expert_heads // self.num_key_value_heads
+        # Read by the attention kernels: query heads per K/V head over all routed experts of a token.
+        self.num_key_value_groups = self.top_k * self.kv_groups
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.use_rope = config.position_embedding_type == "rope"
+        hidden, bias = config.hidden_size, config.attention_bias
+        self.router = nn.Linear(hidden, self.num_experts, bias=False)
+        self.k_proj = make_linear(config, hidden, self.num_key_value_heads * self.head_dim, bias)
+        self.v_proj = make_linear(config, hidden, self.num_key_value_heads * self.head_dim, bias)
+        self.experts = nn.ModuleList(
+            [SlamAttentionExpert(config, self.expert_heads * self.head_dim) for _ in range(self.num_experts)]
+        )
+
+    def route(self, hidden_states):
+        """Router logits (B, L, E), and per token the top-k experts (B, L, k) with renormalised gates."""
+        router_logits = self.router(hidden_states)
+        probabilities = F.softmax(router_logits, dim=-1, dtype=torch.float32)
+        gates, experts = probabilities.topk(self.top_k, dim=-1)
+        gates = gates / gates.sum(-1, keepdim=True)
+        return router_logits, experts, gates.to(hidden_states.dtype)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
+        batch, length, _ = hidden_states.shape
+        k, kv_heads, groups, head_dim = self.top_k, self.num_key_value_heads, self.kv_groups, self.head_dim
+        router_logits, experts, gates = self.route(hidden_states)
+
+        # Sort the (token, slot) assignments by expert, so each expert runs one matmul on its tokens.
+        assignment = experts.flatten()  # (B * L * k,)
+        order = assignment.argsort(stable=True)
+        restore = order.argsort()
+        counts = torch.bincount(assignment, minlength=self.num_experts).tolist()
+        tokens = hidden_states.flatten(0, 1)[order // k]
+        queries = torch.cat([expert.q_proj(part) for expert, part in zip(self.experts, tokens.split(counts))])
+        # (B * L * k, heads * D) -> (B, kv_heads * k * groups, L, D): the k routed queries of a token become
+        # query heads, ordered so that attention kernels pair each with its shared K/V head.
+        q = queries[restore].view(batch, length, k, kv_heads, groups, head_dim)
+        q = q.permute(0, 3, 2, 4, 1, 5).reshape(batch, kv_heads * k * groups, length, head_dim)
+        key = self.k_proj(hidden_states).view(batch, length, kv_heads, head_dim).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(batch, length, kv_heads, head_dim).transpose(1, 2)
+        if self.use_rope:
+            q, key = apply_rotary_pos_emb(q, key, *position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+
+        attention_fn = get_attention_function(self.config._attn_implementation, eager_attention_forward)
+        output, _ = attention_fn(
+            self,
+            q,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0,
+        )
+        # (B, L, kv_heads * k * groups, D) -> (B * L * k, expert width), back in (token, slot) order
+        output = output.reshape(batch, length, kv_heads, k, groups, head_dim).permute(0, 1, 3, 2, 4, 5)
+        output = output.reshape(batch * length * k, -1)[order]
+        expert_outputs = torch.cat(
+            [expert.o_proj(part) for expert, part in zip(self.experts, output.split(counts))]
+        )[restore].view(batch, length, k, -1)
+        return (expert_outputs * gates[..., None]).sum(2), router_logits
+
+
+def load_balancing_loss(router_logits: torch.Tensor, top_k: int, token_mask: torch.Tensor | None = None):
+    """Switch-Transformer balancing loss: num_experts * sum_e (share of routed slots_e * mean gate prob_e).
+
+    router_logits: (N, E); token_mask: (N,) bool, True for real tokens (padding does not count).
+    It equals 1 for perfectly balanced routing and grows as routing concentrates on a few experts.
+    """
+    if token_mask is not None:
+        router_logits = router_logits[token_mask]
+    num_experts = router_logits.shape[-1]
+    if router_logits.shape[0] == 0:
+        return router_logits.new_zeros((), dtype=torch.float32)
+    probabilities = F.softmax(router_logits, dim=-1, dtype=torch.float32)
+    chosen = probabilities.topk(top_k, dim=-1).indices
+    routed_share = F.one_hot(chosen, num_experts).float().sum(1).mean(0) / top_k  # (E,), sums to 1
+    return num_experts * (routed_share * probabilities.mean(0)).sum()
+
+
+__all__ = ["SlamAttentionExpert", "SlamMixtureOfAttention", "load_balancing_loss"]
