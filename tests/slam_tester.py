@@ -221,9 +221,10 @@ class SlamV2ModelTester(SlamModelTester):
     sequence_classification_class = SlamV2ForSequenceClassification
 
     def variant_config_kwargs(self) -> dict:
-        # Segments of 3 tokens: at 15 tokens there are five, so slot 0 holds segments 0 and 4 (two groups of
-        # four slots, the second one mostly empty). Top-2 of 4 experts, each with 2 query heads on 1 K/V head.
-        return dict(ef_cycles=4, ef_segment_length=3, moa_num_experts=4, moa_top_k=2)
+        # Segments of 4 tokens: at 15 tokens there are four, the last one partial, so every slot is occupied
+        # and the batched path runs; generation (9 + 8 tokens) moves into a second group of slots.
+        # Top-2 of 4 experts, each with 2 query heads on 1 K/V head.
+        return dict(ef_cycles=4, ef_segment_length=4, moa_num_experts=4, moa_top_k=2)
 
     def variant_bad_config_cases(self) -> list[tuple[dict, str]]:
         return [
