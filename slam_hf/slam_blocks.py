@@ -1,6 +1,8 @@
 """Transformer layers: the full-attention layer, the windowed layer of SLAM v1's EF blocks, SLAM v2's
 cyclic segment fusion and its mixture-of-attention-experts layer."""
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -126,6 +128,18 @@ class SlamMoALayer(SlamLayer):
         return self.finish(hidden_states, attn_output), router_logits
 
 
+@dataclass
+class _SlotGroup:
+    """Slots that run together, their blocks, input rows and projected Q/K/V (g, rows, heads, D)."""
+
+    slots: list
+    blocks: list
+    rows: torch.Tensor
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+
+
 class SlamCyclicFusion(GradientCheckpointingLayer):
     """SLAM v2 Level 2: `ef_num_blocks` blocks shared by all cycles; one call runs one cycle (DESIGN §4).
 
@@ -161,62 +175,64 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
             slot_groups = [list(range(plan.num_slots))]
         else:
             slot_groups = [[slot] for slot in plan.active_slots]
-        attention = self.blocks[0].self_attn
-        head_dim = attention.head_dim
-        query_length, key_length = plan.token_index.shape[-1], plan.key_index.shape[-1]
         inputs = hidden_states + original_inputs  # h_s + x_s
-
-        def split_heads(states, tokens):  # (g, B * m * tokens, heads * D) -> (g * B * m, heads, tokens, D)
-            return states.reshape(-1, tokens, states.shape[-1] // head_dim, head_dim).transpose(1, 2)
-
-        work = []  # per slot group: [slots, blocks, input rows, q, k, v]
-        for slots in slot_groups:
-            blocks = [self.block_of_slot(slot, cycle) for slot in slots]
-            rows = plan.gather(inputs, slots)  # (g, B * m * q_len, hidden)
-            normed = grouped_norm([b.attn_norm for b in blocks], rows) if self.pre_norm else rows
-            q, k, v = (
-                split_heads(grouped_linear([getattr(b.self_attn, name) for b in blocks], normed), query_length)
-                for name in ("q_proj", "k_proj", "v_proj")
-            )
-            if position_embeddings is not None:
-                cos, sin = (plan.gather(t, slots).view(-1, query_length, head_dim) for t in position_embeddings)
-                q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            work.append([slots, blocks, rows, q, k, v])
-
+        groups = [self._project(plan, slots, cycle, inputs, position_embeddings) for slots in slot_groups]
         if past_key_values is not None:
-            # The cache holds this cycle's K/V in token order; each new token's come from the one slot holding it.
-            batch, length = hidden_states.shape[:2]
-            new_keys = hidden_states.new_zeros(batch, length, attention.num_key_value_heads, head_dim)
-            new_values = torch.zeros_like(new_keys)
-            for slots, _, _, _, k, v in work:
-                new_keys = plan.scatter(k.transpose(1, 2).unflatten(0, (len(slots), -1)).flatten(1, 2), slots, new_keys)
-                new_values = plan.scatter(v.transpose(1, 2).unflatten(0, (len(slots), -1)).flatten(1, 2), slots, new_values)
-            keys, values = past_key_values.update(
-                new_keys.transpose(1, 2), new_values.transpose(1, 2), self.first_layer_idx + cycle
-            )
-            for item in work:  # every segment's keys: its cached past plus its new tokens
-                item[4], item[5] = (
-                    plan.gather(t.transpose(1, 2), item[0], keys=True).reshape(-1, key_length, *t.shape[1:2], head_dim).transpose(1, 2)
-                    for t in (keys, values)
-                )
+            self._use_cache(plan, groups, hidden_states, past_key_values, self.first_layer_idx + cycle)
+        output = hidden_states  # padding sits in no segment and passes through unchanged
+        for group in groups:
+            output = plan.scatter(self._attend_and_finish(plan, group), group.slots, output)
+        return output
+
+    def _project(self, plan, slots, cycle, inputs, position_embeddings) -> "_SlotGroup":
+        """Q/K/V of the segments in `slots`, each slot through its block: (g, B * m * q_len, heads, D)."""
+        blocks = [self.block_of_slot(slot, cycle) for slot in slots]
+        rows = plan.gather(inputs, slots)  # (g, B * m * q_len, hidden)
+        normed = grouped_norm([b.attn_norm for b in blocks], rows) if self.pre_norm else rows
+        head_dim = blocks[0].self_attn.head_dim
+        q, k, v = (
+            grouped_linear([getattr(b.self_attn, name) for b in blocks], normed).unflatten(-1, (-1, head_dim))
+            for name in ("q_proj", "k_proj", "v_proj")
+        )
+        if position_embeddings is not None:
+            cos, sin = (plan.gather(t, slots) for t in position_embeddings)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin, heads_dim=2)
+        return _SlotGroup(slots, blocks, rows, q, k, v)
+
+    @staticmethod
+    def _use_cache(plan, groups, hidden_states, past_key_values, layer_idx):
+        """Store this cycle's new K/V in token order (each token's from the one slot holding it), then give
+        every segment its keys: the cached past of the segment plus its new tokens."""
+        new_keys = hidden_states.new_zeros(*hidden_states.shape[:2], *groups[0].k.shape[2:])  # (B, L, kv, D)
+        new_values = torch.zeros_like(new_keys)
+        for group in groups:
+            new_keys = plan.scatter(group.k, group.slots, new_keys)
+            new_values = plan.scatter(group.v, group.slots, new_values)
+        keys, values = past_key_values.update(new_keys.transpose(1, 2), new_values.transpose(1, 2), layer_idx)
+        for group in groups:  # (B, kv, T, D) -> (g, B * m * k_len, kv, D)
+            group.k = plan.gather(keys.transpose(1, 2), group.slots, keys=True)
+            group.v = plan.gather(values.transpose(1, 2), group.slots, keys=True)
+
+    def _attend_and_finish(self, plan, group):
+        attention = self.blocks[0].self_attn
+        segments = len(group.slots) * plan.token_index.shape[1] * plan.token_index.shape[2]  # g * B * m
+
+        def split_segments(t):  # (g, B * m * tokens, heads, D) -> (g * B * m, heads, tokens, D)
+            return t.reshape(segments, -1, *t.shape[2:]).transpose(1, 2)
 
         attention_fn = get_attention_function(plan.implementation, eager_attention_forward)
-        output = hidden_states  # tokens in no segment (padding) pass through unchanged
-        for slots, blocks, rows, q, k, v in work:
-            mask = None if plan.mask is None else plan.mask[slots].flatten(0, 1)
-            attn_output, _ = attention_fn(
-                attention,
-                q,
-                k,
-                v,
-                mask,
-                scaling=attention.scaling,
-                dropout=attention.attention_dropout if self.training else 0.0,
-            )
-            attn_output = attn_output.reshape(len(slots), rows.shape[1], -1)  # (g, B * m * q_len, heads * D)
-            attn_output = grouped_linear([b.self_attn.o_proj for b in blocks], attn_output)
-            output = plan.scatter(self._finish(blocks, rows, attn_output), slots, output)
-        return output
+        attn_output, _ = attention_fn(
+            attention,
+            split_segments(group.q),
+            split_segments(group.k),
+            split_segments(group.v),
+            None if plan.mask is None else plan.mask[group.slots].flatten(0, 1),
+            scaling=attention.scaling,
+            dropout=attention.attention_dropout if self.training else 0.0,
+        )
+        attn_output = attn_output.reshape(*group.rows.shape[:2], -1)  # (g, B * m * q_len, heads * D)
+        attn_output = grouped_linear([b.self_attn.o_proj for b in group.blocks], attn_output)
+        return self._finish(group.blocks, group.rows, attn_output)
 
     def _finish(self, blocks, residual, attn_output):
         """`SlamLayer.finish` for a group of blocks: residual, norms and MLP, slot g through blocks[g]."""

@@ -91,9 +91,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    # q, k: (B, heads, L, head_dim); cos, sin: (B, L, head_dim)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads_dim: int = 1):
+    # q, k: (B, heads, L, head_dim) with cos, sin: (B, L, head_dim); `heads_dim` = where q and k keep their heads
+    cos, sin = cos.unsqueeze(heads_dim), sin.unsqueeze(heads_dim)
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
