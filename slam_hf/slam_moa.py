@@ -74,8 +74,9 @@ class SlamMixtureOfAttention(nn.Module):
         order = assignment.argsort(stable=True)
         restore = order.argsort()
         counts = torch.bincount(assignment, minlength=self.num_experts).tolist()
-        tokens = hidden_states.flatten(0, 1)[order // k]
-        queries = torch.cat([expert.q_proj(part) for expert, part in zip(self.experts, tokens.split(counts))])
+        used = [e for e, count in enumerate(counts) if count]  # skip idle experts (most of them while decoding)
+        tokens = hidden_states.flatten(0, 1)[order // k].split(counts)
+        queries = torch.cat([self.experts[e].q_proj(tokens[e]) for e in used])
         # (B * L * k, heads * D) -> (B, kv_heads * k * groups, L, D): the k routed queries of a token become
         # query heads, ordered so that attention kernels pair each with its shared K/V head.
         q = queries[restore].view(batch, length, k, kv_heads, groups, head_dim)
@@ -99,10 +100,8 @@ class SlamMixtureOfAttention(nn.Module):
         )
         # (B, L, kv_heads * k * groups, D) -> (B * L * k, expert width), back in (token, slot) order
         output = output.reshape(batch, length, kv_heads, k, groups, head_dim).permute(0, 1, 3, 2, 4, 5)
-        output = output.reshape(batch * length * k, -1)[order]
-        expert_outputs = torch.cat(
-            [expert.o_proj(part) for expert, part in zip(self.experts, output.split(counts))]
-        )[restore].view(batch, length, k, -1)
+        output = output.reshape(batch * length * k, -1)[order].split(counts)
+        expert_outputs = torch.cat([self.experts[e].o_proj(output[e]) for e in used])[restore].view(batch, length, k, -1)
         return (expert_outputs * gates[..., None]).sum(2), router_logits
 
 
