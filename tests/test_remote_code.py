@@ -1,8 +1,9 @@
 """The Hub path: a saved folder loads with `trust_remote_code=True` where slam_hf cannot be imported.
 
-Every class is saved (with the tokenizer) into its own folder; ONE clean subprocess (fresh HF_HOME, other
-cwd, empty PYTHONPATH, `import slam_hf` made to fail) loads them all through the Auto classes and
-writes back logits and greedy tokens, which must equal the in-process reference bit for bit.
+Every class of every variant (SLAM v1, v2) is saved (with the tokenizer) into its own folder; ONE clean
+subprocess (fresh HF_HOME, other cwd, empty PYTHONPATH, `import slam_hf` made to fail) loads them all
+through the Auto classes and writes back logits and greedy tokens, which must equal the in-process
+reference bit for bit.
 """
 
 import json
@@ -18,11 +19,12 @@ import torch
 import slam_hf
 from slam_hf.data import load_default_tokenizer
 from slam_common import single_threaded_torch
-from slam_tester import SlamV1ModelTester
+from slam_tester import SlamV1ModelTester, SlamV2ModelTester
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(slam_hf.__file__))
 TOKENIZER_TEXT = "To be, or not to be, that is the question"
 NEW_TOKENS = 6
+TESTERS = (SlamV1ModelTester(), SlamV2ModelTester())
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 
@@ -96,27 +98,35 @@ def relative_import_closure(entry_file):
 
 @pytest.fixture(scope="module")
 def saved_folders(tmp_path_factory):
-    """Every class saved with the tokenizer; returns (root, inputs, generate kwargs, {folder: reference})."""
-    tester = SlamV1ModelTester()
+    """Every class of every variant saved with the tokenizer; returns (root, inputs, generate kwargs,
+    {folder: reference}). One input batch serves all variants (the testers share the vocabulary)."""
+    assert len({tester.vocab_size for tester in TESTERS}) == 1
     root = tmp_path_factory.mktemp("remote")
     tokenizer = load_default_tokenizer()
-    input_ids = tester.input_ids()
+    input_ids = TESTERS[0].input_ids()
     generate_kwargs = dict(do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0)
 
     saved = {}
     torch.manual_seed(0)
-    for role, auto_class in AUTO_CLASS_BY_ROLE.items():
-        model_class = getattr(tester, role)
-        if model_class is None:
-            continue
-        model = model_class(tester.get_config()).eval()
-        folder = str(root / model_class.__name__)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        with torch.no_grad():
-            expected = tester.logits_of(model, input_ids=input_ids)
-        generated = model.generate(input_ids, **generate_kwargs) if role == "causal_lm_class" else None
-        saved[folder] = dict(model_class=model_class, auto_class=auto_class, output=expected, generated=generated)
+    for tester in TESTERS:
+        for role, auto_class in AUTO_CLASS_BY_ROLE.items():
+            model_class = getattr(tester, role)
+            if model_class is None:
+                continue
+            model = model_class(tester.get_config()).eval()
+            folder = str(root / model_class.__name__)
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            with torch.no_grad():
+                expected = tester.logits_of(model, input_ids=input_ids)
+            generated = model.generate(input_ids, **generate_kwargs) if role == "causal_lm_class" else None
+            saved[folder] = dict(
+                model_class=model_class,
+                auto_class=auto_class,
+                output=expected,
+                generated=generated,
+                tied=model_class in tester.lm_classes,
+            )
     return root, input_ids, generate_kwargs, saved
 
 
@@ -174,6 +184,8 @@ def test_saved_folders_hold_the_remote_code():
         "slam_blocks.py",
         "slam_windows.py",
         "slam_compat.py",
+        "slam_grouped.py",
+        "slam_moa.py",
     } <= expected_files
     assert "__init__.py" not in expected_files and "data.py" not in expected_files
 
@@ -202,6 +214,9 @@ def test_copied_files_and_auto_map(saved_folders):
 def test_remote_code_loads_every_class_without_slam_hf(remote_run):
     saved, report, tensors, hf_home = remote_run
     assert report["slam_hf_modules"] == []
+    expected_classes = {getattr(t, role) for t in TESTERS for role in AUTO_CLASS_BY_ROLE} - {None}
+    assert {info["model_class"] for info in saved.values()} == expected_classes
+    assert len(expected_classes) == 8  # SLAM v1 and v2: base model and three heads each
     expected_token_ids = load_default_tokenizer()(TOKENIZER_TEXT)["input_ids"]
     for folder, info in saved.items():
         name = info["model_class"].__name__
@@ -212,7 +227,7 @@ def test_remote_code_loads_every_class_without_slam_hf(remote_run):
         assert loaded["module_file"].startswith(os.path.join(hf_home, "modules", "transformers_modules")), loaded
         assert torch.equal(tensors[folder]["output"], info["output"]), f"{name}: outputs differ after remote load"
         assert loaded["token_ids"] == expected_token_ids
-        if info["model_class"] in (SlamV1ModelTester.causal_lm_class, SlamV1ModelTester.masked_lm_class):
+        if info["tied"]:
             assert loaded["tied"], f"{name}: lm_head is not tied to the embeddings after remote load"
         if info["generated"] is not None:
             assert torch.equal(tensors[folder]["generated"], info["generated"]), f"{name}: greedy tokens differ"
