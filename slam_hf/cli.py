@@ -1,12 +1,14 @@
 """`slam-hf`: train a SLAM model from a YAML file and write a Hub-ready folder, or generate from one.
 
     slam-hf train --config configs/slam-v1-tiny.yaml --output-dir out/slam-v1-tiny
+    slam-hf train --config configs/slam-v2-tiny.yaml --output-dir out/slam-v2-tiny
     slam-hf generate --model out/slam-v1-tiny --input "To be, or not to be"
 
 `train` reads three YAML sections (`model`, `data`, `training`; plus optional `output_dir` and `hub`),
 trains `AutoModelForCausalLM.from_config(config)` with the transformers `Trainer` on the Shakespeare corpus
 shipped with `slam_hf.data` (whole works held out for validation), measures held-out perplexity before and
-after training, and saves weights (safetensors), config with `auto_map`, remote code, tokenizer, a model
+after training (the LM loss alone: auxiliary losses such as SLAM v2's MoA load balancing are trained with
+but not scored), and saves weights (safetensors), config with `auto_map`, remote code, tokenizer, a model
 card (README.md) and `training_metrics.json`. The folder loads with `trust_remote_code=True` where slam_hf
 is not installed, and can be uploaded to the Hub as is.
 
@@ -16,6 +18,7 @@ Not part of the remote code: this module may import anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -25,7 +28,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import yaml
 
@@ -44,12 +47,41 @@ class Variant(NamedTuple):
     base_model_class: type  # written to auto_map as AutoModel
     causal_lm_class: type  # AutoModelForCausalLM: what `train` builds
     summary: str  # model-card description
+    architecture_rows: Callable  # config -> [(setting, value)]: the variant's own rows of the model-card table
+    lora_modules: str  # model-card paragraph: which modules LoRA can target
+
+
+def _v1_rows(config) -> list[tuple[str, object]]:
+    return [
+        ("ef_cycles", config.ef_cycles),
+        ("ef_segment_length / overlap", f"{config.ef_segment_length} / {config.ef_segment_overlap}"),
+    ]
+
+
+def _v2_rows(config) -> list[tuple[str, object]]:
+    return [
+        ("ef_cycles", config.ef_cycles),
+        ("ef_num_blocks (shared by all cycles)", config.ef_num_blocks),
+        ("ef_segment_length (non-overlapping)", config.ef_segment_length),
+        ("moa_num_experts / moa_top_k", f"{config.moa_num_experts} / {config.moa_top_k}"),
+        (
+            "moa_expert_heads / shared K/V heads",
+            f"{config.moa_expert_heads} / {config.moa_key_value_heads} (head_dim {config.head_dim})",
+        ),
+        ("router_aux_loss_coef", config.router_aux_loss_coef),
+    ]
+
+
+_MLP_LORA_MODULES = (
+    "`up_proj`, `down_proj` (MLP), and `gate_proj` for gated MLPs (`mlp_type` `geglu` or `swiglu`) only. "
+    '`target_modules="all-linear"` also works'
+)
 
 
 def variants() -> dict[str, Variant]:
     """`model.variant` -> classes. One line per SLAM variant."""
-    from .configuration_slam import SlamV1Config
-    from .modeling_slam import SlamV1ForCausalLM, SlamV1Model
+    from .configuration_slam import SlamV1Config, SlamV2Config
+    from .modeling_slam import SlamV1ForCausalLM, SlamV1Model, SlamV2ForCausalLM, SlamV2Model
 
     return {
         "slam_v1": Variant(
@@ -62,6 +94,30 @@ def variants() -> dict[str, Variant]:
             "attends only inside its window (causally here), and a token covered by two windows takes the mean "
             "of both outputs. Windows are fixed in absolute positions, so the KV cache stays valid while "
             "generating.",
+            _v1_rows,
+            f"Valid targets: `q_proj`, `k_proj`, `v_proj`, `o_proj` (attention), {_MLP_LORA_MODULES}.",
+        ),
+        "slam_v2": Variant(
+            SlamV2Config,
+            SlamV2Model,
+            SlamV2ForCausalLM,
+            "SLAM v2 has three levels. Level 1 is one full-attention layer. Level 2 runs `ef_cycles` "
+            "encoder-fusion cycles over non-overlapping segments of `ef_segment_length` tokens: in cycle c "
+            "(0-based) segment s is processed by block (s + c) mod 4 on input h_s + x_s (its previous output "
+            "plus its original embedded input), attending only inside the segment (causally here). The 4 blocks "
+            "(`ef_num_blocks`) are shared by all cycles, and each cycle runs them as one batched computation, not "
+            "a loop over segments. Level 3 is a mixture of attention experts (MoA) over the full sequence, then "
+            "an MLP and the final norm: a router sends each token to the top `moa_top_k` of `moa_num_experts` "
+            "experts, each with its own query and output projections over one shared key/value projection, and "
+            "a load-balancing loss, weighted by `router_aux_loss_coef`, is added to the training loss. Segments "
+            "are fixed in absolute positions, so the KV cache stays valid while generating.",
+            _v2_rows,
+            "Valid targets: `q_proj`, `k_proj`, `v_proj`, `o_proj` name the attention projections of the "
+            "full-attention layer and of the 4 fusion blocks, and in the MoA layer the per-expert query and "
+            "output projections (`experts.<i>.q_proj`, `experts.<i>.o_proj`) and the shared `k_proj`, `v_proj`; "
+            "`router` is the MoA router (hidden size to one logit per expert). To adapt the experts alone, pass "
+            r'a regular expression: `target_modules=r".*experts\.\d+\.(q_proj|o_proj)"`. '
+            f"{_MLP_LORA_MODULES} (it includes the router).",
         ),
     }
 
@@ -234,7 +290,7 @@ def _lora_targets(config) -> list[str]:
     return LORA_ATTENTION_MODULES + mlp
 
 
-def _config_rows(config, block_size) -> list[tuple[str, object]]:
+def _config_rows(config, block_size, variant: Variant) -> list[tuple[str, object]]:
     rows = [
         ("model_type", config.model_type),
         ("hidden_size", config.hidden_size),
@@ -246,11 +302,7 @@ def _config_rows(config, block_size) -> list[tuple[str, object]]:
         ("norm", f"{config.norm_position}-{config.norm_type}"),
         ("position_embedding_type", config.position_embedding_type),
     ]
-    if getattr(config, "ef_cycles", None) is not None:
-        rows += [
-            ("ef_cycles", config.ef_cycles),
-            ("ef_segment_length / overlap", f"{config.ef_segment_length} / {config.ef_segment_overlap}"),
-        ]
+    rows += variant.architecture_rows(config)
     rows += [
         ("vocab_size", config.vocab_size),
         ("tie_word_embeddings", config.tie_word_embeddings),
@@ -355,9 +407,36 @@ def train(args) -> dict:
     )
 
     class PerplexityTrainer(Trainer):
+        """Scores the LM loss alone, and logs the auxiliary (MoA load-balancing) loss next to the training loss.
+
+        A model with `router_aux_loss_coef` (SLAM v2) adds coef * aux_loss to its loss whenever labels are given:
+        that sum is what trains and what `loss` logs, but evaluation runs with the coefficient at 0, so
+        `eval_loss` and perplexity are next-token cross-entropy only, comparable across variants.
+        """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.aux_losses = []  # training micro-batches since the last log
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
+            aux_loss = outputs.get("aux_loss") if isinstance(outputs, dict) else None
+            if aux_loss is not None and model.training:
+                self.aux_losses.append(aux_loss.detach().float())
+            return (loss, outputs) if return_outputs else loss
+
+        def evaluate(self, *args, **kwargs):
+            with _lm_loss_only(self.model):
+                return super().evaluate(*args, **kwargs)
+
         def log(self, logs, *rest, **kwargs):
             if "eval_loss" in logs:
                 logs["eval_perplexity"] = round(math.exp(logs["eval_loss"]), 3)
+            if "loss" in logs and self.aux_losses:
+                logs["aux_loss"] = round(torch.stack(self.aux_losses).mean().item(), 4)
+                self.aux_losses = []
             super().log(logs, *rest, **kwargs)
 
     trainer = PerplexityTrainer(
@@ -395,6 +474,7 @@ def train(args) -> dict:
     train_tokens = steps * rows_per_step * block_size
     optim_seconds = max(train_seconds - eval_seconds_in_train, 1e-9)
     train_losses = [e["loss"] for e in history if "loss" in e]
+    aux_losses = [e["aux_loss"] for e in history if "aux_loss" in e]
     eval_curve = [
         {"step": e["step"], "eval_loss": e["eval_loss"], "eval_perplexity": math.exp(e["eval_loss"])}
         for e in history
@@ -436,6 +516,11 @@ def train(args) -> dict:
         "train_tokens": train_tokens,
         "train_loss_mean": float(train_output.training_loss),
         "train_loss_last_logged": train_losses[-1] if train_losses else None,
+        # SLAM v2: the MoA load-balancing loss (1 = balanced routing), in the training loss with this weight;
+        # never in val_loss/perplexity. None for variants without one.
+        "router_aux_loss_coef": getattr(config, "router_aux_loss_coef", None),
+        "train_aux_loss_first_logged": aux_losses[0] if aux_losses else None,
+        "train_aux_loss_last_logged": aux_losses[-1] if aux_losses else None,
         "train_seconds": train_seconds,
         "train_seconds_excluding_eval": optim_seconds,
         "train_tokens_per_second": train_tokens / optim_seconds,
@@ -485,8 +570,9 @@ def train(args) -> dict:
         repo_id=repo_id,
         variant=run["variant"],
         variant_summary=variant.summary,
-        config_rows=_config_rows(config, block_size),
+        config_rows=_config_rows(config, block_size, variant),
         lora_target_modules=_lora_targets(config),
+        lora_modules=variant.lora_modules,
         validation_works=", ".join(VALIDATION_WORKS),
         train_works=corpus["train"].num_rows,
         tokenizer_size=f"{len(tokenizer):,}",
@@ -516,6 +602,21 @@ def train(args) -> dict:
         flush=True,
     )
     return metrics
+
+
+@contextlib.contextmanager
+def _lm_loss_only(model):
+    """Within the block, a model with an auxiliary router loss returns the LM loss alone."""
+    config = model.config
+    coef = getattr(config, "router_aux_loss_coef", None)
+    if not coef:
+        yield
+        return
+    config.router_aux_loss_coef = 0.0
+    try:
+        yield
+    finally:
+        config.router_aux_loss_coef = coef
 
 
 def _class_reference(cls) -> str:
@@ -576,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train SLAM models with transformers and generate text from them.",
         epilog="examples:\n"
         "  slam-hf train --config configs/slam-v1-tiny.yaml --output-dir outputs/slam-v1-tiny\n"
+        "  slam-hf train --config configs/slam-v2-tiny.yaml --output-dir outputs/slam-v2-tiny\n"
         '  slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --max-new-tokens 40',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

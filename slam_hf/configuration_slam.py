@@ -223,7 +223,8 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
     counts KV-cache layers and is derived: 1 + ef_cycles + 1.
 
     Args:
-        ef_cycles: encoder-fusion cycles; the default 4 is one full rotation (every block meets every slot).
+        ef_cycles: fusion cycles (blocks are shared, each cycle sends every token through one block). The
+            default 2 is the smallest number that shows the rotation; 4 lets every segment meet all four blocks.
         ef_num_blocks: blocks shared across cycles, and segments per rotation (4 as published).
         ef_segment_length: tokens per segment, fixed so that segments stay put while generating. Defaults to
             max_position_embeddings / ef_num_blocks (four equal parts of the longest sequence); must not exceed
@@ -265,7 +266,7 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
         attention_dropout: float = 0.0,
         hidden_dropout: float = 0.0,
         initializer_range: float = 0.02,
-        ef_cycles: int = 4,
+        ef_cycles: int = 2,
         ef_num_blocks: int = 4,
         ef_segment_length: int | None = None,
         moa_num_experts: int = 8,

@@ -486,6 +486,7 @@ class SlamV2Model(SlamV2PreTrainedModel):
             hidden_states.device,
         )
         original_inputs = hidden_states  # x: every fusion cycle adds it to its segment inputs
+        stacked_layers = self.fusion.stacked_layers(segment_plan)  # shared by all cycles
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         hidden_states = self.input_layer(
@@ -500,6 +501,7 @@ class SlamV2Model(SlamV2PreTrainedModel):
                 inputs.position_embeddings,
                 cycle=cycle,
                 segment_plan=segment_plan,
+                stacked_layers=stacked_layers,
                 past_key_values=past_key_values,
             )
             if output_hidden_states:

@@ -8,7 +8,7 @@ from torch import nn
 
 from .slam_attention import SlamAttention, eager_attention_forward
 from .slam_compat import GradientCheckpointingLayer, get_attention_function
-from .slam_grouped import grouped_linear, grouped_mlp, grouped_norm
+from .slam_grouped import ModuleLayers, StackedLayers
 from .slam_layers import SlamMLP, apply_rotary_pos_emb, make_norm
 from .slam_moa import SlamMixtureOfAttention
 from .slam_windows import SegmentPlan, WindowPlan
@@ -130,10 +130,10 @@ class SlamMoALayer(SlamLayer):
 
 @dataclass
 class _SlotGroup:
-    """Slots that run together, their blocks, input rows and projected Q/K/V (g, rows, heads, D)."""
+    """Slots that run together, the layers that run them, input rows and projected Q/K/V (g, rows, heads, D)."""
 
     slots: list
-    blocks: list
+    layers: object  # StackedLayers or ModuleLayers
     rows: torch.Tensor
     q: torch.Tensor
     k: torch.Tensor
@@ -145,9 +145,10 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
 
     In cycle c, segment s is processed by block (s + c) mod G on input h_s + x_s (its output of the previous
     stage plus its original embedded input) and attends only inside the segment. Segments sit in G slots
-    (`SegmentPlan`), so slot j simply uses block (j + c) mod G. When every slot holds tokens, all blocks run
-    as one batched computation (`slam_grouped`); otherwise (short inputs, decoding) only the occupied slots
-    run, one block each. Cycle c writes its K/V to cache layer `first_layer_idx + c`.
+    (`SegmentPlan`, segment k in slot k mod G), so in cycle c block b takes slot (b - c) mod G. When every
+    slot holds tokens, all blocks run as one batched computation (`StackedLayers`, built once per forward
+    and passed to every cycle); otherwise (short inputs, decoding) only the occupied slots run, one block
+    each. Cycle c writes its K/V to cache layer `first_layer_idx + c`.
     """
 
     def __init__(self, config, first_layer_idx: int, is_causal: bool = True):
@@ -161,6 +162,13 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
     def block_of_slot(self, slot: int, cycle: int) -> nn.Module:
         return self.blocks[(slot + cycle) % len(self.blocks)]
 
+    def runs_batched(self, plan: SegmentPlan) -> bool:
+        return self.batch_blocks and len(plan.active_slots) == plan.num_slots
+
+    def stacked_layers(self, plan: SegmentPlan):
+        """What the model builds once per forward for all cycles: stacked weights if they will be used."""
+        return StackedLayers.try_build(list(self.blocks)) if self.runs_batched(plan) else None
+
     def forward(
         self,
         hidden_states,
@@ -168,15 +176,19 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
         position_embeddings=None,
         cycle: int = 0,
         segment_plan: SegmentPlan = None,
+        stacked_layers: StackedLayers | None = None,
         past_key_values=None,
     ):
         plan = segment_plan
-        if self.batch_blocks and len(plan.active_slots) == plan.num_slots:
-            slot_groups = [list(range(plan.num_slots))]
+        num_blocks = len(self.blocks)
+        if self.runs_batched(plan):  # block b takes slot (b - c) mod G
+            slots = [(block - cycle) % num_blocks for block in range(num_blocks)]
+            layers = stacked_layers or StackedLayers.try_build(list(self.blocks)) or ModuleLayers(list(self.blocks))
+            groups = [(slots, layers)]
         else:
-            slot_groups = [[slot] for slot in plan.active_slots]
+            groups = [([slot], ModuleLayers([self.block_of_slot(slot, cycle)])) for slot in plan.active_slots]
         inputs = hidden_states + original_inputs  # h_s + x_s
-        groups = [self._project(plan, slots, cycle, inputs, position_embeddings) for slots in slot_groups]
+        groups = [self._project(plan, slots, layers, inputs, position_embeddings) for slots, layers in groups]
         if past_key_values is not None:
             self._use_cache(plan, groups, hidden_states, past_key_values, self.first_layer_idx + cycle)
         output = hidden_states  # padding sits in no segment and passes through unchanged
@@ -184,20 +196,19 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
             output = plan.scatter(self._attend_and_finish(plan, group), group.slots, output)
         return output
 
-    def _project(self, plan, slots, cycle, inputs, position_embeddings) -> "_SlotGroup":
-        """Q/K/V of the segments in `slots`, each slot through its block: (g, B * m * q_len, heads, D)."""
-        blocks = [self.block_of_slot(slot, cycle) for slot in slots]
+    def _project(self, plan, slots, layers, inputs, position_embeddings) -> "_SlotGroup":
+        """Q/K/V of the segments in `slots`: (g, B * m * q_len, heads, D)."""
         rows = plan.gather(inputs, slots)  # (g, B * m * q_len, hidden)
-        normed = grouped_norm([b.attn_norm for b in blocks], rows) if self.pre_norm else rows
-        head_dim = blocks[0].self_attn.head_dim
+        normed = layers.norm("attn_norm", rows) if self.pre_norm else rows
+        head_dim = self.blocks[0].self_attn.head_dim
         q, k, v = (
-            grouped_linear([getattr(b.self_attn, name) for b in blocks], normed).unflatten(-1, (-1, head_dim))
+            layers.linear(f"self_attn.{name}", normed).unflatten(-1, (-1, head_dim))
             for name in ("q_proj", "k_proj", "v_proj")
         )
         if position_embeddings is not None:
             cos, sin = (plan.gather(t, slots) for t in position_embeddings)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, heads_dim=2)
-        return _SlotGroup(slots, blocks, rows, q, k, v)
+        return _SlotGroup(slots, layers, rows, q, k, v)
 
     @staticmethod
     def _use_cache(plan, groups, hidden_states, past_key_values, layer_idx):
@@ -231,18 +242,16 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
             dropout=attention.attention_dropout if self.training else 0.0,
         )
         attn_output = attn_output.reshape(*group.rows.shape[:2], -1)  # (g, B * m * q_len, heads * D)
-        attn_output = grouped_linear([b.self_attn.o_proj for b in group.blocks], attn_output)
-        return self._finish(group.blocks, group.rows, attn_output)
+        return self._finish(group.layers, group.rows, group.layers.linear("self_attn.o_proj", attn_output))
 
-    def _finish(self, blocks, residual, attn_output):
-        """`SlamLayer.finish` for a group of blocks: residual, norms and MLP, slot g through blocks[g]."""
+    def _finish(self, layers, residual, attn_output):
+        """`SlamLayer.finish` for a group of blocks: residual, norms and MLP."""
         dropout = self.blocks[0].dropout
         hidden_states = residual + dropout(attn_output)
-        mlps = [b.mlp for b in blocks]
         if self.pre_norm:
-            return hidden_states + dropout(grouped_mlp(mlps, grouped_norm([b.mlp_norm for b in blocks], hidden_states)))
-        hidden_states = grouped_norm([b.attn_norm for b in blocks], hidden_states)
-        return grouped_norm([b.mlp_norm for b in blocks], hidden_states + dropout(grouped_mlp(mlps, hidden_states)))
+            return hidden_states + dropout(layers.mlp(layers.norm("mlp_norm", hidden_states)))
+        hidden_states = layers.norm("attn_norm", hidden_states)
+        return layers.norm("mlp_norm", hidden_states + dropout(layers.mlp(hidden_states)))
 
 
 __all__ = [

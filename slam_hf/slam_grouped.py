@@ -1,11 +1,11 @@
-"""One layer of several blocks as one batched computation: slot g of the input runs through block g.
+"""The layers of several blocks applied slot-wise: slot g of a (G, N, ...) input runs through block g.
 
-SLAM v2 runs its four encoder-fusion blocks side by side. Their weights stay ordinary per-block modules
-(`nn.Linear` with Llama names, so PEFT, quantisation and checkpoints see the usual layout); when every
-module is a plain `nn.Linear` / norm, the weights are stacked and a slot-batched matmul (`bmm`) runs all
-blocks at once. Anything else (a LoRA-wrapped or quantised projection, or a single block) is called as a
-module, one block at a time, so its own forward, hooks and adapters apply. That includes accelerate's
-offloading hooks, which load a module's weights only when the module itself is called.
+SLAM v2 runs its four encoder-fusion blocks side by side. The blocks stay ordinary modules (`nn.Linear`
+with Llama names, so PEFT, quantisation and checkpoints see the usual layout). `StackedLayers` stacks
+their weights once per forward and runs every layer of all blocks as one batched matmul (`bmm`);
+`ModuleLayers` offers the same calls but runs each block's own modules, one slot at a time, so adapters,
+quantised layers, forward hooks and accelerate's offloading hooks (which load a module's weights only
+when the module itself is called) all apply.
 """
 
 import torch
@@ -14,51 +14,87 @@ from torch.nn import functional as F
 
 from .slam_layers import SlamRMSNorm, rms_normalize
 
-
-def stackable(modules, kinds) -> bool:
-    """Plain modules of one kind whose weights can be stacked: no subclass, adapter or hook of any kind."""
-    kind = type(modules[0])
-    return kind in kinds and all(
-        type(m) is kind and not (m._forward_hooks or m._forward_pre_hooks or hasattr(m, "_hf_hook")) for m in modules
-    )
+NORM_NAMES = ("attn_norm", "mlp_norm")
+LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+MLP_NAMES = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def grouped_linear(linears, x: torch.Tensor) -> torch.Tensor:
-    # x: (G, N, in) -> (G, N, out); slot g uses linears[g]
-    if len(linears) == 1:
-        return linears[0](x[0])[None]
-    if not stackable(linears, (nn.Linear,)):
-        return torch.stack([linear(x[g]) for g, linear in enumerate(linears)])
-    weight = torch.stack([linear.weight for linear in linears]).transpose(1, 2)  # (G, in, out)
-    if linears[0].bias is None:
-        return torch.bmm(x, weight)
-    bias = torch.stack([linear.bias for linear in linears])[:, None]  # (G, 1, out)
-    return torch.baddbmm(bias, x, weight)
+def is_plain(module, kinds) -> bool:
+    """Exactly one of `kinds` (no subclass or adapter wrapper) and no hook of any kind."""
+    return type(module) in kinds and not (module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))
 
 
-def grouped_norm(norms, x: torch.Tensor) -> torch.Tensor:
-    # x: (G, N, hidden) -> (G, N, hidden)
-    if len(norms) == 1 or not stackable(norms, (nn.LayerNorm, SlamRMSNorm)):
-        return torch.stack([norm(x[g]) for g, norm in enumerate(norms)])
-    weight = torch.stack([norm.weight for norm in norms])[:, None]  # (G, 1, hidden)
-    if type(norms[0]) is SlamRMSNorm:
-        return weight * rms_normalize(x, norms[0].eps)
-    normed = F.layer_norm(x, norms[0].normalized_shape, eps=norms[0].eps) * weight
-    if norms[0].bias is not None:
-        normed = normed + torch.stack([norm.bias for norm in norms])[:, None]
-    return normed
+class ModuleLayers:
+    """Slot g through block g's own modules (any module type, hooks included)."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def _apply(self, name, x):
+        return torch.stack([block.get_submodule(name)(x[g]) for g, block in enumerate(self.blocks)])
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return self._apply(name, x)
+
+    def norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return self._apply(name, x)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply("mlp", x)
 
 
-def grouped_mlp(mlps, x: torch.Tensor) -> torch.Tensor:
-    if len(mlps) == 1:
-        return mlps[0](x[0])[None]
-    first = mlps[0]
-    up = grouped_linear([mlp.up_proj for mlp in mlps], x)
-    if first.gated:
-        hidden = first.act_fn(grouped_linear([mlp.gate_proj for mlp in mlps], x)) * up
-    else:
-        hidden = first.act_fn(up)
-    return grouped_linear([mlp.down_proj for mlp in mlps], hidden)
+class StackedLayers:
+    """All blocks at once: weights stacked along a leading block axis, one `bmm` per layer.
+
+    Build it once per forward (`try_build`) and share it by every cycle: the stacks are then made, and
+    kept for the backward pass, once instead of once per cycle.
+    """
+
+    def __init__(self, blocks):
+        first = blocks[0]
+        self.gated = first.mlp.gated
+        self.act_fn = first.mlp.act_fn
+        self.norm_kind = type(first.attn_norm)
+        self.norm_eps = first.attn_norm.eps
+        self.weights = {}  # name -> (weight (G, in, out), bias (G, 1, out) or None)
+        for name in LINEAR_NAMES + MLP_NAMES[(0 if self.gated else 1) :]:
+            modules = [block.get_submodule(name) for block in blocks]
+            bias = None if modules[0].bias is None else torch.stack([m.bias for m in modules])[:, None]
+            self.weights[name] = (torch.stack([m.weight for m in modules]).transpose(1, 2), bias)
+        for name in NORM_NAMES:
+            modules = [block.get_submodule(name) for block in blocks]
+            bias = getattr(modules[0], "bias", None)
+            bias = None if bias is None else torch.stack([m.bias for m in modules])[:, None]
+            self.weights[name] = (torch.stack([m.weight for m in modules])[:, None], bias)
+
+    @classmethod
+    def try_build(cls, blocks):
+        """A `StackedLayers` if every layer of every block is a plain module of one configuration, else None."""
+        first = blocks[0]
+        linears = LINEAR_NAMES + MLP_NAMES[(0 if first.mlp.gated else 1) :]
+        plain = all(is_plain(b.get_submodule(n), (nn.Linear,)) for b in blocks for n in linears) and all(
+            is_plain(b.get_submodule(n), (nn.LayerNorm, SlamRMSNorm)) and type(b.get_submodule(n)) is type(first.attn_norm)
+            for b in blocks
+            for n in NORM_NAMES
+        )
+        return cls(blocks) if plain and all(is_plain(b.mlp, (type(first.mlp),)) for b in blocks) else None
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        # x: (G, N, in) -> (G, N, out)
+        weight, bias = self.weights[name]
+        return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias, x, weight)
+
+    def norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weights[name]
+        if self.norm_kind is SlamRMSNorm:
+            return weight * rms_normalize(x, self.norm_eps)
+        normed = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps) * weight
+        return normed if bias is None else normed + bias
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        up = self.linear("mlp.up_proj", x)
+        hidden = self.act_fn(self.linear("mlp.gate_proj", x)) * up if self.gated else self.act_fn(up)
+        return self.linear("mlp.down_proj", hidden)
 
 
-__all__ = ["grouped_linear", "grouped_mlp", "grouped_norm", "stackable"]
+__all__ = ["ModuleLayers", "StackedLayers", "is_plain"]
