@@ -9,7 +9,7 @@ It turns windowed attention into ordinary batched attention over (batch * window
 so compute and memory grow as O(L * w) instead of O(L^2).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -177,6 +177,7 @@ class SegmentPlan:
     mask: torch.Tensor | None  # (G, B * m, 1, q_len, k_len) bool, True = attend; None = plain causal
     implementation: str
     active_slots: list[int]  # slots that hold at least one real token
+    _real_rows: dict = field(default_factory=dict, repr=False)  # slot order -> (rows, their token index)
 
     @property
     def num_slots(self) -> int:
@@ -189,9 +190,12 @@ class SegmentPlan:
 
     def scatter(self, rows: torch.Tensor, slots, into: torch.Tensor) -> torch.Tensor:
         """Write the rows of real tokens of `slots` back into a copy of the per-token tensor `into`."""
-        valid = self.query_valid[slots].flatten()
-        flat = into.flatten(0, 1).index_copy(0, self.token_index[slots].flatten()[valid], rows.flatten(0, 1)[valid])
-        return flat.view_as(into)
+        key = tuple(slots)
+        if key not in self._real_rows:  # computed once per forward and slot order, not once per call
+            valid = self.query_valid[slots].flatten().nonzero().squeeze(1)
+            self._real_rows[key] = valid, self.token_index[slots].flatten()[valid]
+        valid, tokens = self._real_rows[key]
+        return into.flatten(0, 1).index_copy(0, tokens, rows.flatten(0, 1)[valid]).view_as(into)
 
 
 def plan_segments(

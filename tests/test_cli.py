@@ -1,17 +1,27 @@
-"""`slam-hf` command: a 3-step training run writes a Hub-ready folder; generate reads it; bad input fails clearly."""
+"""`slam-hf` command: a 3-step training run writes a Hub-ready folder; generate reads it; bad input fails clearly.
+
+SLAM v1 runs `configs/slam-v1-tiny.yaml`; SLAM v2 runs `configs/slam-v2-tiny.yaml` for 2 steps on tiny batches.
+"""
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from huggingface_hub import ModelCard
 
+from slam_common import single_threaded_torch
 from slam_hf.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "slam-v1-tiny.yaml"
+
+# Tiny models on a shared 2-core machine: one intra-op thread (OpenMP spin-waiting made steps ~25x slower).
+single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +166,113 @@ def test_help_and_bad_arguments(capsys):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SLAM v2: the same command, with the MoA balancing loss trained with but not scored
+
+TINY_V2 = REPO / "configs" / "slam-v2-tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained_v2(tmp_path_factory):
+    out = tmp_path_factory.mktemp("slam-v2-tiny")
+    doc = yaml.safe_load(TINY_V2.read_text())
+    doc["training"].update(logging_steps=1, per_device_train_batch_size=4, per_device_eval_batch_size=4)
+    config = out / "run.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    argv = ["train", "--config", str(config), "--output-dir", str(out / "model"), "--max-steps", "2"]
+    assert main(argv + ["--max-train-rows", "8", "--max-eval-rows", "4"]) == 0
+    return out / "model"
+
+
+def test_v2_train_writes_hub_folder_and_card(trained_v2):
+    config = json.loads((trained_v2 / "config.json").read_text())
+    assert config["model_type"] == "slam_v2"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_slam.SlamV2Config",
+        "AutoModel": "modeling_slam.SlamV2Model",
+        "AutoModelForCausalLM": "modeling_slam.SlamV2ForCausalLM",
+    }
+    assert (config["ef_segment_length"], config["moa_num_experts"], config["moa_top_k"]) == (32, 8, 2)
+    assert (trained_v2 / "slam_moa.py").is_file()
+
+    metrics = json.loads((trained_v2 / "training_metrics.json").read_text())
+    assert metrics["variant"] == "slam_v2" and metrics["train_steps"] == 2
+    assert metrics["router_aux_loss_coef"] == 0.01
+    logged = [e for e in metrics["log_history"] if "loss" in e]
+    assert len(logged) == 2 and all(0.9 < e["aux_loss"] < 2.0 for e in logged), logged  # 1 = balanced
+    assert metrics["train_aux_loss_last_logged"] == logged[-1]["aux_loss"]
+    assert metrics["val_perplexity_before"] > 1000
+
+    text = (trained_v2 / "README.md").read_text()
+    assert "{{" not in text and "[More Information Needed]" not in text
+    assert "(`slam_v2`)" in text and "mixture of attention experts" in text and "(s + c) mod 4" in text
+    assert "| num_hidden_layers | 6 (full → fusion_0 → fusion_1 → fusion_2 → fusion_3 → moa) |" in text
+    assert "| moa_num_experts / moa_top_k | 8 / 2 |" in text
+    assert "ef_segment_length (non-overlapping) | 32 |" in text and "/ overlap" not in text
+    assert "MoA load-balancing loss, first → last logged" in text
+    assert "held-out loss and perplexity\ndo not" in text
+    assert "`slam_v2` is not in PEFT's table" in text
+    for name in ("`experts.<i>.q_proj`", "`experts.<i>.o_proj`", "shared `k_proj`, `v_proj`", "`router`"):
+        assert name in text, name
+    assert '["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]' in text
+    assert ModelCard.load(trained_v2 / "README.md").data.model_name == "slam-v2-tiny"
+
+
+def test_v2_evaluation_scores_the_lm_loss_alone():
+    """`slam-hf train` reports perplexity from the LM loss: the balancing term is switched off while evaluating."""
+    import torch
+
+    from slam_hf import SlamV2Config, SlamV2ForCausalLM
+    from slam_hf.cli import _lm_loss_only
+
+    model = SlamV2ForCausalLM(
+        SlamV2Config(vocab_size=64, hidden_size=32, num_attention_heads=4, intermediate_size=32, ef_cycles=1,
+                     ef_segment_length=4, max_position_embeddings=32, moa_num_experts=4, moa_top_k=2,
+                     router_aux_loss_coef=0.5)
+    ).eval()  # fmt: skip
+    ids = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        full = model(input_ids=ids, labels=ids)
+        with _lm_loss_only(model):
+            lm_only = model(input_ids=ids, labels=ids).loss
+    lm = torch.nn.functional.cross_entropy(full.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    torch.testing.assert_close(lm_only, lm)
+    torch.testing.assert_close(full.loss, lm + 0.5 * full.aux_loss)
+    assert model.config.router_aux_loss_coef == 0.5  # restored
+
+
+def test_v2_generate_and_load_without_slam_hf(trained_v2, capsys, tmp_path):
+    capsys.readouterr()
+    assert main(["generate", "--model", str(trained_v2), "--input", "To be", "--max-new-tokens", "5"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("To be") and len(printed[-1]) > len("To be")
+
+    # The folder loads where slam_hf cannot be imported, and greedy generation matches the in-process model.
+    script = (
+        "import sys, json\n"
+        "sys.modules['slam_hf'] = None\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "folder = sys.argv[1]\n"
+        "tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)\n"
+        "model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)\n"
+        "ids = tokenizer('To be', return_tensors='pt').input_ids\n"
+        "out = model.generate(ids, max_new_tokens=5, do_sample=False)\n"
+        "print(json.dumps([type(model).__name__, type(model).__module__, out[0].tolist()]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(trained_v2)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    name, module, tokens = json.loads(result.stdout.strip().splitlines()[-1])
+    assert name == "SlamV2ForCausalLM" and not module.startswith("slam_hf"), module
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained_v2)
+    model = AutoModelForCausalLM.from_pretrained(trained_v2)
+    ids = tokenizer("To be", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=5, do_sample=False)[0].tolist() == tokens
