@@ -244,7 +244,8 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
     """
 
     model_type = "slam_v2"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # Trainer.predict returns only the logits (not the balancing loss or router logits), as for other heads.
+    keys_to_ignore_at_inference = ["past_key_values", "aux_loss", "router_logits"]
 
     def __init__(
         self,
