@@ -208,6 +208,210 @@ def raise_if_output_attentions(output_attentions):
         )
 
 
+# --------------------------------------------------------------------------------------------------- heads ----
+def router_aux_loss(config, router_logits, attention_mask, labelled=None, num_items_in_batch=None):
+    """The load-balancing loss over the real tokens of this forward, and its weight in the total loss.
+
+    Under gradient accumulation (`num_items_in_batch` given, the LM loss being a share of the big batch's
+    sum), each micro-batch contributes in proportion to its labelled tokens, so the accumulated weight of
+    the balancing loss stays `router_aux_loss_coef` instead of growing with the number of micro-batches.
+    """
+    token_mask = None
+    if attention_mask is not None:
+        length = router_logits[0].shape[0] // attention_mask.shape[0]
+        token_mask = attention_mask[:, -length:].bool().flatten()
+    aux_loss = sum(load_balancing_loss(logits, config.moa_top_k, token_mask) for logits in router_logits)
+    weight = config.router_aux_loss_coef
+    if num_items_in_batch is not None and labelled is not None:
+        weight = weight * labelled / num_items_in_batch
+    return aux_loss, weight
+
+
+class SlamHeadMixin:
+    """What every SLAM head shares, mixed in before the variant's PreTrainedModel.
+
+    A variant's head class names its trunk (`trunk_class`) and output type; the trunk says whether it routes
+    tokens (`SlamV2Model.has_router`). With a router, the trunk's MoA load-balancing loss is returned as
+    `aux_loss` and added to `loss` with `router_aux_loss_coef` whenever labels are given, and the router
+    logits are returned on request (`output_router_logits`, argument or config).
+    """
+
+    trunk_class = None
+    output_class = None
+    head_is_causal = True
+
+    def _build_trunk(self, config):
+        config = with_causality(config, self.head_is_causal, type(self).__name__)
+        super().__init__(config)
+        self.model = self.trunk_class(config)
+        return config
+
+    def _run_trunk(self, output_router_logits, **inputs):
+        if self.model.has_router:
+            inputs["output_router_logits"] = True  # the balancing loss needs them even when not returned
+        elif output_router_logits:
+            raise ValueError(f"{type(self).__name__} has no router; `output_router_logits` is for SLAM v2.")
+        return self.model(**inputs)
+
+    def _finish_loss(self, loss, outputs, attention_mask, labelled=None, num_items_in_batch=None):
+        """(loss with the weighted balancing loss added, the extra output fields of a routed model)."""
+        if not self.model.has_router:
+            return loss, {}
+        aux_loss, weight = router_aux_loss(
+            self.config, outputs.router_logits, attention_mask, labelled, num_items_in_batch
+        )
+        if loss is not None and weight:
+            loss = loss + weight * aux_loss.to(loss.device)
+        return loss, {"aux_loss": aux_loss, "router_logits": outputs.router_logits}
+
+    def _router_fields(self, fields, output_router_logits):
+        if "router_logits" in fields:
+            wanted = self.config.output_router_logits if output_router_logits is None else output_router_logits
+            fields["router_logits"] = fields["router_logits"] if wanted else None
+        return fields
+
+
+class SlamLMHeadMixin(SlamHeadMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config):
+        config = self._build_trunk(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+
+class SlamForCausalLMMixin(SlamLMHeadMixin):
+    """Causal LM (`GenerationMixin`: greedy, sampling, beams, KV cache)."""
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        outputs = self._run_trunk(
+            output_router_logits,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=kwargs.pop("output_attentions", None),
+        )
+        hidden_states = outputs.last_hidden_state
+        validate_labels(labels, hidden_states.shape[:2])
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        labelled = None if labels is None else (labels[:, 1:] != -100).sum()  # the loss shifts labels
+        loss, extra = self._finish_loss(loss, outputs, attention_mask, labelled, kwargs.get("num_items_in_batch"))
+        return self.output_class(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            **self._router_fields(extra, output_router_logits),
+        )
+
+
+class SlamForMaskedLMMixin(SlamLMHeadMixin):
+    """Masked LM on the bidirectional trunk."""
+
+    head_is_causal = False
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        **kwargs,
+    ):
+        outputs = self._run_trunk(
+            output_router_logits,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=kwargs.pop("output_attentions", None),
+        )
+        hidden_states = outputs.last_hidden_state
+        validate_labels(labels, hidden_states.shape[:2])
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        labelled = None if labels is None else (labels != -100).sum()
+        loss, extra = self._finish_loss(loss, outputs, attention_mask, labelled, kwargs.get("num_items_in_batch"))
+        return self.output_class(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **self._router_fields(extra, output_router_logits)
+        )
+
+
+class SlamForSequenceClassificationMixin(SlamHeadMixin):
+    """Bidirectional trunk, mean over real tokens, linear classifier (`config.num_labels`, `problem_type`)."""
+
+    head_is_causal = False
+
+    def __init__(self, config):
+        config = self._build_trunk(config)
+        self.num_labels = config.num_labels
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        **kwargs,
+    ):
+        outputs = self._run_trunk(
+            output_router_logits,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=kwargs.pop("output_attentions", None),
+        )
+        logits = self.score(mean_pool(outputs.last_hidden_state, attention_mask))
+        loss = None
+        if labels is not None:
+            validate_labels(labels, logits.shape[:1] if labels.dim() == 1 else logits.shape)
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
+        loss, extra = self._finish_loss(loss, outputs, attention_mask)
+        return self.output_class(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **self._router_fields(extra, output_router_logits)
+        )
+
+
 class SlamV1PreTrainedModel(SlamPreTrainedModel):
     config_class = SlamV1Config
     _no_split_modules = ["SlamLayer", "SlamEncoderFusionCycle"]
@@ -215,6 +419,8 @@ class SlamV1PreTrainedModel(SlamPreTrainedModel):
 
 class SlamV1Model(SlamV1PreTrainedModel):
     """The SLAM v1 trunk; `config.is_causal=False` gives the bidirectional encoder of the MLM and classifier heads."""
+
+    has_router = False
 
     def __init__(self, config: SlamV1Config):
         super().__init__(config)
@@ -280,138 +486,19 @@ class SlamV1Model(SlamV1PreTrainedModel):
         )
 
 
-class SlamV1ForCausalLM(SlamV1PreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-
-    def __init__(self, config: SlamV1Config):
-        config = with_causality(config, True, type(self).__name__)
-        super().__init__(config)
-        self.model = SlamV1Model(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            output_attentions=kwargs.pop("output_attentions", None),
-        )
-        hidden_states = outputs.last_hidden_state
-        validate_labels(labels, hidden_states.shape[:2])
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-        )
+class SlamV1ForCausalLM(SlamForCausalLMMixin, SlamV1PreTrainedModel, GenerationMixin):
+    trunk_class = SlamV1Model
+    output_class = CausalLMOutputWithPast
 
 
-class SlamV1ForMaskedLM(SlamV1PreTrainedModel):
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-
-    def __init__(self, config: SlamV1Config):
-        config = with_causality(config, False, type(self).__name__)
-        super().__init__(config)
-        self.model = SlamV1Model(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
-    ) -> MaskedLMOutput:
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
-            output_attentions=kwargs.pop("output_attentions", None),
-        )
-        hidden_states = outputs.last_hidden_state
-        validate_labels(labels, hidden_states.shape[:2])
-        logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+class SlamV1ForMaskedLM(SlamForMaskedLMMixin, SlamV1PreTrainedModel):
+    trunk_class = SlamV1Model
+    output_class = MaskedLMOutput
 
 
-class SlamV1ForSequenceClassification(SlamV1PreTrainedModel):
-    """Bidirectional trunk, mean over real tokens, linear classifier (`config.num_labels`, `problem_type`)."""
-
-    def __init__(self, config: SlamV1Config):
-        config = with_causality(config, False, type(self).__name__)
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.model = SlamV1Model(config)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
-    ) -> SequenceClassifierOutput:
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
-            output_attentions=kwargs.pop("output_attentions", None),
-        )
-        logits = self.score(mean_pool(outputs.last_hidden_state, attention_mask))
-        loss = None
-        if labels is not None:
-            validate_labels(labels, logits.shape[:1] if labels.dim() == 1 else logits.shape)
-            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+class SlamV1ForSequenceClassification(SlamForSequenceClassificationMixin, SlamV1PreTrainedModel):
+    trunk_class = SlamV1Model
+    output_class = SequenceClassifierOutput
 
 
 # ------------------------------------------------------------------------------------------------ SLAM v2 ----
@@ -443,6 +530,8 @@ class SlamV2Model(SlamV2PreTrainedModel):
     `router_logits` (one (batch * sequence, experts) tensor per MoA layer, as in transformers' MoE models) is
     returned with `output_router_logits=True`.
     """
+
+    has_router = True
 
     def __init__(self, config: SlamV2Config):
         super().__init__(config)
@@ -520,205 +609,30 @@ class SlamV2Model(SlamV2PreTrainedModel):
         )
 
 
-def router_aux_loss(config, router_logits, attention_mask, labelled=None, num_items_in_batch=None):
-    """The load-balancing loss over the real tokens of this forward, and its weight in the total loss.
-
-    Under gradient accumulation (`num_items_in_batch` given, the LM loss being a share of the big batch's
-    sum), each micro-batch contributes in proportion to its labelled tokens, so the accumulated weight of
-    the balancing loss stays `router_aux_loss_coef` instead of growing with the number of micro-batches.
-    """
-    token_mask = None
-    if attention_mask is not None:
-        length = router_logits[0].shape[0] // attention_mask.shape[0]
-        token_mask = attention_mask[:, -length:].bool().flatten()
-    aux_loss = sum(load_balancing_loss(logits, config.moa_top_k, token_mask) for logits in router_logits)
-    weight = config.router_aux_loss_coef
-    if num_items_in_batch is not None and labelled is not None:
-        weight = weight * labelled / num_items_in_batch
-    return aux_loss, weight
-
-
-class SlamV2ForCausalLM(SlamV2PreTrainedModel, GenerationMixin):
+class SlamV2ForCausalLM(SlamForCausalLMMixin, SlamV2PreTrainedModel, GenerationMixin):
     """Causal LM. With `labels`, loss = LM loss + router_aux_loss_coef * aux_loss (the MoA balancing loss)."""
 
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-
-    def __init__(self, config: SlamV2Config):
-        config = with_causality(config, True, type(self).__name__)
-        super().__init__(config)
-        self.model = SlamV2Model(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_router_logits: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
-    ) -> MoeCausalLMOutputWithPast:
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            output_attentions=kwargs.pop("output_attentions", None),
-            output_router_logits=True,
-        )
-        hidden_states = outputs.last_hidden_state
-        validate_labels(labels, hidden_states.shape[:2])
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-        labelled = None if labels is None else (labels[:, 1:] != -100).sum()
-        aux_loss, aux_weight = router_aux_loss(
-            self.config, outputs.router_logits, attention_mask, labelled, kwargs.get("num_items_in_batch")
-        )
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-            if aux_weight:
-                loss = loss + aux_weight * aux_loss.to(loss.device)
-        return MoeCausalLMOutputWithPast(
-            loss=loss,
-            aux_loss=aux_loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            router_logits=outputs.router_logits if output_router_logits else None,
-        )
+    trunk_class = SlamV2Model
+    output_class = MoeCausalLMOutputWithPast
 
 
-class SlamV2ForMaskedLM(SlamV2PreTrainedModel):
-    """Masked LM on the bidirectional trunk; with `labels`, the MoA balancing loss is added as for the causal LM."""
+class SlamV2ForMaskedLM(SlamForMaskedLMMixin, SlamV2PreTrainedModel):
+    """Masked LM; with `labels`, the MoA balancing loss is added as for the causal LM."""
 
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-
-    def __init__(self, config: SlamV2Config):
-        config = with_causality(config, False, type(self).__name__)
-        super().__init__(config)
-        self.model = SlamV2Model(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_router_logits: bool | None = None,
-        **kwargs,
-    ) -> SlamV2MaskedLMOutput:
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
-            output_attentions=kwargs.pop("output_attentions", None),
-            output_router_logits=True,
-        )
-        hidden_states = outputs.last_hidden_state
-        validate_labels(labels, hidden_states.shape[:2])
-        logits = self.lm_head(hidden_states)
-        labelled = None if labels is None else (labels != -100).sum()
-        aux_loss, aux_weight = router_aux_loss(
-            self.config, outputs.router_logits, attention_mask, labelled, kwargs.get("num_items_in_batch")
-        )
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-            if aux_weight:
-                loss = loss + aux_weight * aux_loss.to(loss.device)
-        return SlamV2MaskedLMOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            aux_loss=aux_loss,
-            router_logits=outputs.router_logits if output_router_logits else None,
-        )
+    trunk_class = SlamV2Model
+    output_class = SlamV2MaskedLMOutput
 
 
-class SlamV2ForSequenceClassification(SlamV2PreTrainedModel):
-    """Bidirectional trunk, mean over real tokens, linear classifier; the MoA balancing loss is added to the
-    classification loss with `router_aux_loss_coef`."""
+class SlamV2ForSequenceClassification(SlamForSequenceClassificationMixin, SlamV2PreTrainedModel):
+    """Mean-pooled classifier; the MoA balancing loss is added to the classification loss."""
 
-    def __init__(self, config: SlamV2Config):
-        config = with_causality(config, False, type(self).__name__)
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.model = SlamV2Model(config)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_router_logits: bool | None = None,
-        **kwargs,
-    ) -> SlamV2SequenceClassifierOutput:
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
-            output_attentions=kwargs.pop("output_attentions", None),
-            output_router_logits=True,
-        )
-        logits = self.score(mean_pool(outputs.last_hidden_state, attention_mask))
-        aux_loss, aux_weight = router_aux_loss(self.config, outputs.router_logits, attention_mask)
-        loss = None
-        if labels is not None:
-            validate_labels(labels, logits.shape[:1] if labels.dim() == 1 else logits.shape)
-            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
-            if aux_weight:
-                loss = loss + aux_weight * aux_loss.to(loss.device)
-        return SlamV2SequenceClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            aux_loss=aux_loss,
-            router_logits=outputs.router_logits if output_router_logits else None,
-        )
-
+    trunk_class = SlamV2Model
+    output_class = SlamV2SequenceClassifierOutput
 
 __all__ = [
+    "SlamForCausalLMMixin",
+    "SlamForMaskedLMMixin",
+    "SlamForSequenceClassificationMixin",
     "SlamPreTrainedModel",
     "SlamV2ForCausalLM",
     "SlamV2ForMaskedLM",
