@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset
 from safetensors import safe_open
 from transformers import (
     DataCollatorForLanguageModeling,
@@ -28,11 +28,17 @@ from transformers import (
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from slam_hf import SlamV1Config, SlamV1ForCausalLM, SlamV1ForMaskedLM, SlamV1ForSequenceClassification, data
-
-LN_VOCAB = math.log(8192)  # loss of a uniform prediction, where every run starts
-BLOCK_SIZE = 64
-TRAIN_WORKS = 3  # LM training text: every 12th training work, 3 plays, ~2,000 blocks of 64 tokens
-EVAL_BLOCKS = 64  # fixed, evenly spaced blocks of the 6 held-out works
+from training_common import (  # noqa: F401 (fixtures are used by name)
+    BLOCK_SIZE,
+    EVAL_BLOCKS,
+    genre,
+    lm_blocks,
+    LN_VOCAB,
+    logged_train_losses,
+    masked_once,
+    tokenizer,
+    training_args,
+)
 
 
 def tiny_config(**overrides):
@@ -50,50 +56,6 @@ def tiny_config(**overrides):
     )
     fields.update(overrides)
     return SlamV1Config(**fields)
-
-
-def training_args(output_dir, **overrides):
-    """CPU, no reporting, no checkpoints, fixed seeds, data loading in the main process."""
-    fields = dict(
-        output_dir=str(output_dir),
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        seed=0,
-        data_seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        logging_steps=10,
-        per_device_eval_batch_size=64,
-        weight_decay=0.0,
-    )
-    fields.update(overrides)
-    return TrainingArguments(**fields)
-
-
-def logged_train_losses(trainer):
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-
-
-def evenly_spaced(dataset, n):
-    return dataset.select(np.linspace(0, len(dataset) - 1, n).round().astype(int).tolist())
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return data.load_default_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def lm_blocks(tokenizer):
-    """64-token blocks (`input_ids`, `labels`) of a few training works and of the held-out works."""
-    corpus = data.load_shakespeare_corpus()
-    n_train = len(corpus["train"])
-    train_works = corpus["train"].select(range(0, n_train, n_train // TRAIN_WORKS)[:TRAIN_WORKS])
-    train = data.group_texts_for_causal_lm(train_works, tokenizer, BLOCK_SIZE)
-    validation = data.group_texts_for_causal_lm(corpus["validation"], tokenizer, BLOCK_SIZE)
-    assert not set(train_works["work"]) & set(data.VALIDATION_WORKS)
-    return {"train": train, "validation": evenly_spaced(validation, EVAL_BLOCKS)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,27 +232,9 @@ def test_trainer_activation_checkpointing(lm_blocks, tmp_path):
 # 4. Sequence classification: Folio genre of a held-out play's passage
 # --------------------------------------------------------------------------------------------------
 
-GENRE_TRAIN_PASSAGES = 3000  # of 9,308 training passages (30 plays); one epoch
-GENRE_MAX_LENGTH = 128  # 12-line passages are ~115 tokens; the 90th percentile hits 128
 # Measured on validation + test (6 plays, 1,485 passages, majority rate 0.366): accuracy 0.597 (seed 0),
 # 0.602 and 0.611 (seeds 1, 2), a margin of 0.23-0.25. (4,000 passages: 0.609-0.640.)
 GENRE_MIN_MARGIN = 0.15
-
-
-@pytest.fixture(scope="module")
-def genre(tokenizer):
-    """Tokenised genre passages: a shuffled subset of the training plays, and all held-out plays."""
-    passages = data.load_genre_dataset()
-
-    def encode(batch):
-        return tokenizer(batch["text"], truncation=True, max_length=GENRE_MAX_LENGTH)
-
-    train = passages["train"].shuffle(seed=0).select(range(GENRE_TRAIN_PASSAGES))
-    held_out = concatenate_datasets([passages["validation"], passages["test"]])
-    return {
-        "train": train.map(encode, batched=True, remove_columns=["text", "work"]),
-        "held_out": held_out.map(encode, batched=True, remove_columns=["text", "work"]),
-    }
 
 
 @pytest.mark.slow
@@ -339,13 +283,6 @@ def test_trainer_sequence_classification_beats_majority_class(genre, tokenizer, 
 MLM_STEPS = 60
 # Measured (seed 0): 8.886 -> 6.877 on the 609 masked held-out tokens, a drop of ~2.0 nats.
 MLM_MIN_DROP = 1.5
-
-
-def masked_once(blocks, tokenizer):
-    """Held-out blocks masked once with a fixed seed, so before and after see the very same masks."""
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15, seed=0)
-    batch = collator([{"input_ids": ids} for ids in blocks["input_ids"]])
-    return Dataset.from_dict({k: batch[k].tolist() for k in ("input_ids", "attention_mask", "labels")})
 
 
 @pytest.mark.slow

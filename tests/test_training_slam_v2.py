@@ -20,25 +20,31 @@ import os
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset
 from safetensors import safe_open
 from torch.nn import functional as F
 from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
     Trainer,
-    TrainingArguments,
     default_data_collator,
     set_seed,
 )
 
 from slam_common import single_threaded_torch
 from slam_hf import SlamV2Config, SlamV2ForCausalLM, SlamV2ForMaskedLM, SlamV2ForSequenceClassification, data
+from training_common import (  # noqa: F401 (fixtures are used by name)
+    BLOCK_SIZE,
+    EVAL_BLOCKS,
+    genre,
+    lm_blocks,
+    LN_VOCAB,
+    logged_train_losses,
+    masked_once,
+    tokenizer,
+    training_args,
+)
 
-LN_VOCAB = math.log(8192)  # loss of a uniform prediction, where every run starts
-BLOCK_SIZE = 64  # 4 segments of 16 tokens: one per fusion block
-TRAIN_WORKS = 3  # LM training text: every 12th training work, 3 plays, ~2,000 blocks of 64 tokens
-EVAL_BLOCKS = 64  # fixed, evenly spaced blocks of the 6 held-out works
 AUX_COEF = 0.01
 
 # One intra-op thread: for these tiny shapes thread hand-offs cost more than they save, and on a busy 2-core
@@ -61,33 +67,6 @@ def tiny_config(**overrides):
     )
     fields.update(overrides)
     return SlamV2Config(**fields)
-
-
-def training_args(output_dir, **overrides):
-    """CPU, no reporting, no checkpoints, fixed seeds, data loading in the main process."""
-    fields = dict(
-        output_dir=str(output_dir),
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        seed=0,
-        data_seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        logging_steps=10,
-        per_device_eval_batch_size=64,
-        weight_decay=0.0,
-    )
-    fields.update(overrides)
-    return TrainingArguments(**fields)
-
-
-def logged_train_losses(trainer):
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-
-
-def evenly_spaced(dataset, n):
-    return dataset.select(np.linspace(0, len(dataset) - 1, n).round().astype(int).tolist())
 
 
 class AuxRecordingTrainer(Trainer):
@@ -127,23 +106,6 @@ def held_out(model, rows, shift=True, batch_size=64):
         aux.append(out.aux_loss.item())
         own.append(out.loss.item())
     return lm_sum / count, float(np.mean(aux)), float(np.mean(own))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return data.load_default_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def lm_blocks(tokenizer):
-    """64-token blocks (`input_ids`, `labels`) of a few training works and of the held-out works."""
-    corpus = data.load_shakespeare_corpus()
-    n_train = len(corpus["train"])
-    train_works = corpus["train"].select(range(0, n_train, n_train // TRAIN_WORKS)[:TRAIN_WORKS])
-    train = data.group_texts_for_causal_lm(train_works, tokenizer, BLOCK_SIZE)
-    validation = data.group_texts_for_causal_lm(corpus["validation"], tokenizer, BLOCK_SIZE)
-    assert not set(train_works["work"]) & set(data.VALIDATION_WORKS)
-    return {"train": train, "validation": evenly_spaced(validation, EVAL_BLOCKS)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,13 +170,6 @@ MLM_STEPS = 40
 MLM_MIN_DROP = 1.3
 
 
-def masked_once(blocks, tokenizer):
-    """Held-out blocks masked once with a fixed seed, so before and after see the very same masks."""
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15, seed=0)
-    batch = collator([{"input_ids": ids} for ids in blocks["input_ids"]])
-    return Dataset.from_dict({k: batch[k].tolist() for k in ("input_ids", "attention_mask", "labels")})
-
-
 def test_trainer_masked_lm_held_out_loss_falls(lm_blocks, tokenizer, tmp_path):
     mlm_collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15, seed=0)
 
@@ -259,27 +214,9 @@ def test_trainer_masked_lm_held_out_loss_falls(lm_blocks, tokenizer, tmp_path):
 # 3. Sequence classification: Folio genre of a held-out play's passage
 # --------------------------------------------------------------------------------------------------
 
-GENRE_TRAIN_PASSAGES = 3000  # of 9,308 training passages (30 plays); one epoch, 94 steps
-GENRE_MAX_LENGTH = 128  # 12-line passages are ~115 tokens; the 90th percentile hits 128
 # Measured on validation + test (6 plays, 1,485 passages, majority rate 0.366): accuracy 0.609 (seed 0),
 # 0.603 and 0.631 (seeds 1, 2), a margin of 0.24-0.26 (SLAM v1, same budget: 0.597). 2,000 passages: 0.56-0.60.
 GENRE_MIN_MARGIN = 0.15
-
-
-@pytest.fixture(scope="module")
-def genre(tokenizer):
-    """Tokenised genre passages: a shuffled subset of the training plays, and all held-out plays."""
-    passages = data.load_genre_dataset()
-
-    def encode(batch):
-        return tokenizer(batch["text"], truncation=True, max_length=GENRE_MAX_LENGTH)
-
-    train = passages["train"].shuffle(seed=0).select(range(GENRE_TRAIN_PASSAGES))
-    held_out_plays = concatenate_datasets([passages["validation"], passages["test"]])
-    return {
-        "train": train.map(encode, batched=True, remove_columns=["text", "work"]),
-        "held_out": held_out_plays.map(encode, batched=True, remove_columns=["text", "work"]),
-    }
 
 
 def test_trainer_sequence_classification_beats_majority_class(genre, tokenizer, tmp_path):
