@@ -377,4 +377,252 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
         return ["full"] + [f"fusion_{cycle}" for cycle in range(self.ef_cycles)] + ["moa"]
 
 
-__all__ = ["SlamV1Config", "SlamV2Config"]
+
+
+ENCODER_PATHS = ("text", "image", "shared", "cross_modal")
+
+
+class SlamV3VisionConfig(PretrainedConfig):
+    r"""Vision tower of SLAM v3: a ViT over non-overlapping `patch_size` patches with 2D RoPE over the patch grid
+    (row, column), bidirectional `SlamLayer` blocks, a final norm and a projector to the text hidden size.
+
+    Args:
+        patch_size: side of a square patch in pixels; image height and width must be multiples of it.
+        num_channels: input channels (3 for the RGB output of `SlamImageProcessor`).
+        projector_type: "linear" or "mlp" (Linear -> GELU -> Linear) into the text hidden size.
+        position_embedding_type: "rope" (2D RoPE; `head_dim` must be a multiple of 4) or "none".
+        Other fields mean what they mean in the text config.
+    """
+
+    model_type = "slam_v3_vision"
+    base_config_key = "vision_config"
+
+    def __init__(
+        self,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        hidden_size: int = 256,
+        num_hidden_layers: int = 2,
+        num_attention_heads: int = 8,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        intermediate_size: int = 1024,
+        mlp_type: str = "geglu",
+        norm_type: str = "rmsnorm",
+        norm_position: str = "pre",
+        norm_eps: float = 1e-5,
+        position_embedding_type: str = "rope",
+        rope_theta: float = 100.0,
+        attention_bias: bool = False,
+        mlp_bias: bool = False,
+        attention_dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
+        projector_type: str = "mlp",
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        self.intermediate_size = intermediate_size
+        self.mlp_type = mlp_type
+        self.norm_type = norm_type
+        self.norm_position = norm_position
+        self.norm_eps = norm_eps
+        self.position_embedding_type = position_embedding_type
+        self.rope_theta = rope_theta
+        self.attention_bias = attention_bias
+        self.mlp_bias = mlp_bias
+        self.attention_dropout = attention_dropout
+        self.hidden_dropout = hidden_dropout
+        self.projector_type = projector_type
+        self.initializer_range = initializer_range
+        _require_positive(self, "patch_size", "num_channels", "hidden_size", "num_hidden_layers")
+        _require_positive(self, "num_attention_heads", "num_key_value_heads", "intermediate_size")
+        if head_dim is None:
+            if hidden_size % num_attention_heads:
+                raise ValueError(
+                    f"vision `hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` "
+                    f"({num_attention_heads}); change one of them or set `head_dim`."
+                )
+            head_dim = hidden_size // num_attention_heads
+        self.head_dim = head_dim
+        _require_positive(self, "head_dim")
+        if num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"vision `num_key_value_heads` ({self.num_key_value_heads}) must divide `num_attention_heads` "
+                f"({num_attention_heads})."
+            )
+        _require_choice(self, "mlp_type", MLP_TYPES)
+        _require_choice(self, "norm_type", NORM_TYPES)
+        _require_choice(self, "norm_position", NORM_POSITIONS)
+        _require_choice(self, "position_embedding_type", ("rope", "none"))
+        _require_choice(self, "projector_type", ("linear", "mlp"))
+        if position_embedding_type == "rope" and head_dim % 4:
+            raise ValueError(
+                f"2D RoPE rotates (row, column) pairs, so the vision `head_dim` must be a multiple of 4, got {head_dim}."
+            )
+        super().__init__(**kwargs)
+
+
+class SlamV3Config(SlamConfigMixin, PretrainedConfig):
+    r"""Configuration of SLAM v3: image + text through four parallel encoder paths, a fusion node and a decoder
+    with Multi-head Latent Attention and cross-attention (DESIGN §5). An encoder-decoder model: the processor's
+    `input_ids` (prompt with `<image>` placeholders) and `pixel_values` feed the encoder, the answer is decoded.
+
+    Encoder: the joint sequence (text embeddings, image features at the `image_token_id` placeholders, then
+    `aux_values` projected to `aux_dim` -> hidden tokens) runs through four paths of `encoder_layers` layers each,
+    all active and batched as one computation; they differ only in weights and attention masks:
+    "text" (text <-> text), "image" (image/aux <-> image/aux), "shared" (all <-> all), "cross_modal" (text <-> other
+    modality only). A path that leaves a token with no key contributes zeros for it. The fusion node mixes the
+    paths (dense concatenation 4H -> H plus the mean of the paths that saw each token), applies one cross-modal
+    attention layer and, with `fusion_num_latents` > 0, compresses the sequence into that many learned latents
+    (the decoder's memory); otherwise the memory is the fused sequence.
+
+    Decoder: `decoder_layers` x (causal MLA self-attention, cross-attention to the memory, MLP). MLA caches only the
+    compressed latent c_kv (`kv_lora_rank`) and one shared RoPE key (`qk_rope_head_dim`) per token; queries have
+    `qk_nope_head_dim + qk_rope_head_dim` dims per head (optionally through a `q_lora_rank` bottleneck), values
+    `v_head_dim`. Cross-attention uses `num_attention_heads` / `num_key_value_heads` (GQA) of `head_dim`.
+    `num_hidden_layers` is derived (= decoder_layers, the number of self-attention cache layers).
+
+    Defaults (DESIGN §2): pre-RMSNorm, GeGLU, GQA (heads / 4 key-value heads), RoPE (1D for text; 2D over the patch
+    grid in the vision tower). position_embedding_type "none" removes RoPE from the encoder only: MLA's decoupled
+    RoPE key is part of the attention itself.
+    """
+
+    model_type = "slam_v3"
+    sub_configs = {"vision_config": SlamV3VisionConfig}
+    keys_to_ignore_at_inference = ["past_key_values", "encoder_last_hidden_state"]
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        hidden_size: int = 256,
+        num_attention_heads: int = 8,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        intermediate_size: int = 1024,
+        mlp_type: str = "geglu",
+        norm_type: str = "rmsnorm",
+        norm_position: str = "pre",
+        norm_eps: float = 1e-5,
+        position_embedding_type: str = "rope",
+        rope_theta: float = 10000.0,
+        max_position_embeddings: int = 2048,
+        attention_bias: bool = False,
+        mlp_bias: bool = False,
+        attention_dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        encoder_layers: int = 2,
+        fusion_num_latents: int = 0,
+        aux_dim: int | None = None,
+        decoder_layers: int = 2,
+        kv_lora_rank: int = 64,
+        q_lora_rank: int | None = None,
+        qk_nope_head_dim: int | None = None,
+        qk_rope_head_dim: int = 16,
+        v_head_dim: int | None = None,
+        vision_config: dict | SlamV3VisionConfig | None = None,
+        image_token_id: int = 5,
+        num_hidden_layers: int | None = None,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        is_encoder_decoder: bool = True,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        decoder_start_token_id: int | None = 1,
+        **kwargs,
+    ):
+        if num_key_value_heads is None:
+            num_key_value_heads = max(1, num_attention_heads // 4) if num_attention_heads % 4 == 0 else num_attention_heads
+        if position_embedding_type not in ("rope", "none"):
+            raise ValueError(
+                f"SLAM v3 supports position_embedding_type 'rope' or 'none', got {position_embedding_type!r}: the joint "
+                "image+text sequence has no fixed length for a learned table."
+            )
+        self._init_shared(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_attention_heads=num_attention_heads,
+            num_key_value_heads=num_key_value_heads,
+            head_dim=head_dim,
+            intermediate_size=intermediate_size,
+            mlp_type=mlp_type,
+            norm_type=norm_type,
+            norm_position=norm_position,
+            norm_eps=norm_eps,
+            position_embedding_type=position_embedding_type,
+            rope_theta=rope_theta,
+            max_position_embeddings=max_position_embeddings,
+            attention_bias=attention_bias,
+            mlp_bias=mlp_bias,
+            attention_dropout=attention_dropout,
+            hidden_dropout=hidden_dropout,
+            initializer_range=initializer_range,
+            use_cache=use_cache,
+        )
+        self.encoder_layers = encoder_layers
+        self.fusion_num_latents = fusion_num_latents
+        self.aux_dim = aux_dim
+        self.decoder_layers = decoder_layers
+        _require_positive(self, "encoder_layers", "decoder_layers")
+        if type(fusion_num_latents) is not int or fusion_num_latents < 0:
+            raise ValueError(f"`fusion_num_latents` must be an integer >= 0 (0 = no bottleneck), got {fusion_num_latents!r}.")
+        if aux_dim is not None:
+            _require_positive(self, "aux_dim")
+
+        self.kv_lora_rank = kv_lora_rank
+        self.q_lora_rank = q_lora_rank
+        self.qk_nope_head_dim = self.head_dim if qk_nope_head_dim is None else qk_nope_head_dim
+        self.qk_rope_head_dim = qk_rope_head_dim
+        self.v_head_dim = self.head_dim if v_head_dim is None else v_head_dim
+        _require_positive(self, "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if q_lora_rank is not None:
+            _require_positive(self, "q_lora_rank")
+        if qk_rope_head_dim % 2:
+            raise ValueError(f"`qk_rope_head_dim` must be even (RoPE rotates pairs), got {qk_rope_head_dim}.")
+
+        if vision_config is None:
+            vision_config = SlamV3VisionConfig()
+        elif isinstance(vision_config, dict):
+            vision_config = SlamV3VisionConfig(**vision_config)
+        elif not isinstance(vision_config, SlamV3VisionConfig):
+            raise TypeError(
+                f"`vision_config` must be a dict, a SlamV3VisionConfig or None, got {type(vision_config).__name__}."
+            )
+        self.vision_config = vision_config
+        if type(image_token_id) is not int or not 0 <= image_token_id < vocab_size:
+            raise ValueError(f"`image_token_id` must be a token id in [0, vocab_size={vocab_size}), got {image_token_id!r}.")
+        self.image_token_id = image_token_id
+
+        if num_hidden_layers is not None and num_hidden_layers != decoder_layers:
+            raise ValueError(
+                f"`num_hidden_layers` is derived as decoder_layers = {decoder_layers} for SLAM v3 (one self-attention "
+                f"cache layer per decoder layer), got {num_hidden_layers}; set `decoder_layers` instead."
+            )
+        self.num_hidden_layers = decoder_layers
+        if is_encoder_decoder is not True:
+            raise ValueError("SLAM v3 is an encoder-decoder model; `is_encoder_decoder` must be True.")
+        self.is_causal = False  # the encoder is bidirectional; the decoder's causality is built in
+        self.tie_word_embeddings = tie_word_embeddings
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.decoder_start_token_id = decoder_start_token_id
+        # a field of the base config: set through its __init__, which would otherwise reset it to False
+        super().__init__(is_encoder_decoder=True, **kwargs)
+
+    @property
+    def layer_schedule(self) -> list[str]:
+        """The architecture as data: encoder layers (four paths each), the fusion node, decoder layers."""
+        encoder = [f"paths_{layer}" for layer in range(self.encoder_layers)]
+        fusion = ["fusion"] + (["latent_bottleneck"] if self.fusion_num_latents else [])
+        return encoder + fusion + [f"mla_decoder_{layer}" for layer in range(self.decoder_layers)]
+
+
+__all__ = ["ENCODER_PATHS", "SlamV1Config", "SlamV2Config", "SlamV3Config", "SlamV3VisionConfig"]

@@ -8,7 +8,7 @@ from torch import nn
 
 from .slam_attention import SlamAttention, eager_attention_forward
 from .slam_compat import GradientCheckpointingLayer, get_attention_function
-from .slam_grouped import ModuleLayers, StackedLayers
+from .slam_grouped import ModuleLayers, StackedLayers, finish_grouped
 from .slam_layers import SlamMLP, apply_rotary_pos_emb, make_norm
 from .slam_moa import SlamMixtureOfAttention
 from .slam_windows import SegmentPlan, WindowPlan
@@ -242,16 +242,8 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
             dropout=attention.attention_dropout if self.training else 0.0,
         )
         attn_output = attn_output.reshape(*group.rows.shape[:2], -1)  # (g, B * m * q_len, heads * D)
-        return self._finish(group.layers, group.rows, group.layers.linear("self_attn.o_proj", attn_output))
-
-    def _finish(self, layers, residual, attn_output):
-        """`SlamLayer.finish` for a group of blocks: residual, norms and MLP."""
-        dropout = self.blocks[0].dropout
-        hidden_states = residual + dropout(attn_output)
-        if self.pre_norm:
-            return hidden_states + dropout(layers.mlp(layers.norm("mlp_norm", hidden_states)))
-        hidden_states = layers.norm("attn_norm", hidden_states)
-        return layers.norm("mlp_norm", hidden_states + dropout(layers.mlp(hidden_states)))
+        output = group.layers.linear("self_attn.o_proj", attn_output)
+        return finish_grouped(group.layers, group.rows, output, self.pre_norm, self.blocks[0].dropout)
 
 
 __all__ = [

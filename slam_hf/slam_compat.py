@@ -6,7 +6,7 @@ from the supported floor (5.10.1) to the newest release.
 """
 
 from transformers import initialization as init  # init helpers that skip tensors loaded from a checkpoint
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -22,6 +22,7 @@ def get_attention_function(implementation: str, eager_fallback):
 __all__ = [
     "Cache",
     "DynamicCache",
+    "EncoderDecoderCache",
     "GradientCheckpointingLayer",
     "create_bidirectional_mask",
     "create_causal_mask",

@@ -97,4 +97,13 @@ class StackedLayers:
         return self.linear("mlp.down_proj", hidden)
 
 
-__all__ = ["ModuleLayers", "StackedLayers", "is_plain"]
+def finish_grouped(layers, residual, attn_output, pre_norm: bool, dropout: nn.Module) -> torch.Tensor:
+    """`SlamLayer.finish` for slot-wise layers: residual, norms and MLP of every slot at once."""
+    hidden_states = residual + dropout(attn_output)
+    if pre_norm:
+        return hidden_states + dropout(layers.mlp(layers.norm("mlp_norm", hidden_states)))
+    hidden_states = layers.norm("attn_norm", hidden_states)
+    return layers.norm("mlp_norm", hidden_states + dropout(layers.mlp(hidden_states)))
+
+
+__all__ = ["ModuleLayers", "StackedLayers", "finish_grouped", "is_plain"]
