@@ -9,13 +9,19 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    AutoProcessor,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedTokenizerFast,
 )
 
-from .configuration_slam import SlamV1Config, SlamV2Config
+from transformers.models.auto.image_processing_auto import AutoImageProcessor  # top-level name is a stub on 5.10
+
+from .configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config, SlamV3VisionConfig
+from .image_processing_slam import SlamImageProcessor
 from .modeling_slam import (
     SlamV1ForCausalLM,
     SlamV1ForMaskedLM,
@@ -27,7 +33,11 @@ from .modeling_slam import (
     SlamV2ForSequenceClassification,
     SlamV2Model,
     SlamV2PreTrainedModel,
+    SlamV3ForConditionalGeneration,
+    SlamV3Model,
+    SlamV3PreTrainedModel,
 )
+from .processing_slam import SlamProcessor
 
 __version__ = "0.1.0"
 
@@ -51,6 +61,14 @@ MODEL_FAMILIES = [
             AutoModelForSequenceClassification: SlamV2ForSequenceClassification,
         },
     ),
+    (
+        SlamV3Config,
+        {
+            AutoModel: SlamV3Model,
+            AutoModelForImageTextToText: SlamV3ForConditionalGeneration,
+            AutoModelForSeq2SeqLM: SlamV3ForConditionalGeneration,
+        },
+    ),
 ]
 
 
@@ -63,6 +81,12 @@ def register_auto_classes() -> None:
         for auto_class, model_class in heads.items():
             auto_class.register(config_class, model_class, exist_ok=True)
             model_class.register_for_auto_class(auto_class.__name__)
+    # Multimodal preprocessing (SLAM v3): in-process Auto lookups, and auto_map entries when saved.
+    AutoConfig.register(SlamV3VisionConfig.model_type, SlamV3VisionConfig, exist_ok=True)
+    AutoImageProcessor.register(SlamV3Config, image_processor_classes={"pil": SlamImageProcessor}, exist_ok=True)
+    AutoProcessor.register(SlamV3Config, SlamProcessor, exist_ok=True)
+    SlamImageProcessor.register_for_auto_class("AutoImageProcessor")
+    SlamProcessor.register_for_auto_class("AutoProcessor")
 
 
 register_auto_classes()
@@ -81,5 +105,12 @@ __all__ = [
     "SlamV2ForSequenceClassification",
     "SlamV2Model",
     "SlamV2PreTrainedModel",
+    "SlamImageProcessor",
+    "SlamProcessor",
+    "SlamV3Config",
+    "SlamV3ForConditionalGeneration",
+    "SlamV3Model",
+    "SlamV3PreTrainedModel",
+    "SlamV3VisionConfig",
     "register_auto_classes",
 ]
