@@ -43,18 +43,18 @@ from .slam_vision import SlamAuxProjector, SlamVisionTower
 from .slam_windows import padding_offsets, plan_segments, plan_windows
 
 
-def validate_inputs(config, input_ids, inputs_embeds, attention_mask, past_length):
+def validate_inputs(config, input_ids, inputs_embeds, attention_mask, past_length, ids_name="input_ids"):
     """Clear errors for bad forward inputs, before they turn into index errors deep in the model."""
     if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        raise ValueError(f"Pass exactly one of `{ids_name}` or `inputs_embeds`.")
     if input_ids is not None:
         if input_ids.dim() != 2:
-            raise ValueError(f"`input_ids` must have shape (batch, sequence), got {tuple(input_ids.shape)}.")
+            raise ValueError(f"`{ids_name}` must have shape (batch, sequence), got {tuple(input_ids.shape)}.")
         if input_ids.dtype.is_floating_point:
-            raise TypeError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}.")
+            raise TypeError(f"`{ids_name}` must hold integer token ids, got dtype {input_ids.dtype}.")
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
             raise ValueError(
-                f"`input_ids` holds ids outside the vocabulary [0, {config.vocab_size}) "
+                f"`{ids_name}` holds ids outside the vocabulary [0, {config.vocab_size}) "
                 f"(min {int(input_ids.min())}, max {int(input_ids.max())}); use the tokenizer that matches this model."
             )
         shape = input_ids.shape
@@ -871,7 +871,7 @@ class SlamV3Model(SlamV3PreTrainedModel):
                 "conditional-generation head shifts into decoder inputs)."
             )
         if decoder_inputs_embeds is None:
-            validate_inputs(self.config, decoder_input_ids, None, None, 0)
+            validate_inputs(self.config, decoder_input_ids, None, None, 0, ids_name="decoder_input_ids")
             decoder_inputs_embeds = self.encoder.embed_tokens(decoder_input_ids)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.decoder.gradient_checkpointing and self.training:
@@ -900,6 +900,10 @@ class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
     labels shifted right behind `decoder_start_token_id`, and the loss is the token cross-entropy."""
 
     _tied_weights_keys = {"lm_head.weight": "model.encoder.embed_tokens.weight"}
+    # The Auto factories that load this class. `register_for_auto_class` keeps only one of them (the last), so
+    # `save_pretrained` names the others in `auto_map` too: image-text-to-text pipelines load remote code through
+    # AutoModelForImageTextToText, seq2seq code through AutoModelForSeq2SeqLM.
+    _auto_classes = ("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM")
 
     def __init__(self, config: SlamV3Config):
         super().__init__(config)
@@ -916,6 +920,15 @@ class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value):
         self.lm_head = value
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self._auto_class is not None:  # registered for remote code: map every factory to this class
+            target = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            for auto_class in self._auto_classes:
+                auto_map.setdefault(auto_class, target)
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def forward(
         self,

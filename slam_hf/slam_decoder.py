@@ -104,7 +104,7 @@ class SlamV3DecoderLayer(GradientCheckpointingLayer):
         return self._residual(self.mlp_norm, hidden_states, self.mlp)
 
 
-class SlamLatentBottleneck(nn.Module):
+class SlamLatentBottleneck(GradientCheckpointingLayer):
     """`fusion_num_latents` learned latents read the fused sequence (one cross-attention + MLP, Perceiver style)
     and become the decoder's memory: (B, L, hidden) -> (B, n, hidden), whatever the input length."""
 

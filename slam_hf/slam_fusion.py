@@ -11,13 +11,15 @@ matmuls (`StackedLayers`: weights stacked along a path axis) and one attention c
 baseline of the benchmark); adapters, quantised layers or hooks fall back to per-path module calls.
 """
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from .configuration_slam import ENCODER_PATHS
 from .slam_attention import eager_attention_forward
 from .slam_blocks import SlamLayer
-from .slam_compat import get_attention_function
+from .slam_compat import GradientCheckpointingLayer, get_attention_function
 from .slam_grouped import ModuleLayers, StackedLayers, finish_grouped
 from .slam_layers import apply_rotary_pos_emb, make_linear
 
@@ -64,7 +66,14 @@ class SlamParallelPaths(nn.Module):
             for index in range(self.num_layers):
                 group = self.layer_group(index)
                 layers = StackedLayers.try_build(group) or ModuleLayers(group)
-                states = self._batched_layer(group[0], layers, states, position_embeddings, allowed, implementation)
+                run = partial(self._batched_layer, group[0], layers)
+                args = (states, position_embeddings, allowed, implementation)
+                if group[0].gradient_checkpointing and self.training:
+                    # The batched run never calls the paths' SlamLayers, so their checkpointing flag (set by
+                    # gradient_checkpointing_enable) is honoured here: layer i of the four paths is one checkpoint.
+                    states = group[0]._gradient_checkpointing_func(run, *args)
+                else:
+                    states = run(*args)
         else:
             states = torch.stack([
                 self._sequential_path(self.paths[name], hidden_states, position_embeddings, allowed[p])
@@ -102,7 +111,7 @@ class SlamParallelPaths(nn.Module):
         return finish_grouped(layers, rows, output, self.pre_norm, first.dropout).view(paths, batch, length, hidden)
 
 
-class SlamFusionNode(nn.Module):
+class SlamFusionNode(GradientCheckpointingLayer):
     """Fuses the four path outputs (4, B, L, H) into one sequence (B, L, H).
 
     - residual aggregation: the mean over the paths that gave the token a key (the shared path always does),

@@ -117,19 +117,21 @@ class SlamLatentAttention(nn.Module):
         q_rope, k_rope = apply_rotary_pos_emb(q_rope, k_rope[:, None], *position_embeddings)
         return q_nope, q_rope, c_kv, k_rope
 
-    def kv_b_weights(self):
+    def kv_b_weights(self, like: torch.Tensor):
         """kv_b_proj as (W_UK (h, nope, r), W_UV (h, v, r), value bias (h, v) or None) for absorption.
 
         A plain nn.Linear is read directly. Anything else (a PEFT LoRA wrapper, a quantised make_linear
-        subclass) is probed with the identity: exact for any affine map, and it honours unmerged adapters,
-        whose `.weight` would be the frozen base weight only.
+        subclass, a layer with hooks such as accelerate's offloading hook, whose weight is on the meta device
+        until the layer is called) is probed with the identity: exact for any affine map, and it honours
+        unmerged adapters, whose `.weight` would be the frozen base weight only. The probe takes the device and
+        dtype of `like` (an activation), which the layer accepts even when its own weight is not loaded yet.
         """
         layer, r = self.kv_b_proj, self.kv_lora_rank
-        if type(layer) is nn.Linear:
+        hooked = layer._forward_hooks or layer._forward_pre_hooks or hasattr(layer, "_hf_hook")
+        if type(layer) is nn.Linear and not hooked:
             weight, bias = layer.weight, layer.bias  # (h * (nope + v), r)
         else:
-            param = next(layer.parameters())
-            probe = torch.cat([param.new_zeros(1, r), torch.eye(r, dtype=param.dtype, device=param.device)])
+            probe = torch.cat([like.new_zeros(1, r), torch.eye(r, dtype=like.dtype, device=like.device)])
             out = layer(probe)  # (1 + r, h * (nope + v))
             bias, weight = out[0], (out[1:] - out[:1]).T
         weight = weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, r)
@@ -161,7 +163,7 @@ class SlamLatentAttention(nn.Module):
         # plain single-head attention and the latent is read once, never repeated per head.
         batch, heads, q_len, _ = q_nope.shape
         kv_len = c_kv.shape[2]
-        w_uk, w_uv, v_bias = self.kv_b_weights()
+        w_uk, w_uv, v_bias = self.kv_b_weights(c_kv)
         q_latent = torch.einsum("bhln,hnr->bhlr", q_nope, w_uk)  # (B, h, L, r)
         query = torch.cat([q_latent, q_rope], dim=-1).reshape(batch, 1, heads * q_len, -1)
         key = torch.cat([c_kv, k_rope], dim=-1)  # (B, 1, S, r + rope)

@@ -10,11 +10,18 @@ and a test file holding
 Tests that need a head the variant lacks (tester attribute set to None) are skipped.
 Tolerances: reloads must be bit-identical (`torch.equal`); different kernels (eager/sdpa, cached vs
 full forward) agree to 1e-5 on these tiny fp32 models.
+
+Inputs come from the tester as dicts (`tester.model_inputs()`, `tester.generation_inputs()`, ...), so the
+same tests run on the decoder-only variants (v1, v2) and on the encoder-decoder SLAM v3
+(`tester.is_encoder_decoder`: prompt + image for the encoder, answer tokens for the decoder, generation
+head `conditional_generation_class`). Where the two kinds differ in structure (what the cache holds,
+which side is causal, where hidden states come from), a test has one branch per kind.
 """
 
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -25,11 +32,12 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
 )
-from transformers.cache_utils import DynamicCache
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 ATOL = 1e-5
 
@@ -56,7 +64,8 @@ def without_load_metadata(config_dict):
 
 
 def rope_modules(model):
-    return [module for module in model.modules() if isinstance(getattr(module, "inv_freq", None), torch.Tensor)]
+    """(name, module) of every RoPE module (the ones holding an `inv_freq` buffer)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
 
 
 def expected_inv_freq(head_dim, theta):
@@ -82,6 +91,17 @@ def count_calls(module):
     calls = []
     handle = module.register_forward_hook(lambda *_: calls.append(1))
     return calls, handle
+
+
+def rows_of(inputs, rows):
+    """The rows `rows` (a slice) of every input tensor (inputs with one image per row split by rows too)."""
+    return {name: value[rows] for name, value in inputs.items()}
+
+
+def different_token(tokens, tester):
+    """A regular token id certainly different from each of `tokens`."""
+    regular = tester.vocab_size - tester.first_regular_token_id
+    return (tokens + 1 - tester.first_regular_token_id) % regular + tester.first_regular_token_id
 
 
 class SlamModelTesterMixin:
@@ -114,12 +134,14 @@ class SlamModelTesterMixin:
             saved[model_class] = (str(folder), model)
         return saved
 
-    def auto_class_for(self, tester, model_class):
+    def auto_classes_for(self, tester, model_class):
+        """The Auto factories that must load `model_class` from its checkpoint."""
         return {
-            tester.base_model_class: AutoModel,
-            tester.causal_lm_class: AutoModelForCausalLM,
-            tester.masked_lm_class: AutoModelForMaskedLM,
-            tester.sequence_classification_class: AutoModelForSequenceClassification,
+            tester.base_model_class: [AutoModel],
+            tester.causal_lm_class: [AutoModelForCausalLM],
+            tester.masked_lm_class: [AutoModelForMaskedLM],
+            tester.sequence_classification_class: [AutoModelForSequenceClassification],
+            tester.conditional_generation_class: [AutoModelForSeq2SeqLM, AutoModelForImageTextToText],
         }[model_class]
 
     def require(self, model_class, what):
@@ -142,7 +164,11 @@ class SlamModelTesterMixin:
             assert reloaded.auto_map == {"AutoConfig": f"configuration_slam.{tester.config_class.__name__}"}
             assert without_load_metadata(reloaded.to_dict()) == without_load_metadata(as_dict)
             for name, value in tester.non_default_config_kwargs().items():
-                assert getattr(reloaded, name) == value, name
+                actual = getattr(reloaded, name)
+                if isinstance(value, dict):  # a sub-config (SLAM v3's vision_config) given as a dict
+                    assert type(actual) is type(getattr(config, name)), name
+                    actual = {key: getattr(actual, key) for key in value}
+                assert actual == value, name
 
         for bad_kwargs, field in tester.bad_config_cases():
             with pytest.raises(ValueError, match=field):
@@ -150,33 +176,35 @@ class SlamModelTesterMixin:
 
     # ----------------------------------------------------------------------- save and load ----
     def test_save_load(self, tester, saved_models):
-        input_ids = tester.input_ids()
+        inputs = tester.model_inputs()
         for model_class, (folder, model) in saved_models.items():
             files = set(os.listdir(folder))
             assert "model.safetensors" in files and "config.json" in files, files
             assert not [name for name in files if name.endswith(".bin")], f"pickle weights written: {files}"
 
-            reference = tester.logits_of(model, input_ids=input_ids)
+            reference = tester.logits_of(model, **inputs)
             reloaded, info = model_class.from_pretrained(folder, output_loading_info=True)
             assert not info["missing_keys"] and not info["unexpected_keys"], info
             assert not reloaded.training, "from_pretrained must return a model in eval mode"
-            assert torch.equal(tester.logits_of(reloaded, input_ids=input_ids), reference), model_class.__name__
+            assert torch.equal(tester.logits_of(reloaded, **inputs), reference), model_class.__name__
 
-            via_auto = self.auto_class_for(tester, model_class).from_pretrained(folder)
-            assert type(via_auto) is model_class
-            assert torch.equal(tester.logits_of(via_auto, input_ids=input_ids), reference), model_class.__name__
+            for auto_class in self.auto_classes_for(tester, model_class):
+                via_auto = auto_class.from_pretrained(folder)
+                assert type(via_auto) is model_class, auto_class.__name__
+                assert torch.equal(tester.logits_of(via_auto, **inputs), reference), auto_class.__name__
 
     def test_load_base_model_from_causal_lm_checkpoint(self, tester, saved_models):
-        """AutoModel on a causal-LM checkpoint strips the `model.` prefix and gives the same trunk."""
-        self.require(tester.causal_lm_class, "causal LM head")
+        """AutoModel on a causal-LM (or encoder-decoder head) checkpoint strips the `model.` prefix and gives the
+        same trunk."""
+        self.require(tester.generative_class, "causal LM or conditional-generation head")
         self.require(tester.base_model_class, "base model")
-        folder, causal_lm = saved_models[tester.causal_lm_class]
+        folder, head = saved_models[tester.generative_class]
         base, info = AutoModel.from_pretrained(folder, output_loading_info=True)
         assert type(base) is tester.base_model_class
         assert not info["missing_keys"], info
-        input_ids = tester.input_ids()
-        expected = causal_lm.base_model(input_ids=input_ids).last_hidden_state
-        assert torch.equal(base(input_ids=input_ids).last_hidden_state, expected)
+        inputs = tester.model_inputs()
+        expected = head.base_model(**inputs).last_hidden_state
+        assert torch.equal(base(**inputs).last_hidden_state, expected)
 
     def test_can_init_all_missing_weights(self, tester, saved_models, tmp_path):
         """After from_pretrained, buffers are rebuilt and weights missing from the file are initialised."""
@@ -189,9 +217,10 @@ class SlamModelTesterMixin:
             for name, tensor in original_state.items():
                 assert torch.equal(reloaded_state[name], tensor), f"{model_class.__name__}.{name} changed on reload"
             config = reloaded.config
-            for module in rope_modules(reloaded):
-                expected = expected_inv_freq(config.head_dim, config.rope_theta)
-                assert_close(module.inv_freq, expected, atol=1e-6, what="RoPE inv_freq after from_pretrained")
+            for name, module in rope_modules(reloaded):
+                expected = expected_inv_freq(*tester.expected_rope(name, config))
+                what = f"RoPE inv_freq of {name} after from_pretrained"
+                assert_close(module.inv_freq, expected, atol=1e-6, what=what)
 
         # Drop a projection and a norm from a checkpoint: they must be reported and freshly initialised.
         model_class = tester.all_model_classes[-1]
@@ -243,20 +272,20 @@ class SlamModelTesterMixin:
     # ----------------------------------------------------------------------- model outputs ----
     def test_model_get_set_embeddings(self, tester):
         config = tester.get_config()
-        input_ids = tester.input_ids()
+        inputs = tester.model_inputs(text_only=True)
         for model_class in tester.all_model_classes:
             model = self.fresh_model(model_class, config)
             embeddings = model.get_input_embeddings()
             assert isinstance(embeddings, nn.Embedding)
             assert embeddings.weight.shape == (config.vocab_size, config.hidden_size)
-            before = tester.logits_of(model, input_ids=input_ids)
+            before = tester.logits_of(model, **inputs)
 
             replacement = nn.Embedding(config.vocab_size, config.hidden_size)
             model.set_input_embeddings(replacement)
             assert model.get_input_embeddings() is replacement
-            after = tester.logits_of(model, input_ids=input_ids)
+            after = tester.logits_of(model, **inputs)
             assert not torch.allclose(after, before), "the new input embeddings are not used"
-            assert_close(after, tester.logits_of(model, inputs_embeds=replacement(input_ids)))
+            assert_close(after, tester.logits_of(model, **tester.embedded(model, inputs, replacement)))
 
             output_embeddings = model.get_output_embeddings()
             if model_class in tester.lm_classes:
@@ -270,23 +299,24 @@ class SlamModelTesterMixin:
             model.resize_token_embeddings(config.vocab_size + 5)
             assert model.config.vocab_size == config.vocab_size + 5
             assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
-            logits = model(input_ids=input_ids).logits
+            logits = model(**inputs).logits
             assert logits.shape[-1] == config.vocab_size + 5
 
     def test_inputs_embeds_matches_input_ids(self, tester):
         config = tester.get_config()
-        input_ids = tester.input_ids()
+        inputs = tester.model_inputs(text_only=True)  # embeddings cannot carry image placeholders
         for model_class in tester.all_model_classes:
             model = self.fresh_model(model_class, config)
-            inputs_embeds = model.get_input_embeddings()(input_ids)
             assert_close(
-                tester.logits_of(model, inputs_embeds=inputs_embeds),
-                tester.logits_of(model, input_ids=input_ids),
+                tester.logits_of(model, **tester.embedded(model, inputs)),
+                tester.logits_of(model, **inputs),
                 atol=0,
                 what=model_class.__name__,
             )
 
     def test_hidden_states_output(self, tester):
+        if tester.is_encoder_decoder:
+            return self.check_encoder_decoder_hidden_states(tester)
         config = tester.get_config()
         input_ids = tester.input_ids()
         for model_class in tester.all_model_classes:
@@ -307,22 +337,54 @@ class SlamModelTesterMixin:
                 assert_close(trunk.norm(hidden_states[-1]), last_hidden_state, atol=1e-6)
             assert model(input_ids=input_ids).hidden_states is None
 
+    def check_encoder_decoder_hidden_states(self, tester):
+        """Decoder: the embedded answer, then one entry per layer, the last before the final norm. Encoder: the
+        embedded joint sequence, the fusion output, the memory (= encoder_last_hidden_state)."""
+        config = tester.get_config()
+        inputs = tester.model_inputs(text_only=True)  # the first encoder entry is then the token embeddings
+        for model_class in tester.all_model_classes:
+            model = self.fresh_model(model_class, config)
+            trunk = model.base_model
+            outputs = model(**inputs, output_hidden_states=True)
+            embed = trunk.get_input_embeddings()
+
+            decoder_states = outputs.decoder_hidden_states
+            assert len(decoder_states) == tester.expected_num_hidden_states(config), model_class.__name__
+            for state in decoder_states:
+                assert state.shape == (*inputs["decoder_input_ids"].shape, config.hidden_size)
+            assert torch.equal(decoder_states[0], embed(inputs["decoder_input_ids"]))
+            for earlier, later in zip(decoder_states, decoder_states[1:]):
+                assert not torch.allclose(earlier, later)
+            last_hidden_state = trunk(**inputs).last_hidden_state
+            assert_close(trunk.get_decoder().norm(decoder_states[-1]), last_hidden_state, atol=1e-6)
+
+            encoder_states = outputs.encoder_hidden_states
+            assert len(encoder_states) == tester.expected_num_encoder_hidden_states(config), model_class.__name__
+            for state in encoder_states:
+                assert state.shape == (*inputs["input_ids"].shape, config.hidden_size)
+            assert torch.equal(encoder_states[0], embed(inputs["input_ids"]))
+            assert torch.equal(encoder_states[-1], outputs.encoder_last_hidden_state)
+            for earlier, later in zip(encoder_states, encoder_states[1:]):
+                assert not torch.allclose(earlier, later)
+
+            plain = model(**inputs)
+            assert plain.decoder_hidden_states is None and plain.encoder_hidden_states is None
+
     def test_eager_matches_sdpa_inference(self, tester, saved_models):
-        rows = [tester.input_ids(1, length)[0] for length in (tester.seq_length, 5, tester.seq_length - 2)]
-        left_ids, left_mask = tester.left_padded_batch(rows)
-        right_ids, right_mask = tester.right_padded_batch(rows)
+        rows = tester.padding_rows((tester.seq_length, 5, tester.seq_length - 2))
+        left_inputs, left_mask = tester.pad_rows(rows, "left")
+        right_inputs, right_mask = tester.pad_rows(rows, "right")
         cases = [
-            ("no padding", tester.input_ids(), None),
-            ("left padding", left_ids, left_mask),
-            ("right padding", right_ids, right_mask),
+            ("no padding", tester.model_inputs(), None),
+            ("left padding", left_inputs, left_mask),
+            ("right padding", right_inputs, right_mask),
         ]
         for model_class, (folder, _) in saved_models.items():
             eager = model_class.from_pretrained(folder, attn_implementation="eager")
             sdpa = model_class.from_pretrained(folder, attn_implementation="sdpa")
             assert eager.config._attn_implementation == "eager"
             assert sdpa.config._attn_implementation == "sdpa"
-            for name, input_ids, mask in cases:
-                inputs = dict(input_ids=input_ids, attention_mask=mask)
+            for name, inputs, mask in cases:
                 eager_out = tester.logits_of(eager, **inputs)
                 sdpa_out = tester.logits_of(sdpa, **inputs)
                 if mask is not None and eager_out.dim() == 3:  # per-token outputs: padding is garbage
@@ -331,7 +393,9 @@ class SlamModelTesterMixin:
 
     # ---------------------------------------------------------------- causal LM and cache ----
     def test_past_key_values_equivalence(self, tester, saved_models):
-        self.require(tester.causal_lm_class, "causal LM head")
+        self.require(tester.generative_class, "causal LM or conditional-generation head")
+        if tester.is_encoder_decoder:
+            return self.check_decoder_cache_equivalence(tester, saved_models[tester.generative_class][1])
         _, model = saved_models[tester.causal_lm_class]
         input_ids = tester.input_ids()
         length = input_ids.shape[1]
@@ -372,16 +436,60 @@ class SlamModelTesterMixin:
         real = padded_mask.bool()
         assert_close(stepped[real], padded_full[real], what="left-padded incremental decoding vs full forward")
 
+    def check_decoder_cache_equivalence(self, tester, model):
+        """Encoder-decoder: the answer decoded in chunks through an EncoderDecoderCache equals one full forward."""
+        inputs = tester.model_inputs()
+        decoder_ids = inputs.pop("decoder_input_ids")
+        length = decoder_ids.shape[1]
+
+        def run_in_chunks(encoder_inputs, chunk_sizes, decoder_mask=None, reuse_encoder_outputs=True):
+            if reuse_encoder_outputs:  # as generate does: the encoder runs once, its outputs are passed back
+                encoder_outputs = model.get_encoder()(**encoder_inputs)
+                mask = encoder_inputs.get("attention_mask")
+                encoder_inputs = {"encoder_outputs": encoder_outputs, "attention_mask": mask}
+            cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+            logits, done = [], 0
+            for size in chunk_sizes:
+                step = dict(decoder_input_ids=decoder_ids[:, done : done + size], past_key_values=cache, use_cache=True)
+                if decoder_mask is not None:
+                    step["decoder_attention_mask"] = decoder_mask[:, : done + size]
+                outputs = model(**encoder_inputs, **step)
+                assert outputs.past_key_values is cache
+                logits.append(outputs.logits)
+                done += size
+            assert cache.get_seq_length() == length
+            return torch.cat(logits, dim=1)
+
+        full = model(**inputs, decoder_input_ids=decoder_ids, use_cache=False).logits
+        prefill = 3
+        token_by_token = [prefill] + [1] * (length - prefill)
+        stepped = run_in_chunks(inputs, token_by_token, reuse_encoder_outputs=False)
+        assert_close(stepped, full, what="prefill + token-by-token (encoder inputs every step) vs full forward")
+        assert_close(run_in_chunks(inputs, token_by_token), full, what="prefill + token-by-token vs full forward")
+        assert_close(run_in_chunks(inputs, [1] * length), full, what="one token at a time vs full forward")
+        chunks = [3, 1, 2, length - 6]
+        assert_close(run_in_chunks(inputs, chunks), full, what="chunked vs full forward")
+        mask = torch.ones_like(decoder_ids)
+        assert_close(run_in_chunks(inputs, token_by_token, mask), full, what="with an explicit decoder mask")
+
+        # Left-padded encoder prompts: the memory mask must hide the padding in every decoding step.
+        rows = tester.padding_rows((tester.seq_length, 9))
+        padded, _ = tester.pad_rows(rows, "left")
+        decoder_ids = padded.pop("decoder_input_ids")
+        padded_full = model(**padded, decoder_input_ids=decoder_ids, use_cache=False).logits
+        stepped = run_in_chunks(padded, [1] * length)
+        assert_close(stepped, padded_full, what="left-padded prompt, token-by-token decoding vs full forward")
+
     def test_causal_lm_future_independence(self, tester, saved_models):
-        self.require(tester.causal_lm_class, "causal LM head")
+        self.require(tester.generative_class, "causal LM or conditional-generation head")
+        if tester.is_encoder_decoder:
+            return self.check_decoder_causality(tester, saved_models[tester.generative_class][0])
         folder, _ = saved_models[tester.causal_lm_class]
         t = tester.seq_length // 2
         input_ids = tester.input_ids()
         changed = input_ids.clone()
         changed[:, t + 1 :] = tester.input_ids(seq_length=tester.seq_length - t - 1)
-        changed[:, t + 1] = (input_ids[:, t + 1] + 1 - tester.first_regular_token_id) % (
-            tester.vocab_size - tester.first_regular_token_id
-        ) + tester.first_regular_token_id  # certainly different
+        changed[:, t + 1] = different_token(input_ids[:, t + 1], tester)
         for implementation in ("sdpa", "eager"):
             model = tester.causal_lm_class.from_pretrained(folder, attn_implementation=implementation)
             logits = model(input_ids=input_ids).logits
@@ -398,257 +506,93 @@ class SlamModelTesterMixin:
             assert torch.count_nonzero(embeds.grad[:, t + 1 :]) == 0, f"future tokens leak into position {t}"
             assert embeds.grad[:, : t + 1].abs().sum(-1).min() > 0, "some past token does not influence position t"
 
+    def check_decoder_causality(self, tester, folder):
+        """Encoder-decoder: decoder position t sees answer tokens <= t only (the encoder side is bidirectional)."""
+        inputs = tester.model_inputs()
+        decoder_ids = inputs["decoder_input_ids"]
+        t = decoder_ids.shape[1] // 2
+        changed = decoder_ids.clone()
+        changed[:, t + 1 :] = tester.input_ids(seq_length=decoder_ids.shape[1] - t - 1)
+        changed[:, t + 1] = different_token(decoder_ids[:, t + 1], tester)
+        for implementation in ("sdpa", "eager"):
+            model = tester.generative_class.from_pretrained(folder, attn_implementation=implementation)
+            logits = model(**inputs).logits
+            changed_logits = model(**{**inputs, "decoder_input_ids": changed}).logits
+            what = f"decoder logits up to the change ({implementation})"
+            assert_close(changed_logits[:, : t + 1], logits[:, : t + 1], atol=1e-6, what=what)
+            assert (changed_logits[:, t + 1 :] - logits[:, t + 1 :]).abs().amax(-1).min() > 1e-4, (
+                "a later decoder position did not react to its own input"
+            )
+
+            embeds = model.get_input_embeddings()(decoder_ids).detach().requires_grad_(True)
+            encoder_inputs = {name: value for name, value in inputs.items() if name != "decoder_input_ids"}
+            model(**encoder_inputs, decoder_inputs_embeds=embeds).logits[:, t].sum().backward()
+            assert torch.count_nonzero(embeds.grad[:, t + 1 :]) == 0, f"future answer tokens leak into position {t}"
+            assert embeds.grad[:, : t + 1].abs().sum(-1).min() > 0, "some past answer token does not influence t"
+
     def test_bidirectional_heads_see_the_future(self, tester, saved_models):
-        """The masked-LM / classifier trunk is bidirectional: later tokens change earlier outputs."""
+        """The masked-LM / classifier trunk (an encoder-decoder's encoder) is bidirectional: later tokens change
+        earlier outputs."""
+        if tester.is_encoder_decoder:
+            _, model = saved_models[tester.generative_class]
+            inputs = tester.model_inputs()
+            changed = inputs["input_ids"].clone()
+            changed[:, -1] = different_token(changed[:, -1], tester)
+            memory = model(**inputs).encoder_last_hidden_state
+            changed_memory = model(**{**inputs, "input_ids": changed}).encoder_last_hidden_state
+            difference = (changed_memory - memory).abs().amax(-1)
+            assert difference[:, 0].min() > 1e-5, "the first prompt token ignores the last one in the encoder"
+            return
         self.require(tester.masked_lm_class, "masked LM head")
         _, model = saved_models[tester.masked_lm_class]
         input_ids = tester.input_ids()
         changed = input_ids.clone()
-        changed[:, -1] = (input_ids[:, -1] - tester.first_regular_token_id + 1) % (
-            tester.vocab_size - tester.first_regular_token_id
-        ) + tester.first_regular_token_id
+        changed[:, -1] = different_token(input_ids[:, -1], tester)
         difference = (model(input_ids=changed).logits - model(input_ids=input_ids).logits).abs().amax(-1)
         assert difference[:, 0].min() > 1e-5, "the first token ignores the last one in a bidirectional model"
 
-    def test_left_padding_compatibility(self, tester, saved_models):
-        lengths = (tester.seq_length, 9, 1, tester.seq_length - 4)
-        rows = [tester.input_ids(1, length)[0] for length in lengths]
-        # RoPE only sees relative positions, so a padding shift would go unnoticed with it; learned
-        # absolute positions check that every row counts its positions from its first real token.
-        learned = tester.get_config(position_embedding_type="learned")
-        models = [(cls, model, "rope") for cls, (_, model) in saved_models.items()]
-        models += [(cls, self.fresh_model(cls, learned), "learned") for cls in tester.all_model_classes]
-        for model_class, model, positions in models:
-            for side in ("left", "right"):
-                padded_ids, mask = tester.padded_batch(rows, pad_token_id=0, side=side)
-                padded = tester.logits_of(model, input_ids=padded_ids, attention_mask=mask)
-                for i, row in enumerate(rows):
-                    alone = tester.logits_of(model, input_ids=row[None])[0]
-                    ours = padded[i][mask[i].bool()] if padded.dim() == 3 else padded[i]
-                    what = f"{model_class.__name__} ({positions}) {side}-padded row {i} (length {row.numel()})"
-                    assert_close(ours, alone, what=what)
-
-    # ----------------------------------------------------------------------------- generate ----
-    def generation_kwargs(self, model, new_tokens):
-        # Suppress EOS so every run has exactly `new_tokens` tokens and runs are comparable.
-        return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=model.config.pad_token_id)
-
-    def test_generate_greedy(self, tester, saved_models):
-        self.require(tester.causal_lm_class, "causal LM head")
-        _, model = saved_models[tester.causal_lm_class]
-        input_ids, new_tokens = tester.input_ids(seq_length=9), 8  # generation crosses window borders
-        kwargs = self.generation_kwargs(model, new_tokens)
-        with_cache = model.generate(input_ids, do_sample=False, use_cache=True, **kwargs)
-        without_cache = model.generate(input_ids, do_sample=False, use_cache=False, **kwargs)
-        assert with_cache.shape == (input_ids.shape[0], input_ids.shape[1] + new_tokens)
-        assert torch.equal(with_cache, without_cache)
-
-        # Greedy decoding written out: argmax of a full forward at every step.
-        sequence = input_ids
-        for _ in range(new_tokens):
-            logits = model(input_ids=sequence, use_cache=False).logits[:, -1]
-            logits[:, model.config.eos_token_id] = -math.inf
-            sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
-        assert torch.equal(with_cache, sequence)
-
-    def test_generate_sample(self, tester, saved_models):
-        self.require(tester.causal_lm_class, "causal LM head")
-        _, model = saved_models[tester.causal_lm_class]
-        input_ids = tester.input_ids(seq_length=9)
-        kwargs = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, **self.generation_kwargs(model, 8))
-        torch.manual_seed(1)
-        with_cache = model.generate(input_ids, use_cache=True, **kwargs)
-        torch.manual_seed(1)
-        without_cache = model.generate(input_ids, use_cache=False, **kwargs)
-        torch.manual_seed(2)
-        other_seed = model.generate(input_ids, use_cache=True, **kwargs)
-        assert torch.equal(with_cache, without_cache)
-        assert not torch.equal(with_cache, other_seed), "sampling ignores the random seed"
-        assert torch.equal(with_cache[:, : input_ids.shape[1]], input_ids)
-
-    def test_generate_beam_search(self, tester, saved_models):
-        self.require(tester.causal_lm_class, "causal LM head")
-        _, model = saved_models[tester.causal_lm_class]
-        input_ids, new_tokens = tester.input_ids(seq_length=7), 6
-        # length_penalty=0 makes the beam score the plain sum of token log-probabilities.
-        kwargs = dict(
-            num_beams=3,
-            num_return_sequences=2,
-            do_sample=False,
-            length_penalty=0.0,
-            output_scores=True,
-            return_dict_in_generate=True,
-            **self.generation_kwargs(model, new_tokens),
-        )
-        with_cache = model.generate(input_ids, use_cache=True, **kwargs)
-        without_cache = model.generate(input_ids, use_cache=False, **kwargs)
-        sequences = with_cache.sequences
-        assert sequences.shape == (input_ids.shape[0] * 2, input_ids.shape[1] + new_tokens)
-        assert torch.equal(sequences, without_cache.sequences)
-
-        # Recompute each returned beam's score with one full forward.
-        log_probs = model(input_ids=sequences, use_cache=False).logits.log_softmax(-1)
-        prompt = input_ids.shape[1]
-        chosen = log_probs[:, prompt - 1 : -1].gather(-1, sequences[:, prompt:, None]).squeeze(-1)
-        assert_close(chosen.sum(-1), with_cache.sequences_scores, atol=1e-4, what="beam scores")
-        # Returned beams are sorted best first, and distinct.
-        scores = with_cache.sequences_scores.view(input_ids.shape[0], 2)
-        assert (scores[:, 0] >= scores[:, 1]).all()
-        assert not torch.equal(sequences[0], sequences[1])
-
-    def test_generate_left_padded_batch(self, tester, saved_models):
-        self.require(tester.causal_lm_class, "causal LM head")
-        _, model = saved_models[tester.causal_lm_class]
-        learned = self.fresh_model(tester.causal_lm_class, tester.get_config(position_embedding_type="learned"))
-        rows = [tester.input_ids(1, length)[0] for length in (5, 11, 8)]
-        input_ids, attention_mask = tester.left_padded_batch(rows)
-        for model in (model, learned):  # learned absolute positions expose any padding shift
-            kwargs = dict(do_sample=False, **self.generation_kwargs(model, 6))
-            batched = model.generate(input_ids, attention_mask=attention_mask, **kwargs)
+    def check_padded_rows_match_unpadded(self, tester, model_class, model, positions):
+        """Each row of a left- or right-padded batch gives the outputs of the row run alone."""
+        rows = tester.padding_rows((tester.seq_length, 9, 1, tester.seq_length - 4))
+        for side in ("left", "right"):
+            padded_inputs, mask = tester.pad_rows(rows, side)
+            padded = tester.logits_of(model, **padded_inputs)
             for i, row in enumerate(rows):
-                alone = model.generate(row[None], **kwargs)[0]
-                what = f"row {i} ({model.config.position_embedding_type} positions)"
-                assert torch.equal(batched[i, input_ids.shape[1] :], alone[row.numel() :]), what
+                alone = tester.logits_of(model, **row)[0]
+                ours = padded[i][mask[i].bool()] if mask is not None and padded.dim() == 3 else padded[i]
+                length = row["input_ids"].shape[1]
+                what = f"{model_class.__name__} ({positions}) {side}-padded row {i} (length {length})"
+                assert_close(ours, alone, what=what)
 
-    def test_generate_from_inputs_embeds(self, tester, saved_models):
-        self.require(tester.causal_lm_class, "causal LM head")
-        _, model = saved_models[tester.causal_lm_class]
-        input_ids = tester.input_ids(seq_length=9)
+    def check_left_padded_generation(self, tester, model):
+        """generate on a left-padded batch gives each row the tokens it gets alone."""
+        rows = tester.padding_rows((5, 11, 8), decoder=False)
+        inputs, _ = tester.pad_rows(rows, "left")
+        prompt = tester.prompt_sequence(inputs).shape[1]
         kwargs = dict(do_sample=False, **self.generation_kwargs(model, 6))
-        from_ids = model.generate(input_ids, **kwargs)
-        from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(input_ids), **kwargs)
-        assert torch.equal(from_embeds, from_ids[:, input_ids.shape[1] :])  # only new tokens are returned
+        batched = model.generate(**inputs, **kwargs)
+        for i, row in enumerate(rows):
+            alone = model.generate(**row, **kwargs)[0]
+            what = f"row {i} ({model.config.position_embedding_type} positions)"
+            assert torch.equal(batched[i, prompt:], alone[tester.prompt_sequence(row).shape[1] :]), what
 
-    def test_prompt_lookup_decoding_matches_greedy_search(self, tester, saved_models):
-        """Candidate tokens are verified in chunks and rejected ones cropped from the cache."""
-        self.require(tester.causal_lm_class, "causal LM head")
-        _, model = saved_models[tester.causal_lm_class]
-        prompt = tester.input_ids(batch_size=1, seq_length=6)
-        input_ids = torch.cat([prompt, prompt], dim=1)  # repeats, so the lookup proposes candidates
-        kwargs = dict(do_sample=False, **self.generation_kwargs(model, 8))
-        greedy = model.generate(input_ids, **kwargs)
-        assert torch.equal(model.generate(input_ids, prompt_lookup_num_tokens=3, **kwargs), greedy)
+    def test_left_padding_compatibility(self, tester, saved_models):
+        # RoPE only sees relative positions, so a padding shift would go unnoticed with it;
+        # test_learned_absolute_positions repeats this with absolute positions.
+        for model_class, (_, model) in saved_models.items():
+            self.check_padded_rows_match_unpadded(tester, model_class, model, model.config.position_embedding_type)
 
-    # ----------------------------------------------------------------------------- training ----
-    def loss_and_grads(self, model, inputs):
-        model.zero_grad()
-        loss = model(**inputs).loss
-        loss.backward()
-        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-    def test_training_gradient_checkpointing(self, tester):
-        input_ids = tester.input_ids()
-        for model_class in tester.classes_with_labels:
-            plain = model_class(tester.get_config()).train()
-            checkpointed = model_class(tester.get_config()).train()  # own config: enabling must not leak
-            checkpointed.load_state_dict(plain.state_dict())
-            enable_checkpointing(checkpointed)
-            assert is_checkpointing(checkpointed)
-
-            inputs = dict(input_ids=input_ids, labels=tester.labels_for(model_class, input_ids))
-            loss, grads = self.loss_and_grads(plain, inputs)
-            # transformers checkpoints `forward` (hooks stay outside), so count a linear layer inside it.
-            first_layer = next(m for m in checkpointed.modules() if isinstance(m, GradientCheckpointingLayer))
-            calls, handle = count_calls(next(m for m in first_layer.modules() if isinstance(m, nn.Linear)))
-            checkpointed_loss, checkpointed_grads = self.loss_and_grads(checkpointed, inputs)
-            handle.remove()
-            assert len(calls) == 2, f"expected forward + recomputation in backward, got {len(calls)} calls"
-
-            assert torch.equal(checkpointed_loss, loss)
-            assert grads.keys() == checkpointed_grads.keys()
-            assert len(grads) == len(list(plain.parameters()))
-            for name, grad in grads.items():
-                assert_close(checkpointed_grads[name], grad, atol=1e-6, what=f"{model_class.__name__} grad of {name}")
-
-    def test_loss_kwargs_gradient_accumulation(self, tester):
-        """HF_GUIDE §7: with `num_items_in_batch`, summed micro-batch losses equal the big-batch loss."""
-        token_classes = [(cls, cls is tester.causal_lm_class) for cls in tester.lm_classes]
-        if not token_classes:
-            pytest.skip("this variant has no token-level loss")
-        input_ids = tester.input_ids(batch_size=4)
-        labels = input_ids.clone()
-        # Very uneven numbers of labelled tokens per micro-batch, so a mean of means would be wrong.
-        labels[0, 3:] = -100
-        labels[1, :] = -100
-        labels[1, 5] = input_ids[1, 5]
-        labels[3, ::2] = -100
-        halves = (slice(0, 2), slice(2, 4))
-        for model_class, shifts in token_classes:
-            model = model_class(tester.get_config(**tester.exact_loss_config_kwargs())).train()
-            counted = labels[:, 1:] if shifts else labels
-            num_items = torch.tensor(int((counted != -100).sum()))
-            big_loss, big_grads = self.loss_and_grads(model, dict(input_ids=input_ids, labels=labels))
-
-            model.zero_grad()
-            micro_losses = []
-            for rows in halves:
-                loss = model(input_ids=input_ids[rows], labels=labels[rows], num_items_in_batch=num_items).loss
-                loss.backward()
-                micro_losses.append(loss.detach())
-            assert_close(sum(micro_losses), big_loss, atol=1e-6, what="summed micro-batch losses")
-            for name, param in model.named_parameters():
-                assert_close(param.grad, big_grads[name], atol=1e-6, what=f"accumulated grad of {name}")
-
-            mean_of_means = sum(model(input_ids=input_ids[r], labels=labels[r]).loss.detach() for r in halves) / 2
-            assert (mean_of_means - big_loss).abs() > 1e-3, "test data too even to tell the two losses apart"
-
-    # peft itself still reads the deprecated `is_gradient_checkpointing` property.
-    @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
-    def test_peft_lora_wrap(self, tester):
-        peft = pytest.importorskip("peft")
-        input_ids = tester.input_ids()
-        # q/v targets on every class; "all-linear" (whose name resolution skips the output head) on one.
-        all_linear_class = tester.causal_lm_class or tester.all_model_classes[0]
-        cases = [(cls, ["q_proj", "v_proj"]) for cls in tester.all_model_classes] + [(all_linear_class, "all-linear")]
-        for model_class, target_modules in cases:
-            model = self.fresh_model(model_class, tester.get_config())
-            reference = tester.logits_of(model, input_ids=input_ids)
-            if target_modules == "all-linear":
-                head = model.get_output_embeddings()
-                expected = sum(isinstance(m, nn.Linear) and m is not head for m in model.modules())
-            else:
-                expected = sum(name.endswith(("q_proj", "v_proj")) for name, _ in model.named_modules())
-            wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=target_modules))
-            what = f"{model_class.__name__} LoRA on {target_modules}"
-
-            lora_layers = [m for m in wrapped.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
-            assert len(lora_layers) == expected, f"{what}: {len(lora_layers)} LoRA layers, expected {expected}"
-            trainable = [name for name, p in wrapped.named_parameters() if p.requires_grad]
-            assert trainable and all("lora_" in name for name in trainable), f"{what}: {trainable}"
-
-            # LoRA B starts at zero, so the wrapped model computes exactly the original function.
-            output = tester.logits_of(wrapped, input_ids=input_ids)
-            assert_close(output, reference, atol=1e-6, what=f"{what} at initialisation")
-            output.float().pow(2).mean().backward()
-            assert all(p.grad is None for name, p in wrapped.named_parameters() if "lora_" not in name)
-            assert any(p.grad.abs().sum() > 0 for name, p in wrapped.named_parameters() if "lora_B" in name)
-
-    # ------------------------------------------------------------------------ input errors ----
-    def test_bad_inputs(self, tester):
-        config = tester.get_config()
-        input_ids = tester.input_ids()
-        batch, length = input_ids.shape
+    def test_learned_absolute_positions(self, tester, saved_models):
+        """Learned absolute positions: padding must not shift them (every row counts its positions from its first
+        real token), in a forward and in generate, and inputs beyond the table fail clearly."""
+        if not tester.supports_learned_positions:
+            pytest.skip("no learned position table in this variant (SLAM v3: RoPE or none; config rejects 'learned')")
+        learned = tester.get_config(position_embedding_type="learned")
         for model_class in tester.all_model_classes:
-            model = self.fresh_model(model_class, config)
-            embeds = model.get_input_embeddings()(input_ids)
-            with pytest.raises(ValueError, match="input_ids.*inputs_embeds"):
-                model(input_ids=input_ids, inputs_embeds=embeds)
-            with pytest.raises(ValueError, match="input_ids.*inputs_embeds"):
-                model()
-            for bad_id in (config.vocab_size, -1):
-                bad = input_ids.clone()
-                bad[0, 3] = bad_id
-                with pytest.raises(ValueError, match="input_ids"):
-                    model(input_ids=bad)
-            bad_masks = (torch.ones(batch, length - 1), torch.ones(batch + 1, length), torch.ones(batch, 1, length))
-            for bad_mask in bad_masks:
-                with pytest.raises(ValueError, match="attention_mask"):
-                    model(input_ids=input_ids, attention_mask=bad_mask)
-            if model_class in tester.classes_with_labels:
-                labels = tester.labels_for(model_class, input_ids)
-                bad_labels = labels[:, :-1] if labels.dim() == 2 else labels[:-1]
-                with pytest.raises(ValueError, match="labels"):
-                    model(input_ids=input_ids, labels=bad_labels)
+            model = self.fresh_model(model_class, learned)
+            self.check_padded_rows_match_unpadded(tester, model_class, model, "learned")
+        if tester.generative_class is not None:
+            self.check_left_padded_generation(tester, self.fresh_model(tester.generative_class, learned))
 
         limit = 16
         learned = tester.get_config(position_embedding_type="learned", max_position_embeddings=limit)
@@ -663,51 +607,284 @@ class SlamModelTesterMixin:
             with pytest.raises(ValueError, match="max_position_embeddings"):
                 model(input_ids=tester.input_ids(seq_length=3), past_key_values=cache, use_cache=True)
 
+    # ----------------------------------------------------------------------------- generate ----
+    def generation_kwargs(self, model, new_tokens):
+        # Suppress EOS so every run has exactly `new_tokens` tokens and runs are comparable.
+        return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=model.config.pad_token_id)
+
+    def test_generate_greedy(self, tester, saved_models):
+        self.require(tester.generative_class, "generation head")
+        _, model = saved_models[tester.generative_class]
+        inputs, new_tokens = tester.generation_inputs(seq_length=9), 8  # generation crosses window borders
+        kwargs = self.generation_kwargs(model, new_tokens)
+        with_cache = model.generate(**inputs, do_sample=False, use_cache=True, **kwargs)
+        without_cache = model.generate(**inputs, do_sample=False, use_cache=False, **kwargs)
+        prompt = tester.prompt_sequence(inputs)
+        assert with_cache.shape == (prompt.shape[0], prompt.shape[1] + new_tokens)
+        assert torch.equal(with_cache, without_cache)
+
+        # Greedy decoding written out: argmax of a full forward at every step.
+        sequence = prompt
+        for _ in range(new_tokens):
+            logits = model(**tester.with_sequence(inputs, sequence), use_cache=False).logits[:, -1]
+            logits[:, model.config.eos_token_id] = -math.inf
+            sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
+        assert torch.equal(with_cache, sequence)
+
+    def test_generate_sample(self, tester, saved_models):
+        self.require(tester.generative_class, "generation head")
+        _, model = saved_models[tester.generative_class]
+        inputs = tester.generation_inputs(seq_length=9)
+        kwargs = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, **self.generation_kwargs(model, 8))
+        torch.manual_seed(1)
+        with_cache = model.generate(**inputs, use_cache=True, **kwargs)
+        torch.manual_seed(1)
+        without_cache = model.generate(**inputs, use_cache=False, **kwargs)
+        torch.manual_seed(2)
+        other_seed = model.generate(**inputs, use_cache=True, **kwargs)
+        assert torch.equal(with_cache, without_cache)
+        assert not torch.equal(with_cache, other_seed), "sampling ignores the random seed"
+        prompt = tester.prompt_sequence(inputs)
+        assert torch.equal(with_cache[:, : prompt.shape[1]], prompt)
+
+    def test_generate_beam_search(self, tester, saved_models):
+        self.require(tester.generative_class, "generation head")
+        _, model = saved_models[tester.generative_class]
+        inputs, new_tokens = tester.generation_inputs(seq_length=7), 6
+        # length_penalty=0 makes the beam score the plain sum of token log-probabilities.
+        kwargs = dict(
+            num_beams=3,
+            num_return_sequences=2,
+            do_sample=False,
+            length_penalty=0.0,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **self.generation_kwargs(model, new_tokens),
+        )
+        with_cache = model.generate(**inputs, use_cache=True, **kwargs)
+        without_cache = model.generate(**inputs, use_cache=False, **kwargs)
+        sequences = with_cache.sequences
+        batch, prompt = tester.prompt_sequence(inputs).shape
+        assert sequences.shape == (batch * 2, prompt + new_tokens)
+        assert torch.equal(sequences, without_cache.sequences)
+
+        # Recompute each returned beam's score with one full forward.
+        beam_inputs = tester.with_sequence(tester.repeat_rows(inputs, 2), sequences)
+        log_probs = model(**beam_inputs, use_cache=False).logits.log_softmax(-1)
+        chosen = log_probs[:, prompt - 1 : -1].gather(-1, sequences[:, prompt:, None]).squeeze(-1)
+        assert_close(chosen.sum(-1), with_cache.sequences_scores, atol=1e-4, what="beam scores")
+        # Returned beams are sorted best first, and distinct.
+        scores = with_cache.sequences_scores.view(batch, 2)
+        assert (scores[:, 0] >= scores[:, 1]).all()
+        assert not torch.equal(sequences[0], sequences[1])
+
+    def test_generate_left_padded_batch(self, tester, saved_models):
+        self.require(tester.generative_class, "generation head")
+        self.check_left_padded_generation(tester, saved_models[tester.generative_class][1])
+
+    def test_generate_from_inputs_embeds(self, tester, saved_models):
+        self.require(tester.generative_class, "generation head")
+        _, model = saved_models[tester.generative_class]
+        inputs = tester.generation_inputs(seq_length=9, text_only=True)
+        kwargs = dict(do_sample=False, **self.generation_kwargs(model, 6))
+        from_ids = model.generate(**inputs, **kwargs)
+        embedded = tester.embedded(model, inputs)
+        from_embeds = model.generate(**embedded, **kwargs)
+        # A decoder-only model returns only the new tokens (it has no prompt ids); an encoder-decoder returns the
+        # decoder sequence either way.
+        prompt_ids, embeds_prompt = tester.prompt_sequence(inputs), tester.prompt_sequence(embedded)
+        new_tokens = from_ids.shape[1] - prompt_ids.shape[1]
+        assert from_embeds.shape == (from_ids.shape[0], embeds_prompt.shape[1] + new_tokens)
+        assert torch.equal(from_embeds[:, : embeds_prompt.shape[1]], embeds_prompt)
+        assert torch.equal(from_embeds[:, embeds_prompt.shape[1] :], from_ids[:, prompt_ids.shape[1] :])
+
+    def test_prompt_lookup_decoding_matches_greedy_search(self, tester, saved_models):
+        """Candidate tokens are verified in chunks and rejected ones cropped from the cache."""
+        self.require(tester.generative_class, "generation head")
+        _, model = saved_models[tester.generative_class]
+        inputs = tester.repetitive_generation_inputs()  # repeats, so the lookup proposes candidates
+        kwargs = dict(do_sample=False, **self.generation_kwargs(model, 8))
+        greedy = model.generate(**inputs, **kwargs)
+        assert torch.equal(model.generate(**inputs, prompt_lookup_num_tokens=3, **kwargs), greedy)
+
+    # ----------------------------------------------------------------------------- training ----
+    def loss_and_grads(self, model, inputs):
+        model.zero_grad()
+        loss = model(**inputs).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    def test_training_gradient_checkpointing(self, tester):
+        model_inputs = tester.model_inputs()
+        for model_class in tester.classes_with_labels:
+            plain = model_class(tester.get_config()).train()
+            checkpointed = model_class(tester.get_config()).train()  # own config: enabling must not leak
+            checkpointed.load_state_dict(plain.state_dict())
+            enable_checkpointing(checkpointed)
+            assert is_checkpointing(checkpointed)
+
+            inputs = tester.training_inputs(model_class, model_inputs)
+            loss, grads = self.loss_and_grads(plain, inputs)
+            # transformers checkpoints `forward` (hooks stay outside), so count linear layers inside checkpointed
+            # layers: each must run twice (forward + recomputation in backward).
+            names = {module: name for name, module in checkpointed.named_modules()}
+            counters = [(names[linear], *count_calls(linear)) for linear in tester.checkpointed_linears(checkpointed)]
+            checkpointed_loss, checkpointed_grads = self.loss_and_grads(checkpointed, inputs)
+            for name, calls, handle in counters:
+                handle.remove()
+                assert len(calls) == 2, f"{name}: expected forward + recomputation in backward, got {len(calls)} calls"
+
+            assert torch.equal(checkpointed_loss, loss)
+            assert grads.keys() == checkpointed_grads.keys()
+            assert len(grads) == len(list(plain.parameters()))
+            for name, grad in grads.items():
+                assert_close(checkpointed_grads[name], grad, atol=1e-6, what=f"{model_class.__name__} grad of {name}")
+
+    def test_loss_kwargs_gradient_accumulation(self, tester):
+        """HF_GUIDE §7: with `num_items_in_batch`, summed micro-batch losses equal the big-batch loss."""
+        token_classes = [(cls, cls is tester.causal_lm_class) for cls in tester.lm_classes]
+        if not token_classes:
+            pytest.skip("this variant has no token-level loss")
+        inputs, tokens = tester.label_tokens(tester.model_inputs(batch_size=4))
+        labels = tokens.clone()
+        # Very uneven numbers of labelled tokens per micro-batch, so a mean of means would be wrong.
+        labels[0, 3:] = -100
+        labels[1, :] = -100
+        labels[1, 5] = tokens[1, 5]
+        labels[3, ::2] = -100
+        halves = (slice(0, 2), slice(2, 4))
+        for model_class, shifts in token_classes:
+            model = model_class(tester.get_config(**tester.exact_loss_config_kwargs())).train()
+            counted = labels[:, 1:] if shifts else labels
+            num_items = torch.tensor(int((counted != -100).sum()))
+            big_loss, big_grads = self.loss_and_grads(model, dict(**inputs, labels=labels))
+
+            model.zero_grad()
+            micro_losses = []
+            for rows in halves:
+                micro = rows_of(inputs, rows)
+                loss = model(**micro, labels=labels[rows], num_items_in_batch=num_items).loss
+                loss.backward()
+                micro_losses.append(loss.detach())
+            assert_close(sum(micro_losses), big_loss, atol=1e-6, what="summed micro-batch losses")
+            for name, param in model.named_parameters():
+                assert_close(param.grad, big_grads[name], atol=1e-6, what=f"accumulated grad of {name}")
+
+            mean_of_means = sum(model(**rows_of(inputs, r), labels=labels[r]).loss.detach() for r in halves) / 2
+            assert (mean_of_means - big_loss).abs() > 1e-3, "test data too even to tell the two losses apart"
+
+    # peft itself still reads the deprecated `is_gradient_checkpointing` property.
+    @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+    def test_peft_lora_wrap(self, tester):
+        peft = pytest.importorskip("peft")
+        inputs = tester.model_inputs()
+        # The tester's targets (q/v; SLAM v3 adds a regex on decoder projections) on every class; "all-linear"
+        # (whose name resolution skips the output head) on one.
+        all_linear_class = tester.generative_class or tester.all_model_classes[0]
+        cases = [(cls, targets) for targets in tester.lora_target_cases() for cls in tester.all_model_classes]
+        cases += [(all_linear_class, "all-linear")]
+        for model_class, target_modules in cases:
+            model = self.fresh_model(model_class, tester.get_config())
+            reference = tester.logits_of(model, **inputs)
+            if target_modules == "all-linear":
+                head = model.get_output_embeddings()
+                expected = sum(isinstance(m, nn.Linear) and m is not head for m in model.modules())
+            elif isinstance(target_modules, str):  # a regex, matched against the full module name
+                expected = sum(re.fullmatch(target_modules, name) is not None for name, _ in model.named_modules())
+                assert expected > 0, f"{target_modules!r} matches nothing"
+            else:
+                expected = sum(name.endswith(tuple(target_modules)) for name, _ in model.named_modules())
+            wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=target_modules))
+            what = f"{model_class.__name__} LoRA on {target_modules}"
+
+            lora_layers = [m for m in wrapped.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
+            assert len(lora_layers) == expected, f"{what}: {len(lora_layers)} LoRA layers, expected {expected}"
+            trainable = [name for name, p in wrapped.named_parameters() if p.requires_grad]
+            assert trainable and all("lora_" in name for name in trainable), f"{what}: {trainable}"
+
+            # LoRA B starts at zero, so the wrapped model computes exactly the original function (up to float
+            # rounding: wrapped layers run one by one instead of batched, an absorbed MLA reads a wrapped kv_b_proj
+            # through an identity probe), so the allowance is 1e-6 relative to the output's scale.
+            output = tester.logits_of(wrapped, **inputs)
+            scale = max(1.0, reference.abs().max().item())
+            assert_close(output, reference, atol=1e-6 * scale, what=f"{what} at initialisation")
+            output.float().pow(2).mean().backward()
+            assert all(p.grad is None for name, p in wrapped.named_parameters() if "lora_" not in name)
+            assert any(p.grad.abs().sum() > 0 for name, p in wrapped.named_parameters() if "lora_B" in name)
+
+    # ------------------------------------------------------------------------ input errors ----
+    def test_bad_inputs(self, tester):
+        config = tester.get_config()
+        inputs = tester.model_inputs(text_only=True)
+        input_ids = inputs.pop("input_ids")
+        batch, length = input_ids.shape
+        for model_class in tester.all_model_classes:
+            model = self.fresh_model(model_class, config)
+            embeds = model.get_input_embeddings()(input_ids)
+            with pytest.raises(ValueError, match="input_ids.*inputs_embeds"):
+                model(input_ids=input_ids, inputs_embeds=embeds, **inputs)
+            with pytest.raises(ValueError, match="input_ids.*inputs_embeds"):
+                model(**inputs)
+            for bad_id in (config.vocab_size, -1):
+                bad = input_ids.clone()
+                bad[0, 3] = bad_id
+                with pytest.raises(ValueError, match="input_ids"):
+                    model(input_ids=bad, **inputs)
+            bad_masks = (torch.ones(batch, length - 1), torch.ones(batch + 1, length), torch.ones(batch, 1, length))
+            for bad_mask in bad_masks:
+                with pytest.raises(ValueError, match="attention_mask"):
+                    model(input_ids=input_ids, attention_mask=bad_mask, **inputs)
+            if model_class in tester.classes_with_labels:
+                labels = tester.training_inputs(model_class, {"input_ids": input_ids, **inputs})["labels"]
+                bad_labels = labels[:, :-1] if labels.dim() == 2 else labels[:-1]
+                with pytest.raises(ValueError, match="labels"):
+                    model(input_ids=input_ids, labels=bad_labels, **inputs)
+
     # ---------------------------------------------------------------- dtypes and placement ----
     def test_bf16_forward(self, tester, saved_models):
-        input_ids = tester.input_ids()
+        inputs = tester.model_inputs()
         for model_class, (folder, model) in saved_models.items():
             bf16 = model_class.from_pretrained(folder, dtype=torch.bfloat16)
             assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
-            output = tester.logits_of(bf16, input_ids=input_ids)
+            output = tester.logits_of(bf16, **inputs)
             assert output.dtype == torch.bfloat16, f"{model_class.__name__} returned {output.dtype}"
             assert torch.isfinite(output).all()
-            reference = tester.logits_of(model, input_ids=input_ids)
+            reference = tester.logits_of(model, **inputs)
             scale = reference.abs().max().item()
             assert_close(output, reference, atol=0.05 * scale + 0.05, what=f"{model_class.__name__} bf16 vs fp32")
 
     def test_device_map_auto(self, tester, saved_models, tmp_path):
         pytest.importorskip("accelerate")
-        input_ids = tester.input_ids()
+        inputs = tester.model_inputs()
         for model_class, (folder, model) in saved_models.items():
             mapped = model_class.from_pretrained(folder, device_map="auto")
             assert mapped.device.type == "cpu"
-            reference = tester.logits_of(model, input_ids=input_ids)
-            assert torch.equal(tester.logits_of(mapped, input_ids=input_ids), reference), model_class.__name__
+            reference = tester.logits_of(model, **inputs)
+            assert torch.equal(tester.logits_of(mapped, **inputs), reference), model_class.__name__
 
         # Too little CPU memory: part of the model is offloaded to disk and still gives the same logits.
-        model_class = tester.causal_lm_class or tester.all_model_classes[0]
+        model_class = tester.generative_class or tester.all_model_classes[0]
         folder, model = saved_models[model_class]
         budget = int(model.get_memory_footprint() * tester.offload_memory_fraction)
         offloaded = model_class.from_pretrained(
             folder, device_map="auto", max_memory={"cpu": budget}, offload_folder=str(tmp_path / "offload")
         )
         assert set(offloaded.hf_device_map.values()) == {"cpu", "disk"}, offloaded.hf_device_map
-        assert_close(
-            tester.logits_of(offloaded, input_ids=input_ids),
-            tester.logits_of(model, input_ids=input_ids),
-            atol=1e-6,
-            what="disk-offloaded model",
-        )
+        reference = tester.logits_of(model, **inputs)
+        # Offloaded layers carry hooks, so they run unbatched / probed (an absorbed MLA reads a hooked kv_b_proj
+        # through an identity probe): equal up to float rounding, 1e-6 relative to the output's scale.
+        scale = max(1.0, reference.abs().max().item())
+        assert_close(tester.logits_of(offloaded, **inputs), reference, atol=1e-6 * scale, what="disk-offloaded model")
 
     # ---------------------------------------------------------------------- configurations ----
     def test_config_variants_forward(self, tester):
-        input_ids = tester.input_ids()
+        model_inputs = tester.model_inputs()
         for overrides in tester.config_variants():
             config = tester.get_config(**overrides)
+            inputs = tester.inputs_for_config(model_inputs, config)
             for model_class in tester.classes_with_labels:
                 model = model_class(config).train()
-                loss = model(input_ids=input_ids, labels=tester.labels_for(model_class, input_ids)).loss
+                loss = model(**tester.training_inputs(model_class, inputs)).loss
                 assert torch.isfinite(loss), f"{model_class.__name__} {overrides}: loss {loss}"
                 loss.backward()
                 for name, param in model.named_parameters():

@@ -4,6 +4,11 @@
 config checks that apply to all SLAM configs. A variant subclass names its config and model classes,
 adds its own config fields (`variant_config_kwargs`) and its own invalid configs
 (`variant_bad_config_cases`). `SlamModelTesterMixin` (slam_common.py) runs every shared test on it.
+
+The shared tests never build model inputs themselves: they ask the tester (`model_inputs`,
+`generation_inputs`, `padding_rows` / `pad_rows`, `training_inputs`, `with_sequence`, ...), so a
+decoder-only variant (v1, v2: `input_ids` only) and the encoder-decoder SLAM v3 (prompt with `<image>`
+placeholders + `pixel_values` for the encoder, answer tokens for the decoder) run the same tests.
 """
 
 import torch
@@ -19,6 +24,9 @@ from slam_hf import (
     SlamV2ForMaskedLM,
     SlamV2ForSequenceClassification,
     SlamV2Model,
+    SlamV3Config,
+    SlamV3ForConditionalGeneration,
+    SlamV3Model,
 )
 
 
@@ -29,6 +37,10 @@ class SlamModelTester:
     causal_lm_class = None
     masked_lm_class = None
     sequence_classification_class = None
+    conditional_generation_class = None  # encoder-decoder generation head (SLAM v3)
+    is_encoder_decoder = False
+    # Whether the variant offers position_embedding_type="learned" (absolute positions expose padding shifts).
+    supports_learned_positions = True
 
     # Shapes in the spirit of transformers' testers (hidden 32, vocab 99, intermediate 37).
     batch_size = 2
@@ -126,21 +138,30 @@ class SlamModelTester:
             self.causal_lm_class,
             self.masked_lm_class,
             self.sequence_classification_class,
+            self.conditional_generation_class,
         )
         return [cls for cls in classes if cls is not None]
 
     @property
     def lm_classes(self) -> list:
         """Classes with a vocabulary head (and tied embeddings)."""
-        return [cls for cls in (self.causal_lm_class, self.masked_lm_class) if cls is not None]
+        classes = (self.causal_lm_class, self.masked_lm_class, self.conditional_generation_class)
+        return [cls for cls in classes if cls is not None]
 
     @property
     def classes_with_labels(self) -> list:
-        return [
-            cls
-            for cls in (self.causal_lm_class, self.masked_lm_class, self.sequence_classification_class)
-            if cls is not None
-        ]
+        classes = (
+            self.causal_lm_class,
+            self.masked_lm_class,
+            self.sequence_classification_class,
+            self.conditional_generation_class,
+        )
+        return [cls for cls in classes if cls is not None]
+
+    @property
+    def generative_class(self):
+        """The class `generate` runs on: the causal LM, or the encoder-decoder head."""
+        return self.causal_lm_class or self.conditional_generation_class
 
     # ---- inputs --------------------------------------------------------------------------------
     def input_ids(self, batch_size=None, seq_length=None, generator=None) -> torch.LongTensor:
@@ -180,6 +201,80 @@ class SlamModelTester:
         """The main output of any class: `logits` for heads, `last_hidden_state` for the base model."""
         outputs = model(**inputs)
         return outputs.logits if hasattr(outputs, "logits") else outputs.last_hidden_state
+
+    # ---- inputs as dicts (what the shared tests use) -------------------------------------------
+    def model_inputs(self, batch_size=None, seq_length=None, text_only=False, config=None) -> dict:
+        """Forward inputs of every class. `text_only` asks for inputs that `inputs_embeds` can replace."""
+        return {"input_ids": self.input_ids(batch_size, seq_length)}
+
+    def inputs_for_config(self, inputs, config) -> dict:
+        """`inputs` completed with what `config` needs besides (SLAM v3: `aux_values` when aux_dim is set)."""
+        return inputs
+
+    def generation_inputs(self, batch_size=None, seq_length=None, text_only=False) -> dict:
+        """Inputs of `generate` (the prompt)."""
+        return self.model_inputs(batch_size, seq_length, text_only=text_only)
+
+    def label_tokens(self, inputs) -> tuple[dict, torch.Tensor]:
+        """(forward inputs without the tokens that labels replace, the tokens labels are made from)."""
+        return inputs, inputs["input_ids"]
+
+    def training_inputs(self, model_class, inputs, generator=None) -> dict:
+        """`inputs` with labels of the right kind for `model_class`."""
+        forward_inputs, tokens = self.label_tokens(inputs)
+        return {**forward_inputs, "labels": self.labels_for(model_class, tokens, generator=generator)}
+
+    def embedded(self, model, inputs, embedding=None) -> dict:
+        """Text-only `inputs` with token ids replaced by embeddings (`embedding` defaults to the model's)."""
+        embedding = embedding or model.get_input_embeddings()
+        inputs = dict(inputs)
+        inputs["inputs_embeds"] = embedding(inputs.pop("input_ids"))
+        return inputs
+
+    def padding_rows(self, lengths, decoder=True) -> list[dict]:
+        """One single-row input dict per prompt length; `decoder=False` for `generate` inputs."""
+        return [{"input_ids": self.input_ids(1, length)} for length in lengths]
+
+    def pad_rows(self, rows, side, pad_token_id=0) -> tuple[dict, torch.Tensor | None]:
+        """Rows -> (one padded batch, (B, output length) bool mask of the outputs that belong to real tokens,
+        or None when every output position is real)."""
+        input_ids, mask = self.padded_batch([row["input_ids"][0] for row in rows], pad_token_id, side)
+        return {"input_ids": input_ids, "attention_mask": mask}, mask
+
+    def prompt_sequence(self, inputs) -> torch.LongTensor:
+        """What `generate` returns before the first new token: the prompt (empty for `inputs_embeds`)."""
+        if "input_ids" in inputs:
+            return inputs["input_ids"]
+        return torch.zeros(inputs["inputs_embeds"].shape[0], 0, dtype=torch.long)
+
+    def with_sequence(self, inputs, sequence) -> dict:
+        """Forward inputs that score `sequence` (a prompt and generated tokens) in one full forward."""
+        return {"input_ids": sequence}
+
+    @staticmethod
+    def repeat_rows(inputs, times) -> dict:
+        """Every row `times` times in a row, as `generate` expands inputs for beams."""
+        return {name: value.repeat_interleave(times, dim=0) for name, value in inputs.items()}
+
+    def repetitive_generation_inputs(self) -> dict:
+        """A prompt that repeats, so prompt-lookup decoding finds candidates."""
+        prompt = self.input_ids(batch_size=1, seq_length=6)
+        return {"input_ids": torch.cat([prompt, prompt], dim=1)}
+
+    def expected_rope(self, module_name, config) -> tuple[int, float]:
+        """(rotary width, theta) that the RoPE module `module_name` must hold after loading."""
+        return config.head_dim, config.rope_theta
+
+    def lora_target_cases(self) -> list:
+        """`target_modules` values the PEFT test wraps every class with (besides "all-linear" on one class)."""
+        return [["q_proj", "v_proj"]]
+
+    def checkpointed_linears(self, model) -> list:
+        """Linear layers inside checkpointed layers: gradient checkpointing must call each one twice."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        first_layer = next(m for m in model.modules() if isinstance(m, GradientCheckpointingLayer))
+        return [next(m for m in first_layer.modules() if isinstance(m, torch.nn.Linear))]
 
 
 class SlamV1ModelTester(SlamModelTester):
@@ -259,3 +354,229 @@ class SlamV2ModelTester(SlamModelTester):
     def expected_num_hidden_states(self, config) -> int:
         # embeddings, Level-1 layer, one per fusion cycle, MoA layer
         return 1 + 1 + config.ef_cycles + 1
+
+
+class SlamV3ModelTester(SlamModelTester):
+    """SLAM v3, an encoder-decoder: the encoder reads a prompt whose `<image>` placeholders (one per patch, in
+    one run) the vision tower's features replace, the decoder reads the answer.
+
+    Tiny images: 8 x 8 pixels in 4 x 4 patches, so an image is 4 placeholders, placed at prompt positions 1..4.
+    `model_inputs` gives every row one image (so every tensor splits by rows); `padding_rows` mixes rows with
+    an image and text-only rows (a prompt too short for the placeholders), as a processor batch can.
+    """
+
+    config_class = SlamV3Config
+    base_model_class = SlamV3Model
+    conditional_generation_class = SlamV3ForConditionalGeneration
+    is_encoder_decoder = True
+    supports_learned_positions = False  # the joint sequence has RoPE or no positions (config rejects "learned")
+    # ids 0..5 are <pad> <s> </s> <unk> <mask> <image>; random text never hits a placeholder by accident
+    first_regular_token_id = 6
+    image_token_id = 5
+    image_size = 8
+    patch_size = 4
+    num_patches = (8 // 4) ** 2
+    image_start = 1  # first placeholder position
+    decoder_seq_length = 7
+    num_aux = 3
+    # the four paths are one no-split unit (their weights are stacked per layer) holding 57 % of the tiny model
+    offload_memory_fraction = 0.8
+
+    def vision_config_kwargs(self) -> dict:
+        # head_dim 8: a multiple of 4 for 2D RoPE; GQA (2 heads on 1 K/V head) as in the text model
+        return dict(
+            patch_size=self.patch_size,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=24,
+        )
+
+    def variant_config_kwargs(self) -> dict:
+        # MLA: latent 16, rope 4, nope 8, v 8 (hidden 32 / 4 heads). The larger init makes greedy decoding of the
+        # random model move between tokens instead of repeating the start token (tied embeddings dominate at 0.02).
+        return dict(
+            encoder_layers=2,
+            decoder_layers=2,
+            kv_lora_rank=16,
+            qk_nope_head_dim=8,
+            qk_rope_head_dim=4,
+            v_head_dim=8,
+            image_token_id=self.image_token_id,
+            vision_config=self.vision_config_kwargs(),
+            initializer_range=0.2,
+        )
+
+    def variant_bad_config_cases(self) -> list[tuple[dict, str]]:
+        vision = self.vision_config_kwargs()
+        return [
+            (dict(qk_rope_head_dim=3), "qk_rope_head_dim"),  # RoPE rotates pairs
+            (dict(kv_lora_rank=0), "kv_lora_rank"),
+            (dict(qk_nope_head_dim=0), "qk_nope_head_dim"),
+            (dict(v_head_dim=-8), "v_head_dim"),
+            (dict(q_lora_rank=0), "q_lora_rank"),
+            (dict(vision_config={**vision, "hidden_size": 24, "num_attention_heads": 4}), "head_dim"),  # 6: not 4k
+            (dict(vision_config={**vision, "patch_size": 0}), "patch_size"),
+            (dict(vision_config={**vision, "projector_type": "conv"}), "projector_type"),
+            (dict(vision_config={**vision, "position_embedding_type": "learned"}), "position_embedding_type"),
+            (dict(num_hidden_layers=3), "num_hidden_layers"),  # derived from decoder_layers (2), must agree
+            (dict(position_embedding_type="learned"), "position_embedding_type"),
+            (dict(is_encoder_decoder=False), "is_encoder_decoder"),
+            (dict(encoder_layers=0), "encoder_layers"),
+            (dict(decoder_layers=0), "decoder_layers"),
+            (dict(fusion_num_latents=-1), "fusion_num_latents"),
+            (dict(aux_dim=0), "aux_dim"),
+            (dict(image_token_id=self.vocab_size), "image_token_id"),
+        ]
+
+    def non_default_config_kwargs(self) -> dict:
+        return {
+            **super().non_default_config_kwargs(),
+            "encoder_layers": 3,
+            "decoder_layers": 1,
+            "kv_lora_rank": 8,
+            "q_lora_rank": 12,
+            "qk_nope_head_dim": 10,
+            "qk_rope_head_dim": 6,
+            "v_head_dim": 12,
+            "fusion_num_latents": 3,
+            "aux_dim": 5,
+            "image_token_id": 7,
+            "decoder_start_token_id": 3,
+            "vision_config": dict(
+                patch_size=2, num_channels=1, hidden_size=24, num_attention_heads=3, head_dim=8,
+                projector_type="linear", rope_theta=50.0, mlp_type="swiglu",
+            ),  # fmt: skip
+        }
+
+    def config_variants(self) -> list[dict]:
+        """Every value of every shared option (positions: rope | none, the only two of v3), every (norm type,
+        position type) pair, each MLP with both norm positions; plus v3's options, each in at least one row."""
+        rows = [
+            # mlp_type, norm_type, norm_position, position_embedding_type, v3 options
+            ("gelu", "layernorm", "pre", "rope", dict(q_lora_rank=8)),
+            ("geglu", "rmsnorm", "pre", "none", dict(fusion_num_latents=3)),
+            ("swiglu", "layernorm", "post", "none", dict(aux_dim=5)),
+            (
+                "gelu", "rmsnorm", "post", "rope",
+                dict(vision_config={
+                    **self.vision_config_kwargs(), "projector_type": "linear", "position_embedding_type": "none",
+                    "norm_position": "post", "norm_type": "layernorm", "mlp_type": "gelu",
+                }),
+            ),  # fmt: skip
+            ("geglu", "layernorm", "post", "rope", dict(attention_bias=True, mlp_bias=True)),
+            # MHA, latent bottleneck, aux tokens and a query bottleneck together
+            ("swiglu", "rmsnorm", "pre", "rope", dict(num_key_value_heads=4, fusion_num_latents=2, aux_dim=3,
+                                                      q_lora_rank=8)),  # fmt: skip
+        ]
+        names = ("mlp_type", "norm_type", "norm_position", "position_embedding_type")
+        return [{**dict(zip(names, row[:4])), **row[4]} for row in rows]
+
+    def expected_num_encoder_hidden_states(self, config) -> int:
+        return 3  # embedded joint sequence, fusion output, memory
+
+    def expected_num_hidden_states(self, config) -> int:
+        """Decoder entries: the embedded answer plus one per decoder layer."""
+        return 1 + config.decoder_layers
+
+    def expected_rope(self, module_name, config) -> tuple[int, float]:
+        if "vision_tower" in module_name:  # 2D: head_dim / 4 frequencies of a head_dim / 2 wide rotary, per axis
+            return config.vision_config.head_dim // 2, config.vision_config.rope_theta
+        if "decoder" in module_name:  # MLA's decoupled RoPE key
+            return config.qk_rope_head_dim, config.rope_theta
+        return config.head_dim, config.rope_theta
+
+    def lora_target_cases(self) -> list:
+        return [["q_proj", "v_proj"], r".*decoder.*\.(q_proj|kv_b_proj|o_proj)"]
+
+    def checkpointed_linears(self, model) -> list:
+        """One linear of each kind of checkpointed computation: a vision layer, layer 0 of the four paths, the fusion
+        node and a decoder layer."""
+        trunk = model.base_model
+        return [
+            trunk.encoder.vision_tower.layers[0].self_attn.q_proj,
+            trunk.encoder.paths.paths["shared"][0].self_attn.q_proj,
+            trunk.encoder.fusion.cross_modal.self_attn.q_proj,
+            trunk.decoder.layers[0].self_attn.kv_b_proj,
+        ]
+
+    # ---- inputs ----------------------------------------------------------------------------------
+    def pixel_values(self, num_images, generator=None) -> torch.FloatTensor:
+        return torch.randn(num_images, 3, self.image_size, self.image_size, generator=generator)
+
+    def with_image(self, input_ids) -> torch.LongTensor:
+        """`input_ids` (B, L) with one image's placeholders in every row."""
+        input_ids = input_ids.clone()
+        input_ids[:, self.image_start : self.image_start + self.num_patches] = self.image_token_id
+        return input_ids
+
+    def model_inputs(self, batch_size=None, seq_length=None, text_only=False, config=None) -> dict:
+        batch_size = batch_size or self.batch_size
+        input_ids = self.input_ids(batch_size, seq_length)
+        inputs = {"input_ids": input_ids}
+        if not text_only:
+            inputs = {"input_ids": self.with_image(input_ids), "pixel_values": self.pixel_values(batch_size)}
+        if config is not None:
+            inputs = self.inputs_for_config(inputs, config)
+        inputs["decoder_input_ids"] = self.input_ids(batch_size, self.decoder_seq_length)
+        return inputs
+
+    def inputs_for_config(self, inputs, config) -> dict:
+        if not config.aux_dim:
+            return inputs
+        batch_size = inputs["input_ids"].shape[0]
+        return {**inputs, "aux_values": torch.randn(batch_size, self.num_aux, config.aux_dim)}
+
+    @staticmethod
+    def encoder_part(inputs) -> dict:
+        return {name: value for name, value in inputs.items() if not name.startswith("decoder_")}
+
+    def generation_inputs(self, batch_size=None, seq_length=None, text_only=False) -> dict:
+        return self.encoder_part(self.model_inputs(batch_size, seq_length, text_only=text_only))
+
+    def label_tokens(self, inputs) -> tuple[dict, torch.Tensor]:
+        return self.encoder_part(inputs), inputs["decoder_input_ids"]  # labels = the answer; decoder inputs shifted
+
+    def embedded(self, model, inputs, embedding=None) -> dict:
+        embedding = embedding or model.get_input_embeddings()
+        inputs = dict(inputs)
+        inputs["inputs_embeds"] = embedding(inputs.pop("input_ids"))
+        if "decoder_input_ids" in inputs:
+            inputs["decoder_inputs_embeds"] = embedding(inputs.pop("decoder_input_ids"))
+        return inputs
+
+    def padding_rows(self, lengths, decoder=True) -> list[dict]:
+        """A row long enough for the placeholders (and one text token) gets an image; shorter rows are text only."""
+        rows = []
+        for length in lengths:
+            row = {"input_ids": self.input_ids(1, length)}
+            if length > self.image_start + self.num_patches:
+                row = {"input_ids": self.with_image(row["input_ids"]), "pixel_values": self.pixel_values(1)}
+            if decoder:
+                row["decoder_input_ids"] = self.input_ids(1, self.decoder_seq_length)
+            rows.append(row)
+        return rows
+
+    def pad_rows(self, rows, side, pad_token_id=0) -> tuple[dict, None]:
+        input_ids, mask = self.padded_batch([row["input_ids"][0] for row in rows], pad_token_id, side)
+        batch = {"input_ids": input_ids, "attention_mask": mask}
+        images = [row["pixel_values"] for row in rows if "pixel_values" in row]
+        if images:  # the placeholders of the batch, in row order, take the images in order
+            batch["pixel_values"] = torch.cat(images)
+        if "decoder_input_ids" in rows[0]:
+            batch["decoder_input_ids"] = torch.cat([row["decoder_input_ids"] for row in rows])
+        return batch, None  # the decoder is not padded: every output position is real
+
+    def prompt_sequence(self, inputs) -> torch.LongTensor:
+        """An encoder-decoder's `generate` returns the decoder sequence, which starts with the start token."""
+        reference = inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]
+        start = self.get_config().decoder_start_token_id
+        return torch.full((reference.shape[0], 1), start, dtype=torch.long)
+
+    def with_sequence(self, inputs, sequence) -> dict:
+        return {**self.encoder_part(inputs), "decoder_input_ids": sequence}
+
+    def repetitive_generation_inputs(self) -> dict:
+        # Prompt lookup searches the decoder's own sequence, which the random model repeats on its own.
+        return self.generation_inputs(batch_size=1)

@@ -1,9 +1,10 @@
 """The Hub path: a saved folder loads with `trust_remote_code=True` where slam_hf cannot be imported.
 
-Every class of every variant (SLAM v1, v2) is saved (with the tokenizer) into its own folder; ONE clean
+Every class of every variant (SLAM v1, v2, v3) is saved (with the tokenizer) into its own folder; ONE clean
 subprocess (fresh HF_HOME, other cwd, empty PYTHONPATH, `import slam_hf` made to fail) loads them all
 through the Auto classes and writes back logits and greedy tokens, which must equal the in-process
-reference bit for bit.
+reference bit for bit. SLAM v3's generation head is loaded through both of its factories
+(AutoModelForImageTextToText and AutoModelForSeq2SeqLM) from one folder, with image + prompt inputs.
 """
 
 import json
@@ -19,21 +20,23 @@ import torch
 import slam_hf
 from slam_hf.data import load_default_tokenizer
 from slam_common import single_threaded_torch
-from slam_tester import SlamV1ModelTester, SlamV2ModelTester
+from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(slam_hf.__file__))
 TOKENIZER_TEXT = "To be, or not to be, that is the question"
 NEW_TOKENS = 6
-TESTERS = (SlamV1ModelTester(), SlamV2ModelTester())
+TESTERS = (SlamV1ModelTester(), SlamV2ModelTester(), SlamV3ModelTester())
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 
-AUTO_CLASS_BY_ROLE = {
-    "base_model_class": "AutoModel",
-    "causal_lm_class": "AutoModelForCausalLM",
-    "masked_lm_class": "AutoModelForMaskedLM",
-    "sequence_classification_class": "AutoModelForSequenceClassification",
+AUTO_CLASSES_BY_ROLE = {
+    "base_model_class": ("AutoModel",),
+    "causal_lm_class": ("AutoModelForCausalLM",),
+    "masked_lm_class": ("AutoModelForMaskedLM",),
+    "sequence_classification_class": ("AutoModelForSequenceClassification",),
+    "conditional_generation_class": ("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM"),
 }
+GENERATING_ROLES = ("causal_lm_class", "conditional_generation_class")
 
 # Runs in the clean interpreter. Compares nothing itself: it reports, and the test asserts.
 LOADER = textwrap.dedent(
@@ -52,21 +55,23 @@ LOADER = textwrap.dedent(
     import transformers
 
     spec = json.load(open(sys.argv[1]))
-    inputs = torch.load(spec["inputs"])
+    inputs = torch.load(spec["inputs"])  # {variant: {"forward": {...}, "generate": {...}}}
     report, tensors = {}, {}
     for entry in spec["models"]:
+        key = entry["key"]
         auto_class = getattr(transformers, entry["auto_class"])
         model = auto_class.from_pretrained(entry["folder"], trust_remote_code=True).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(entry["folder"], trust_remote_code=True)
         module = sys.modules[type(model).__module__]
+        variant_inputs = inputs[entry["inputs"]]
         with torch.no_grad():
-            outputs = model(input_ids=inputs["input_ids"])
-        tensors[entry["folder"]] = {
+            outputs = model(**variant_inputs["forward"])
+        tensors[key] = {
             "output": outputs.logits if hasattr(outputs, "logits") else outputs.last_hidden_state,
         }
         if entry["generate"]:
-            tensors[entry["folder"]]["generated"] = model.generate(inputs["input_ids"], **spec["generate_kwargs"])
-        report[entry["folder"]] = {
+            tensors[key]["generated"] = model.generate(**variant_inputs["generate"], **spec["generate_kwargs"])
+        report[key] = {
             "class": type(model).__name__,
             "module_file": module.__file__,
             "config_class": type(model.config).__name__,
@@ -99,17 +104,20 @@ def relative_import_closure(entry_file):
 @pytest.fixture(scope="module")
 def saved_folders(tmp_path_factory):
     """Every class of every variant saved with the tokenizer; returns (root, inputs, generate kwargs,
-    {folder: reference}). One input batch serves all variants (the testers share the vocabulary)."""
+    {key: reference}), one key per (folder, Auto class). The variants share the vocabulary (one tokenizer);
+    each variant has its own inputs (SLAM v3: prompt with image placeholders + pixel_values, answer tokens)."""
     assert len({tester.vocab_size for tester in TESTERS}) == 1
     root = tmp_path_factory.mktemp("remote")
     tokenizer = load_default_tokenizer()
-    input_ids = TESTERS[0].input_ids()
     generate_kwargs = dict(do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0)
 
-    saved = {}
+    saved, inputs = {}, {}
     torch.manual_seed(0)
     for tester in TESTERS:
-        for role, auto_class in AUTO_CLASS_BY_ROLE.items():
+        variant = tester.config_class.__name__
+        forward_inputs = tester.model_inputs()
+        inputs[variant] = {"forward": forward_inputs, "generate": tester.generation_inputs()}
+        for role, auto_classes in AUTO_CLASSES_BY_ROLE.items():
             model_class = getattr(tester, role)
             if model_class is None:
                 continue
@@ -118,25 +126,37 @@ def saved_folders(tmp_path_factory):
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
             with torch.no_grad():
-                expected = tester.logits_of(model, input_ids=input_ids)
-            generated = model.generate(input_ids, **generate_kwargs) if role == "causal_lm_class" else None
-            saved[folder] = dict(
-                model_class=model_class,
-                auto_class=auto_class,
-                output=expected,
-                generated=generated,
-                tied=model_class in tester.lm_classes,
-            )
-    return root, input_ids, generate_kwargs, saved
+                expected = tester.logits_of(model, **forward_inputs)
+            generated = None
+            if role in GENERATING_ROLES:
+                generated = model.generate(**inputs[variant]["generate"], **generate_kwargs)
+            for auto_class in auto_classes:
+                saved[f"{folder}::{auto_class}"] = dict(
+                    folder=folder,
+                    model_class=model_class,
+                    auto_class=auto_class,
+                    auto_classes=auto_classes,
+                    inputs=variant,
+                    output=expected,
+                    generated=generated,
+                    tied=model_class in tester.lm_classes,
+                )
+    return root, inputs, generate_kwargs, saved
 
 
 @pytest.fixture(scope="module")
 def remote_run(saved_folders):
     """Load every saved folder in ONE clean subprocess; returns (saved, report, tensors, HF_HOME)."""
-    root, input_ids, generate_kwargs, saved = saved_folders
+    root, inputs, generate_kwargs, saved = saved_folders
     entries = [
-        dict(folder=folder, auto_class=info["auto_class"], generate=info["generated"] is not None)
-        for folder, info in saved.items()
+        dict(
+            key=key,
+            folder=info["folder"],
+            auto_class=info["auto_class"],
+            inputs=info["inputs"],
+            generate=info["generated"] is not None,
+        )
+        for key, info in saved.items()
     ]
     spec = dict(
         models=entries,
@@ -146,7 +166,7 @@ def remote_run(saved_folders):
         tensors_out=str(root / "tensors.pt"),
         report_out=str(root / "report.json"),
     )
-    torch.save({"input_ids": input_ids}, spec["inputs"])
+    torch.save(inputs, spec["inputs"])
     (root / "spec.json").write_text(json.dumps(spec))
     (root / "loader.py").write_text(LOADER)
     elsewhere = root / "cwd"
@@ -186,6 +206,10 @@ def test_saved_folders_hold_the_remote_code():
         "slam_compat.py",
         "slam_grouped.py",
         "slam_moa.py",
+        "slam_fusion.py",  # SLAM v3
+        "slam_decoder.py",
+        "slam_mla.py",
+        "slam_vision.py",
     } <= expected_files
     assert "__init__.py" not in expected_files and "data.py" not in expected_files
 
@@ -193,7 +217,8 @@ def test_saved_folders_hold_the_remote_code():
 def test_copied_files_and_auto_map(saved_folders):
     saved = saved_folders[3]
     expected_files = relative_import_closure("modeling_slam.py") | relative_import_closure("configuration_slam.py")
-    for folder, info in saved.items():
+    for info in saved.values():
+        folder = info["folder"]
         copied = {name for name in os.listdir(folder) if name.endswith(".py")}
         assert copied == expected_files, f"{info['model_class'].__name__}: {sorted(copied)}"
         for name in copied:  # verbatim copies of the package sources
@@ -203,10 +228,11 @@ def test_copied_files_and_auto_map(saved_folders):
         assert "tokenizer.json" in os.listdir(folder)
 
         config = json.load(open(os.path.join(folder, "config.json")))
-        config_class = saved[folder]["model_class"].config_class.__name__
+        config_class = info["model_class"].config_class.__name__
+        # Every factory of the class is named (SLAM v3's head: AutoModelForImageTextToText and AutoModelForSeq2SeqLM).
         assert config["auto_map"] == {
             "AutoConfig": f"configuration_slam.{config_class}",
-            info["auto_class"]: f"modeling_slam.{info['model_class'].__name__}",
+            **{auto_class: f"modeling_slam.{info['model_class'].__name__}" for auto_class in info["auto_classes"]},
         }
         assert config["architectures"] == [info["model_class"].__name__]
 
@@ -214,20 +240,21 @@ def test_copied_files_and_auto_map(saved_folders):
 def test_remote_code_loads_every_class_without_slam_hf(remote_run):
     saved, report, tensors, hf_home = remote_run
     assert report["slam_hf_modules"] == []
-    expected_classes = {getattr(t, role) for t in TESTERS for role in AUTO_CLASS_BY_ROLE} - {None}
+    expected_classes = {getattr(t, role) for t in TESTERS for role in AUTO_CLASSES_BY_ROLE} - {None}
     assert {info["model_class"] for info in saved.values()} == expected_classes
-    assert len(expected_classes) == 8  # SLAM v1 and v2: base model and three heads each
+    assert len(expected_classes) == 10  # SLAM v1 and v2: base model and three heads each; v3: base model and head
+    assert len(saved) == 11  # v3's head is loaded through two Auto classes
     expected_token_ids = load_default_tokenizer()(TOKENIZER_TEXT)["input_ids"]
-    for folder, info in saved.items():
-        name = info["model_class"].__name__
-        loaded = report[folder]
-        assert loaded["class"] == name
+    for key, info in saved.items():
+        name = f"{info['model_class'].__name__} via {info['auto_class']}"
+        loaded = report[key]
+        assert loaded["class"] == info["model_class"].__name__
         assert loaded["config_class"] == info["model_class"].config_class.__name__
         # The class came from the copied files under the clean HF_HOME, not from the repository.
         assert loaded["module_file"].startswith(os.path.join(hf_home, "modules", "transformers_modules")), loaded
-        assert torch.equal(tensors[folder]["output"], info["output"]), f"{name}: outputs differ after remote load"
+        assert torch.equal(tensors[key]["output"], info["output"]), f"{name}: outputs differ after remote load"
         assert loaded["token_ids"] == expected_token_ids
         if info["tied"]:
             assert loaded["tied"], f"{name}: lm_head is not tied to the embeddings after remote load"
         if info["generated"] is not None:
-            assert torch.equal(tensors[folder]["generated"], info["generated"]), f"{name}: greedy tokens differ"
+            assert torch.equal(tensors[key]["generated"], info["generated"]), f"{name}: greedy tokens differ"
