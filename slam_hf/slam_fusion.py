@@ -56,30 +56,38 @@ class SlamParallelPaths(nn.Module):
         self.pre_norm = config.norm_position == "pre"
         self.batch_paths = True
 
-    def layer_group(self, index: int) -> list[SlamLayer]:
-        return [self.paths[name][index] for name in ENCODER_PATHS]
+    def layer_group(self, index: int, paths) -> list[SlamLayer]:
+        return [self.paths[ENCODER_PATHS[p]][index] for p in paths]
 
     def forward(self, hidden_states, position_embeddings, allowed, has_key, implementation="sdpa"):
-        """hidden_states (B, L, H) -> (4, B, L, H); rows without keys in a path are zero."""
+        """hidden_states (B, L, H) -> (4, B, L, H); rows without keys in a path are zero.
+
+        A path that gives no token of the batch a key (the image and cross-modal paths of a text-only batch) would
+        return only zeros, so it is not run: same output, half the work for text-only input.
+        """
+        active = [p for p in range(len(ENCODER_PATHS)) if bool(has_key[p].any())]
+        allowed = allowed[active]
         if self.batch_paths:
-            states = hidden_states.expand(len(ENCODER_PATHS), *hidden_states.shape)
+            states = hidden_states.expand(len(active), *hidden_states.shape)
             for index in range(self.num_layers):
-                group = self.layer_group(index)
+                group = self.layer_group(index, active)
                 layers = StackedLayers.try_build(group) or ModuleLayers(group)
                 run = partial(self._batched_layer, group[0], layers)
                 args = (states, position_embeddings, allowed, implementation)
                 if group[0].gradient_checkpointing and self.training:
                     # The batched run never calls the paths' SlamLayers, so their checkpointing flag (set by
-                    # gradient_checkpointing_enable) is honoured here: layer i of the four paths is one checkpoint.
+                    # gradient_checkpointing_enable) is honoured here: layer i of the paths is one checkpoint.
                     states = group[0]._gradient_checkpointing_func(run, *args)
                 else:
                     states = run(*args)
         else:
             states = torch.stack([
-                self._sequential_path(self.paths[name], hidden_states, position_embeddings, allowed[p])
-                for p, name in enumerate(ENCODER_PATHS)
+                self._sequential_path(self.paths[ENCODER_PATHS[p]], hidden_states, position_embeddings, allowed[i])
+                for i, p in enumerate(active)
             ])  # fmt: skip
-        return states * has_key[..., None].to(states.dtype)
+        states = states * has_key[active, ..., None].to(states.dtype)
+        output = hidden_states.new_zeros(len(ENCODER_PATHS), *hidden_states.shape)
+        return output.index_copy(0, torch.tensor(active, device=output.device), states)
 
     @staticmethod
     def _sequential_path(layers, hidden_states, position_embeddings, allowed):
