@@ -2,15 +2,22 @@
 
     slam-hf train --config configs/slam-v1-tiny.yaml --output-dir out/slam-v1-tiny
     slam-hf train --config configs/slam-v2-tiny.yaml --output-dir out/slam-v2-tiny
+    slam-hf train --config configs/slam-v3-tiny.yaml --output-dir out/slam-v3-tiny
     slam-hf generate --model out/slam-v1-tiny --input "To be, or not to be"
+    slam-hf generate --model out/slam-v3-tiny --image digits.png --input "what number is shown?"
 
-`train` reads three YAML sections (`model`, `data`, `training`; plus optional `output_dir` and `hub`),
-trains `AutoModelForCausalLM.from_config(config)` with the transformers `Trainer` on the Shakespeare corpus
-shipped with `slam_hf.data` (whole works held out for validation), measures held-out perplexity before and
-after training (the LM loss alone: auxiliary losses such as SLAM v2's MoA load balancing are trained with
-but not scored), and saves weights (safetensors), config with `auto_map`, remote code, tokenizer, a model
-card (README.md) and `training_metrics.json`. The folder loads with `trust_remote_code=True` where slam_hf
-is not installed, and can be uploaded to the Hub as is.
+`train` reads three YAML sections (`model`, `data`, `training`; plus optional `output_dir` and `hub`).
+Text variants (SLAM v1, v2): trains `AutoModelForCausalLM.from_config(config)` with the transformers `Trainer`
+on the Shakespeare corpus shipped with `slam_hf.data` (whole works held out for validation), measures
+held-out perplexity before and after training (the LM loss alone: auxiliary losses such as SLAM v2's MoA load
+balancing are trained with but not scored), and saves weights (safetensors), config with `auto_map`, remote
+code, tokenizer, a model card (README.md) and `training_metrics.json`.
+Image-text variant (SLAM v3): trains `AutoModelForImageTextToText.from_config(config)` on MNIST digit tiles
+("what number is shown?" -> the digit string; validation and test tiles are built from digit images never
+seen in training), reports held-out exact match of greedy generation against chance, and saves the processor
+(tokenizer + image processor, with their remote code) next to the model.
+Every folder loads with `trust_remote_code=True` where slam_hf is not installed, and can be uploaded to the
+Hub as is.
 
 Not part of the remote code: this module may import anything.
 """
@@ -33,22 +40,32 @@ from typing import Callable, NamedTuple
 import yaml
 
 TEMPLATE_NAME = "modelcard_template.md"
+IMAGE_TEXT_TEMPLATE_NAME = "modelcard_template_image_text.md"
 CARD_TAGS = ["slam", "custom_code"]
 LORA_ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 GATED_MLP_TYPES = ("geglu", "swiglu")
+# SLAM v3: LoRA on the decoder alone (MLA q/kv_b/o and cross-attention q/o of every layer); plain names would
+# also match the encoder's paths and vision tower.
+DECODER_LORA_PATTERN = r"model\.decoder\.layers\.\d+\.(self_attn|cross_attn)\.(q_proj|kv_b_proj|o_proj)"
 
 
 class ConfigError(ValueError):
     """A problem with the training YAML; the message names the key and the fix."""
 
 
+TEXT_TASK = "text-generation"
+IMAGE_TEXT_TASK = "image-text-to-text"
+
+
 class Variant(NamedTuple):
     config_class: type
     base_model_class: type  # written to auto_map as AutoModel
-    causal_lm_class: type  # AutoModelForCausalLM: what `train` builds
+    head_class: type  # what `train` builds
     summary: str  # model-card description
     architecture_rows: Callable  # config -> [(setting, value)]: the variant's own rows of the model-card table
     lora_modules: str  # model-card paragraph: which modules LoRA can target
+    task: str = TEXT_TASK  # TEXT_TASK: causal LM on Shakespeare; IMAGE_TEXT_TASK: digit tiles -> digit string
+    head_auto_classes: tuple = ("AutoModelForCausalLM",)  # auto_map entries of head_class
 
 
 def _v1_rows(config) -> list[tuple[str, object]]:
@@ -72,6 +89,51 @@ def _v2_rows(config) -> list[tuple[str, object]]:
     ]
 
 
+def _v3_cache_bytes_per_token(config, bytes_per_value: int = 4) -> tuple[int, int]:
+    """Decoder self-attention cache per generated token, all layers: (MLA latent cache, full per-head K/V)."""
+    latent = (config.kv_lora_rank + config.qk_rope_head_dim) * config.decoder_layers * bytes_per_value
+    heads = config.num_attention_heads
+    full = heads * (config.qk_nope_head_dim + config.qk_rope_head_dim + config.v_head_dim) * config.decoder_layers
+    return latent, full * bytes_per_value
+
+
+def _v3_rows(config) -> list[tuple[str, object]]:
+    vision = config.vision_config
+    latent_bytes, full_bytes = _v3_cache_bytes_per_token(config)
+    fusion = "mean of the paths + concat_proj (4H → H) + 1 cross-modal attention layer"
+    if config.fusion_num_latents:
+        fusion += f"; latent bottleneck: {config.fusion_num_latents} learned latents are the memory"
+    else:
+        fusion += "; no latent bottleneck (the memory is the fused sequence)"
+    q_rank = "none" if config.q_lora_rank is None else config.q_lora_rank
+    return [
+        (
+            "encoder paths",
+            f"text, image, shared, cross_modal: {config.encoder_layers} layer(s) each, batched as one computation",
+        ),
+        ("fusion", fusion),
+        ("decoder_layers", f"{config.decoder_layers} (causal MLA self-attention → cross-attention → MLP)"),
+        (
+            "MLA kv_lora_rank / qk_nope_head_dim + qk_rope_head_dim / v_head_dim / q_lora_rank",
+            f"{config.kv_lora_rank} / {config.qk_nope_head_dim} + {config.qk_rope_head_dim} / "
+            f"{config.v_head_dim} / {q_rank}",
+        ),
+        (
+            "decoder cache bytes / token (float32, all layers)",
+            f"{latent_bytes:,} (latent {config.kv_lora_rank} + RoPE key {config.qk_rope_head_dim} per layer; "
+            f"per-head K/V would take {full_bytes:,})",
+        ),
+        (
+            "vision tower",
+            f"{vision.patch_size}×{vision.patch_size} patches, {vision.num_hidden_layers} layers, hidden "
+            f"{vision.hidden_size}, {vision.num_attention_heads} heads, "
+            f"{'2D RoPE' if vision.position_embedding_type == 'rope' else 'no positions'}, "
+            f"{vision.projector_type} projector",
+        ),
+        ("image_token_id", config.image_token_id),
+    ]
+
+
 _MLP_LORA_MODULES = (
     "`up_proj`, `down_proj` (MLP), and `gate_proj` for gated MLPs (`mlp_type` `geglu` or `swiglu`) only. "
     '`target_modules="all-linear"` also works'
@@ -80,8 +142,15 @@ _MLP_LORA_MODULES = (
 
 def variants() -> dict[str, Variant]:
     """`model.variant` -> classes. One line per SLAM variant."""
-    from .configuration_slam import SlamV1Config, SlamV2Config
-    from .modeling_slam import SlamV1ForCausalLM, SlamV1Model, SlamV2ForCausalLM, SlamV2Model
+    from .configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config
+    from .modeling_slam import (
+        SlamV1ForCausalLM,
+        SlamV1Model,
+        SlamV2ForCausalLM,
+        SlamV2Model,
+        SlamV3ForConditionalGeneration,
+        SlamV3Model,
+    )
 
     return {
         "slam_v1": Variant(
@@ -119,14 +188,49 @@ def variants() -> dict[str, Variant]:
             r'a regular expression: `target_modules=r".*experts\.\d+\.(q_proj|o_proj)"`. '
             f"{_MLP_LORA_MODULES} (it includes the router).",
         ),
+        "slam_v3": Variant(
+            SlamV3Config,
+            SlamV3Model,
+            SlamV3ForConditionalGeneration,
+            "SLAM v3 is an image+text encoder-decoder. The encoder input is the prompt with one `<image>` "
+            "placeholder per image patch (the processor expands each `<image>`); a ViT vision tower (linear patch "
+            "embedding, 2D RoPE over the patch grid, bidirectional layers, projector) puts its patch features at "
+            "the placeholders. The joint sequence runs through four parallel paths that differ only in weights and "
+            "attention masks, batched as one computation: text (text ↔ text), image (image ↔ image), shared "
+            "(all ↔ all) and cross-modal (text ↔ image only). A fusion node mixes them (the mean of the paths that "
+            "saw each token plus a learned projection of their concatenation), applies one cross-modal attention "
+            "layer and, with `fusion_num_latents` > 0, compresses the sequence into learned latents; the result is "
+            "the decoder's memory. The decoder generates the answer: causal Multi-head Latent Attention (MLA) "
+            "caches only a `kv_lora_rank`-wide latent and one shared RoPE key per token, then cross-attention to "
+            "the memory (its keys and values are computed once per generation), then an MLP.",
+            _v3_rows,
+            "Decoder targets: `q_proj`, `kv_b_proj` (MLA's latent → per-head key/value up-projection) and "
+            "`o_proj` of the MLA self-attention, and `q_proj`, `k_proj`, `v_proj`, `o_proj` of the "
+            "cross-attention; `kv_a_proj_with_mqa` is MLA's down-projection into the cached latent. Plain names "
+            "also match the encoder (its four paths, fusion layer and vision tower use `q_proj`, `k_proj`, "
+            "`v_proj`, `o_proj`; adapted paths call their projections one path at a time, not as stacked "
+            "matmuls), so to adapt the decoder alone pass a regular expression, as above: "
+            f'`r"{DECODER_LORA_PATTERN}"` adapts '
+            "MLA's `q_proj`, `kv_b_proj`, `o_proj` and the cross-attention's `q_proj`, `o_proj` in every decoder "
+            "layer. MLPs: `gate_proj` (for `geglu`/`swiglu`), `up_proj`, `down_proj`. "
+            '`target_modules="all-linear"` adapts every projection except the tied output head.',
+            task=IMAGE_TEXT_TASK,
+            head_auto_classes=("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM"),
+        ),
     }
 
 
 # --------------------------------------------------------------------------------------------------------------
 # YAML config
 
-TOP_LEVEL_KEYS = ("model", "data", "training", "output_dir", "hub")
+TOP_LEVEL_KEYS = ("model", "data", "training", "output_dir", "hub", "torch_threads")
 DATA_KEYS = ("block_size", "max_train_rows", "max_eval_rows")
+# SLAM v3 (digit tiles): rows per split (validation scores the loss, test the exact match), digits per tile,
+# the training collator's translation augmentation, and the tiling seed.
+IMAGE_TEXT_DATA_KEYS = ("num_digits", "train_rows", "eval_rows", "test_rows", "max_shift", "seed")
+IMAGE_TEXT_DATA_DEFAULTS = {
+    "num_digits": 2, "train_rows": 8000, "eval_rows": 500, "test_rows": 500, "max_shift": 2, "seed": 0,
+}  # fmt: skip
 HUB_KEYS = ("model_name", "repo_id")
 # TrainingArguments fields that the command sets itself: what it writes, where, and how it reports.
 RESERVED_TRAINING_KEYS = {
@@ -173,6 +277,33 @@ def _optional_positive_int(value, where: str):
     return value
 
 
+def _non_negative_int(value, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"`{where}` must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _image_text_data(data: dict) -> dict:
+    """Validate the `data` section of an image-text (SLAM v3) config; returns it with defaults filled in."""
+    from .data import _digit_range
+
+    for key in data:
+        if key not in IMAGE_TEXT_DATA_KEYS:
+            raise _unknown_key_error("data", key, IMAGE_TEXT_DATA_KEYS)
+    data = {**IMAGE_TEXT_DATA_DEFAULTS, **data}
+    try:
+        lo, hi = _digit_range(data["num_digits"])
+    except ValueError as err:
+        raise ConfigError(f"`data.num_digits`: {err} (e.g. 2, or [2, 4])") from err
+    data["num_digits"] = lo if lo == hi else [lo, hi]
+    for key in ("train_rows", "eval_rows", "test_rows"):
+        if _optional_positive_int(data[key], f"data.{key}") is None:
+            raise ConfigError(f"`data.{key}` must be a positive integer, got null")
+    _non_negative_int(data["max_shift"], "data.max_shift")
+    _non_negative_int(data["seed"], "data.seed")
+    return data
+
+
 def _config_parameters(config_class) -> set[str]:
     import inspect
 
@@ -187,7 +318,11 @@ def _training_fields() -> set[str]:
 
 
 def load_run_config(path) -> dict:
-    """Read and validate a training YAML; returns {model, variant, data, training, output_dir, hub}."""
+    """Read and validate a training YAML; returns {model, variant, data, training, output_dir, hub, torch_threads}.
+
+    `torch_threads` (optional, top level): torch intra-op threads for the run (null: torch's default). Tiny models
+    train faster on 1 thread, and on a busy machine OpenMP spin-waiting made 2 threads ~25-50x slower.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -210,16 +345,29 @@ def load_run_config(path) -> dict:
     for key in model:
         if key not in allowed_model:
             raise _unknown_key_error("model", key, allowed_model)
+    sub_configs = getattr(known[variant].config_class, "sub_configs", {})
+    for key, sub_class in sub_configs.items():  # SLAM v3: model.vision_config
+        if model.get(key) is None:
+            continue
+        if not isinstance(model[key], dict):
+            raise ConfigError(f"`model.{key}` must be a mapping of keys to values, got {type(model[key]).__name__}")
+        allowed_sub = _config_parameters(sub_class)
+        for sub_key in model[key]:
+            if sub_key not in allowed_sub:
+                raise _unknown_key_error(f"model.{key}", sub_key, allowed_sub)
 
     data = _section(raw, "data")
-    for key in data:
-        if key not in DATA_KEYS:
-            raise _unknown_key_error("data", key, DATA_KEYS)
-    data.setdefault("block_size", 128)
-    if not isinstance(data["block_size"], int) or isinstance(data["block_size"], bool) or data["block_size"] < 2:
-        raise ConfigError(f"`data.block_size` must be an integer >= 2, got {data['block_size']!r}")
-    for key in ("max_train_rows", "max_eval_rows"):
-        data[key] = _optional_positive_int(data.get(key), f"data.{key}")
+    if known[variant].task == IMAGE_TEXT_TASK:
+        data = _image_text_data(data)
+    else:
+        for key in data:
+            if key not in DATA_KEYS:
+                raise _unknown_key_error("data", key, DATA_KEYS)
+        data.setdefault("block_size", 128)
+        if not isinstance(data["block_size"], int) or isinstance(data["block_size"], bool) or data["block_size"] < 2:
+            raise ConfigError(f"`data.block_size` must be an integer >= 2, got {data['block_size']!r}")
+        for key in ("max_train_rows", "max_eval_rows"):
+            data[key] = _optional_positive_int(data.get(key), f"data.{key}")
 
     training = _section(raw, "training")
     allowed_training = _training_fields() - RESERVED_TRAINING_KEYS.keys()
@@ -237,8 +385,10 @@ def load_run_config(path) -> dict:
     output_dir = raw.get("output_dir")
     if output_dir is not None and not isinstance(output_dir, str):
         raise ConfigError(f"`output_dir` must be a path string, got {output_dir!r}")
+    torch_threads = _optional_positive_int(raw.get("torch_threads"), "torch_threads")
     return {
         "variant": variant, "model": model, "data": data, "training": training, "output_dir": output_dir, "hub": hub,
+        "torch_threads": torch_threads,
     }  # fmt: skip
 
 
@@ -273,14 +423,15 @@ def _hardware() -> str:
     return f"CPU: {cpu}, {torch.get_num_threads()} torch threads ({os.cpu_count()} logical cores visible)"
 
 
-def _template_path() -> Path:
-    """`hub_templates/modelcard_template.md`, inside the package or next to it in a source checkout."""
+def _template_path(name: str = TEMPLATE_NAME) -> Path:
+    """`hub_templates/<name>` (default `modelcard_template.md`), inside the package or next to it in a source
+    checkout."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "hub_templates" / TEMPLATE_NAME, here.parent / "hub_templates" / TEMPLATE_NAME):
+    for candidate in (here / "hub_templates" / name, here.parent / "hub_templates" / name):
         if candidate.is_file():
             return candidate
     raise ConfigError(
-        f"model card template hub_templates/{TEMPLATE_NAME} not found in {here} or {here.parent}; "
+        f"model card template hub_templates/{name} not found in {here} or {here.parent}; "
         "run from a source checkout of slam_hf or install a build that ships the template"
     )
 
@@ -320,6 +471,30 @@ def train(args) -> dict:
     """`slam-hf train`: returns the metrics written to training_metrics.json."""
     t_start = time.perf_counter()
     run = load_run_config(args.config)
+    with _torch_threads(run["torch_threads"]):
+        if variants()[run["variant"]].task == IMAGE_TEXT_TASK:
+            return train_image_text(args, run, t_start)
+        return _train_text(args, run, t_start)
+
+
+@contextlib.contextmanager
+def _torch_threads(count):
+    """Within the block, torch uses `count` intra-op threads (None: leave the setting alone)."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_text(args, run: dict, t_start: float) -> dict:
+    """`slam-hf train` for a text variant (SLAM v1, v2): causal LM on the Shakespeare corpus."""
     template = _template_path()  # fail before training, not after
     # Training-only imports (datasets, Trainer, model cards) stay out of `generate` and `--help`.
     import datasets
@@ -489,7 +664,7 @@ def train(args) -> dict:
     model.config.auto_map = {
         "AutoConfig": _class_reference(variant.config_class),
         "AutoModel": _class_reference(variant.base_model_class),
-        "AutoModelForCausalLM": _class_reference(variant.causal_lm_class),
+        **{auto: _class_reference(variant.head_class) for auto in variant.head_auto_classes},
     }
     model.config.use_cache = use_cache
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -604,6 +779,359 @@ def train(args) -> dict:
     return metrics
 
 
+# --------------------------------------------------------------------------------------------------------------
+# train: image-text variants (SLAM v3) on MNIST digit tiles
+
+
+def _image_text_config_rows(config, variant: Variant, image_size, grid) -> list[tuple[str, object]]:
+    rows = [
+        ("model_type", config.model_type),
+        ("hidden_size", config.hidden_size),
+        ("layers", " → ".join(config.layer_schedule)),
+        (
+            "num_attention_heads / num_key_value_heads (encoder, cross-attention)",
+            f"{config.num_attention_heads} / {config.num_key_value_heads}",
+        ),
+        ("head_dim", config.head_dim),
+        ("intermediate_size / mlp_type", f"{config.intermediate_size} / {config.mlp_type}"),
+        ("norm", f"{config.norm_position}-{config.norm_type}"),
+        ("position_embedding_type (encoder)", config.position_embedding_type),
+    ]
+    rows += variant.architecture_rows(config)
+    rows += [
+        (
+            "vision patch grid",
+            f"{grid[0]} × {grid[1]} = {grid[0] * grid[1]} patches ({image_size[0]} × {image_size[1]} pixel tiles)",
+        ),
+        ("vocab_size", config.vocab_size),
+        ("tie_word_embeddings", config.tie_word_embeddings),
+    ]
+    return rows
+
+
+def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
+    """`slam-hf train` for an image-text variant (SLAM v3): MNIST digit tiles -> the digit string.
+
+    Tokenizer and processor are built from the training tiles (`slam_hf.data.digit_tile_processor`); the loss is
+    scored on the validation tiles, greedy exact match on the test tiles; both splits are tiled from source digit
+    images that training never sees. Returns the metrics written to training_metrics.json.
+    """
+    t_start = time.perf_counter() if t_start is None else t_start
+    template = _template_path(IMAGE_TEXT_TEMPLATE_NAME)  # fail before training, not after
+    import datasets
+    import huggingface_hub
+    import numpy as np
+    import torch
+    import transformers
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from transformers import AutoModelForImageTextToText, Trainer, TrainingArguments, set_seed
+
+    from . import __version__
+    from .data import (
+        DIGIT_PROMPT,
+        DIGIT_SIZE,
+        DigitTileCollator,
+        _digit_range,
+        digit_exact_match,
+        digit_exact_match_chance,
+        digit_source_split,
+        digit_tile_processor,
+        load_digit_tiles,
+        preprocess_digit_tiles,
+        train_digit_tokenizer,
+    )
+
+    variant = variants()[run["variant"]]
+    data_cfg, train_cfg = dict(run["data"]), dict(run["training"])
+    if args.max_steps is not None:
+        train_cfg["max_steps"] = args.max_steps
+    if args.seed is not None:
+        train_cfg["seed"] = args.seed
+    train_cfg.setdefault("seed", 42)
+    if args.max_train_rows is not None:
+        data_cfg["train_rows"] = args.max_train_rows
+    if args.max_eval_rows is not None:
+        data_cfg["eval_rows"] = data_cfg["test_rows"] = args.max_eval_rows
+    output_dir = Path(args.output_dir or run["output_dir"] or Path("outputs") / Path(args.config).stem)
+    model_name = run["hub"].get("model_name") or output_dir.resolve().name
+    repo_id = run["hub"].get("repo_id") or str(output_dir)
+    num_digits = data_cfg["num_digits"]
+    digits_text = str(num_digits) if isinstance(num_digits, int) else f"{num_digits[0]}-{num_digits[1]}"
+    image_size = (DIGIT_SIZE, _digit_range(num_digits)[1] * DIGIT_SIZE)  # (height, width) of every tile
+
+    print(f"[slam-hf] preparing data: MNIST digit tiles of {digits_text} digits", flush=True)
+    datasets.disable_progress_bars()
+    sizes = {"train": data_cfg["train_rows"], "validation": data_cfg["eval_rows"], "test": data_cfg["test_rows"]}
+    tiles = load_digit_tiles(num_digits=num_digits, sizes=sizes, seed=data_cfg["seed"])
+    chance = digit_exact_match_chance(tiles["test"])  # guessing digits of the right length, over the test rows
+
+    # Tokenizer first: it fixes vocab_size and the special-token ids of the model config.
+    tokenizer = train_digit_tokenizer(tiles["train"])
+    model_kwargs = dict(run["model"])
+    vocab_size = model_kwargs.setdefault("vocab_size", len(tokenizer))
+    if vocab_size < len(tokenizer):
+        raise ConfigError(f"`model.vocab_size` ({vocab_size}) is smaller than the tokenizer's {len(tokenizer)} tokens")
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        model_kwargs.setdefault(name, getattr(tokenizer, name))
+    model_kwargs.setdefault("decoder_start_token_id", tokenizer.bos_token_id)
+    model_kwargs.setdefault("image_token_id", tokenizer.convert_tokens_to_ids("<image>"))
+    try:
+        config = variant.config_class(**model_kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid `model` section: {err}") from err
+    patch_size = config.vision_config.patch_size
+    if image_size[0] % patch_size or image_size[1] % patch_size:
+        raise ConfigError(
+            f"`model.vision_config.patch_size` ({patch_size}) must divide the {image_size[0]} × {image_size[1]} "
+            f"pixel tiles; use 7, 14 or 28"
+        )
+    if config.vision_config.num_channels != 3:
+        raise ConfigError("`model.vision_config.num_channels` must be 3: the image processor outputs RGB")
+    processor = digit_tile_processor(tiles["train"], patch_size=patch_size, tokenizer=tokenizer)
+    if processor.image_token_id != config.image_token_id:
+        raise ConfigError(
+            f"`model.image_token_id` ({config.image_token_id}) is not the tokenizer's <image> id "
+            f"({processor.image_token_id}); leave it unset"
+        )
+    train_rows = preprocess_digit_tiles(tiles["train"], processor)
+    eval_rows = preprocess_digit_tiles(tiles["validation"], processor)
+    datasets.enable_progress_bars()
+    grid = (image_size[0] // patch_size, image_size[1] // patch_size)
+    plain = train_rows.with_format(None)
+    tokens_per_row = float(np.mean([len(i) + len(l) for i, l in zip(plain["input_ids"], plain["labels"])]))
+    sources = {name: len(idx) for name, idx in digit_source_split().items()}
+    print(
+        f"[slam-hf] train: {len(train_rows)} tiles from {sources['train']} source digits; validation (loss): "
+        f"{len(eval_rows)} tiles, test (exact match): {len(tiles['test'])} tiles, from {sources['validation']} "
+        f"and {sources['test']} other source digits. Tiles {image_size[0]}×{image_size[1]} px = {grid[0]}×{grid[1]} "
+        f"patches; prompt {DIGIT_PROMPT!r}; tokenizer {len(tokenizer)} tokens (one per digit); chance exact match "
+        f"{chance:.2%}",
+        flush=True,
+    )
+
+    use_cpu = not torch.cuda.is_available()
+    try:
+        training_args = TrainingArguments(
+            output_dir=str(output_dir),
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=False,
+            use_cpu=use_cpu,
+            prediction_loss_only=True,
+            **train_cfg,
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid `training` section: {err}") from err
+
+    set_seed(training_args.seed)  # the model is built before Trainer seeds anything
+    model = AutoModelForImageTextToText.from_config(config)
+    use_cache = model.config.use_cache  # Trainer switches the cache off for training; the saved config keeps it
+    n_params = model.num_parameters()
+    n_params_vision = sum(p.numel() for p in model.get_encoder().vision_tower.parameters())
+    print(
+        f"[slam-hf] {run['variant']}: {n_params:,} parameters ({n_params_vision:,} in the vision tower); {_hardware()}",
+        flush=True,
+    )
+
+    class ImageTextTrainer(Trainer):
+        """Trains through `train_collator` (translation augmentation) and evaluates through `data_collator`."""
+
+        def __init__(self, *args, train_collator=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.train_collator = train_collator
+
+        def get_train_dataloader(self):
+            eval_collator, self.data_collator = self.data_collator, self.train_collator or self.data_collator
+            try:
+                return super().get_train_dataloader()
+            finally:
+                self.data_collator = eval_collator
+
+    pad_id = tokenizer.pad_token_id
+    trainer = ImageTextTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        data_collator=DigitTileCollator(pad_id),
+        train_collator=DigitTileCollator(pad_id, max_shift=data_cfg["max_shift"], seed=training_args.seed),
+    )
+
+    before = trainer.evaluate()
+    val_loss_before = float(before["eval_loss"])
+    match_before = digit_exact_match(model, processor, tiles["test"])
+    print(
+        f"[slam-hf] before training: held-out loss {val_loss_before:.4f}, test exact match "
+        f"{match_before['exact_match']:.2%} (chance {chance:.2%})",
+        flush=True,
+    )
+    history_before = trainer.state.log_history
+    train_output = trainer.train()
+    steps = trainer.state.global_step
+    in_train = list(trainer.state.log_history)
+    if trainer.state.log_history is history_before:
+        in_train = in_train[len(history_before) :]
+    eval_seconds_in_train = sum(e.get("eval_runtime", 0.0) for e in in_train)
+    train_seconds = float(train_output.metrics["train_runtime"])
+    final_eval = next((e for e in reversed(in_train) if "eval_loss" in e and e.get("step") == steps), None)
+    val_loss_after = float((final_eval or trainer.evaluate())["eval_loss"])
+    history = [{**before, "step": 0}] + in_train
+    if final_eval is None:
+        history.append({**trainer.state.log_history[-1], "step": steps})
+    t_match = time.perf_counter()
+    match = digit_exact_match(model, processor, tiles["test"])
+    match_seconds = time.perf_counter() - t_match
+    print(
+        f"[slam-hf] after training: held-out loss {val_loss_after:.4f}, test exact match {match['exact_match']:.2%} "
+        f"(digits right {match['digit_accuracy']:.2%}; chance {chance:.2%}) on {match['rows']} tiles",
+        flush=True,
+    )
+    rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    rows_per_step *= max(training_args.world_size, 1)
+    train_samples = steps * rows_per_step
+    optim_seconds = max(train_seconds - eval_seconds_in_train, 1e-9)
+    train_losses = [e["loss"] for e in history if "loss" in e]
+    eval_curve = [{"step": e["step"], "eval_loss": e["eval_loss"]} for e in history if "eval_loss" in e]
+
+    # Hub folder: weights + config (full auto_map) + remote code + generation config + processor.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stale = output_dir / "pytorch_model.bin"
+    if stale.exists():
+        stale.unlink()
+    model.config.auto_map = {
+        "AutoConfig": _class_reference(variant.config_class),
+        "AutoModel": _class_reference(variant.base_model_class),
+        **{auto: _class_reference(variant.head_class) for auto in variant.head_auto_classes},
+    }
+    model.config.use_cache = use_cache
+    generation = model.generation_config
+    generation.pad_token_id, generation.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
+    generation.eos_token_id, generation.decoder_start_token_id = tokenizer.eos_token_id, config.decoder_start_token_id
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+
+    wall_seconds = time.perf_counter() - t_start
+    latent_bytes, full_bytes = _v3_cache_bytes_per_token(config)
+    metrics = {
+        "variant": run["variant"],
+        "task": variant.task,
+        "model_name": model_name,
+        "parameters": n_params,
+        "vision_tower_parameters": n_params_vision,
+        "num_digits": num_digits,
+        "image_size": list(image_size),
+        "patch_grid": list(grid),
+        "test_exact_match": match["exact_match"],
+        "test_digit_accuracy": match["digit_accuracy"],
+        "test_exact_match_before": match_before["exact_match"],
+        "chance_exact_match": chance,
+        "test_rows": match["rows"],
+        "val_loss_before": val_loss_before,
+        "val_loss_after": val_loss_after,
+        "val_rows": len(eval_rows),
+        "train_rows": len(train_rows),
+        "train_steps": steps,
+        "train_epochs": trainer.state.epoch,
+        "train_samples": train_samples,
+        "tokens_per_sample": tokens_per_row,
+        "train_tokens": train_samples * tokens_per_row,
+        "train_loss_mean": float(train_output.training_loss),
+        "train_loss_last_logged": train_losses[-1] if train_losses else None,
+        "max_shift": data_cfg["max_shift"],
+        "train_seconds": train_seconds,
+        "train_seconds_excluding_eval": optim_seconds,
+        "train_samples_per_second": train_samples / optim_seconds,
+        "train_tokens_per_second": train_samples * tokens_per_row / optim_seconds,
+        "exact_match_seconds": match_seconds,
+        "decoder_cache_bytes_per_token": latent_bytes,
+        "decoder_cache_bytes_per_token_without_mla": full_bytes,
+        "wall_seconds": wall_seconds,
+        "process_cpu_seconds": time.process_time(),
+        "hardware": _hardware(),
+        "torch_threads": torch.get_num_threads(),
+        "seed": training_args.seed,
+        "eval_curve": eval_curve,
+        "test_predictions_first": [
+            {"answer": a, "prediction": p} for a, p in zip(tiles["test"]["answer"][:20], match["predictions"][:20])
+        ],
+        "training_config": {"model": run["model"], "data": data_cfg, "training": train_cfg},
+        "versions": {
+            "slam_hf": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "huggingface_hub": huggingface_hub.__version__,
+            "python": platform.python_version(),
+        },
+        "log_history": history,
+    }
+    (output_dir / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+
+    card_data = ModelCardData(
+        model_name=model_name,
+        language="en",
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag=IMAGE_TEXT_TASK,
+        tags=list(CARD_TAGS) + ["mnist"],
+        metrics=["exact_match"],
+        eval_results=[
+            EvalResult(
+                task_type=IMAGE_TEXT_TASK,
+                task_name="Reading digits from an image",
+                dataset_type="mnist-digit-tiles",
+                dataset_name=f"MNIST digit tiles ({digits_text} digits), held-out source digits",
+                dataset_split="test",
+                metric_type="exact_match",
+                metric_name="Exact match (greedy)",
+                metric_value=round(match["exact_match"], 4),
+            )
+        ],
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template),
+        model_name=model_name,  # with eval_results, model_name leaves card_data's template variables
+        repo_id=repo_id,
+        variant=run["variant"],
+        variant_summary=variant.summary,
+        config_rows=_image_text_config_rows(config, variant, image_size, grid),
+        lora_modules=variant.lora_modules,
+        decoder_lora_pattern=DECODER_LORA_PATTERN,
+        digits_text=digits_text,
+        prompt=DIGIT_PROMPT,
+        image_token=processor.image_token,
+        sources=sources,
+        tokenizer_size=len(tokenizer),
+        m=metrics,
+        t=training_args,
+        optimizer=_enum_value(training_args.optim),
+        scheduler=_enum_value(training_args.lr_scheduler_type),
+        params=f"{n_params:,}",
+        params_vision=f"{n_params_vision:,}",
+        exact_match=f"{match['exact_match']:.2%}",
+        exact_match_before=f"{match_before['exact_match']:.2%}",
+        digit_accuracy=f"{match['digit_accuracy']:.2%}",
+        chance=f"{chance:.2%}",
+        loss_before=f"{val_loss_before:.4f}",
+        loss_after=f"{val_loss_after:.4f}",
+        wall_time=_format_seconds(wall_seconds),
+        train_time=_format_seconds(optim_seconds),
+        samples_per_second=f"{train_samples / optim_seconds:,.0f}",
+        train_samples=f"{train_samples:,}",
+        tokens_per_second=f"{train_samples * tokens_per_row / optim_seconds:,.0f}",
+        config_file=Path(args.config).as_posix(),
+    )
+    card.save(output_dir / "README.md")
+
+    print(
+        f"[slam-hf] saved {output_dir}: {n_params:,} params, test exact match {match_before['exact_match']:.2%} -> "
+        f"{match['exact_match']:.2%} (chance {chance:.2%}), {train_samples:,} train samples at "
+        f"{train_samples / optim_seconds:,.0f} samples/s, wall time {_format_seconds(wall_seconds)}",
+        flush=True,
+    )
+    return metrics
+
+
 @contextlib.contextmanager
 def _lm_loss_only(model):
     """Within the block, a model with an auxiliary router loss returns the LM loss alone."""
@@ -638,27 +1166,72 @@ def _format_seconds(seconds: float) -> str:
 
 
 def generate(args) -> str:
-    """`slam-hf generate`: prints and returns prompt + continuation."""
+    """`slam-hf generate`: prints and returns prompt + continuation (text models), or the answer (image-text
+    models such as SLAM v3, with or without `--image`)."""
     if not Path(args.model).is_dir() and not _looks_like_repo_id(args.model):
         raise ConfigError(f"model folder not found: {args.model}")
+    image = getattr(args, "image", None)
+    if image is not None and not Path(image).is_file() and not image.startswith(("http://", "https://")):
+        raise ConfigError(f"image file not found: {image}")
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep the output to the generated text
     if args.seed is not None:
         set_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
+    config = AutoConfig.from_pretrained(args.model, trust_remote_code=True)
+    image_text = getattr(config, "vision_config", None) is not None
+    if image is not None and not image_text:
+        raise ConfigError(
+            f"--image needs an image-text model (slam_v3), but {args.model} holds a text-only "
+            f"`{config.model_type}` model; drop --image to continue text with it"
+        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-    inputs = tokenizer(args.input, return_tensors="pt").to(device)
     gen_kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample}
     if args.do_sample:
         gen_kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if image_text:
+        return _generate_image_text(args, image, device, gen_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
+    model.to(device).eval()
+    inputs = tokenizer(args.input, return_tensors="pt").to(device)
     with torch.no_grad():
         output = model.generate(**inputs, **gen_kwargs)
     text = tokenizer.decode(output[0], skip_special_tokens=True)
+    print(text)
+    return text
+
+
+def _generate_image_text(args, image, device, gen_kwargs) -> str:
+    """Encoder-decoder generation: the processor encodes the prompt (and image), the answer alone is printed."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.image_utils import load_image
+
+    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+    model = AutoModelForImageTextToText.from_pretrained(args.model, trust_remote_code=True)
+    model.to(device).eval()
+    token = processor.image_token
+    if image is not None:
+        try:
+            picture = load_image(image)
+        except Exception as err:  # PIL raises several types for unreadable files
+            raise ConfigError(f"cannot read image {image}: {err}") from err
+        # One image: its placeholder goes first unless the prompt places it (as in training).
+        text = args.input if token in args.input else token + args.input
+        if text.count(token) != 1:
+            raise ConfigError(f"--input holds {text.count(token)} {token} tokens; one image needs exactly one")
+        inputs = processor(images=picture, text=text, return_tensors="pt")
+    else:
+        if token in args.input:
+            raise ConfigError(f"--input holds {token} but no --image was given; pass --image FILE")
+        inputs = processor(text=args.input, return_tensors="pt")
+    inputs = inputs.to(device)
+    with torch.no_grad():
+        output = model.generate(**inputs, **gen_kwargs)
+    text = processor.decode(output[0], skip_special_tokens=True)
     print(text)
     return text
 
@@ -678,7 +1251,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  slam-hf train --config configs/slam-v1-tiny.yaml --output-dir outputs/slam-v1-tiny\n"
         "  slam-hf train --config configs/slam-v2-tiny.yaml --output-dir outputs/slam-v2-tiny\n"
-        '  slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --max-new-tokens 40',
+        "  slam-hf train --config configs/slam-v3-tiny.yaml --output-dir outputs/slam-v3-tiny\n"
+        '  slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --max-new-tokens 40\n'
+        '  slam-hf generate --model outputs/slam-v3-tiny --image digits.png --input "what number is shown?"',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate}")
@@ -686,25 +1261,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train from a YAML config and write a Hub-ready folder",
-        description="Train a SLAM causal LM on the Shakespeare corpus and write a Hub-ready folder "
-        "(safetensors, config with auto_map, remote code, tokenizer, model card, training_metrics.json).",
+        description="Train a SLAM model and write a Hub-ready folder (safetensors, config with auto_map, remote "
+        "code, tokenizer or processor, model card, training_metrics.json): SLAM v1/v2 as causal LMs on the "
+        "Shakespeare corpus, SLAM v3 on MNIST digit tiles (image + 'what number is shown?' -> the digits).",
     )
     p.add_argument("--config", required=True, help="YAML file with `model`, `data` and `training` sections")
     p.add_argument("--output-dir", help="folder to write (default: `output_dir` in the YAML)")
     p.add_argument("--max-steps", type=_positive_int, help="override training.max_steps")
     p.add_argument("--seed", type=int, help="override training.seed")
-    p.add_argument("--max-train-rows", type=_positive_int, help="override data.max_train_rows (quick runs)")
-    p.add_argument("--max-eval-rows", type=_positive_int, help="override data.max_eval_rows (quick runs)")
+    p.add_argument(
+        "--max-train-rows",
+        type=_positive_int,
+        help="override data.max_train_rows (slam_v3: data.train_rows); quick runs",
+    )
+    p.add_argument(
+        "--max-eval-rows",
+        type=_positive_int,
+        help="override data.max_eval_rows (slam_v3: data.eval_rows and data.test_rows); quick runs",
+    )
     p.set_defaults(func=train)
 
     g = sub.add_parser(
         "generate",
-        help="continue a prompt with a trained model",
-        description="Load a folder written by `slam-hf train` (or a Hub repo) with trust_remote_code=True "
-        "and print the prompt followed by its continuation.",
+        help="continue a prompt (or answer about an image) with a trained model",
+        description="Load a folder written by `slam-hf train` (or a Hub repo) with trust_remote_code=True. "
+        "Text models (SLAM v1, v2) print the prompt followed by its continuation; image-text models (SLAM v3) "
+        "load their processor too and print the answer to the prompt about --image (or to the prompt alone).",
     )
     g.add_argument("--model", required=True, help="model folder or Hub repo id")
     g.add_argument("--input", required=True, help="prompt text")
+    g.add_argument(
+        "--image",
+        help="image file (or URL) for an image-text model (slam_v3); its <image> placeholder goes before the "
+        "prompt unless the prompt holds one",
+    )
     g.add_argument("--max-new-tokens", type=_positive_int, default=50)
     g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=_positive_float, default=0.8, help="with --do-sample")

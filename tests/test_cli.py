@@ -276,3 +276,239 @@ def test_v2_generate_and_load_without_slam_hf(trained_v2, capsys, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(trained_v2)
     ids = tokenizer("To be", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=5, do_sample=False)[0].tolist() == tokens
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SLAM v3: image + text -> text on MNIST digit tiles; the folder holds the processor too
+
+TINY_V3 = REPO / "configs" / "slam-v3-tiny.yaml"
+V3_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def trained_v3(tmp_path_factory):
+    out = tmp_path_factory.mktemp("slam-v3-tiny")
+    doc = yaml.safe_load(TINY_V3.read_text())
+    doc["training"].update(logging_steps=1, per_device_train_batch_size=8, per_device_eval_batch_size=16)
+    config = out / "run.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    argv = ["train", "--config", str(config), "--output-dir", str(out / "model"), "--max-steps", str(V3_STEPS)]
+    assert main(argv + ["--max-train-rows", "32", "--max-eval-rows", "16"]) == 0
+    return out / "model"
+
+
+def test_v3_yaml_is_valid():
+    from slam_hf.cli import load_run_config
+
+    run = load_run_config(TINY_V3)
+    assert run["variant"] == "slam_v3" and run["torch_threads"] == 1
+    assert run["data"] == {
+        "num_digits": 2, "train_rows": 8000, "eval_rows": 500, "test_rows": 500, "max_shift": 2, "seed": 0,
+    }  # fmt: skip
+    assert run["model"]["vision_config"]["patch_size"] == 14
+
+
+def test_v3_train_writes_hub_folder_and_card(trained_v3):
+    files = {p.name for p in trained_v3.iterdir()}
+    expected = {
+        "model.safetensors", "config.json", "generation_config.json", "configuration_slam.py", "modeling_slam.py",
+        "slam_mla.py", "slam_fusion.py", "slam_decoder.py", "slam_vision.py", "tokenizer.json",
+        "tokenizer_config.json", "processor_config.json", "processing_slam.py", "image_processing_slam.py",
+        "README.md", "training_metrics.json",
+    }  # fmt: skip
+    assert expected <= files, expected - files
+    assert not {"pytorch_model.bin", "training_args.bin"} & files
+    assert not any(name.startswith("checkpoint-") for name in files)
+
+    config = json.loads((trained_v3 / "config.json").read_text())
+    assert config["model_type"] == "slam_v3" and config["is_encoder_decoder"] is True
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_slam.SlamV3Config",
+        "AutoModel": "modeling_slam.SlamV3Model",
+        "AutoModelForImageTextToText": "modeling_slam.SlamV3ForConditionalGeneration",
+        "AutoModelForSeq2SeqLM": "modeling_slam.SlamV3ForConditionalGeneration",
+    }
+    assert config["vocab_size"] == 278 and config["image_token_id"] == 5 and config["decoder_start_token_id"] == 1
+    assert config["vision_config"]["patch_size"] == 14
+    processor_config = json.loads((trained_v3 / "processor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoProcessor"] == "processing_slam.SlamProcessor"
+    generation = json.loads((trained_v3 / "generation_config.json").read_text())
+    assert (generation["decoder_start_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (1, 2, 0)
+
+    metrics = json.loads((trained_v3 / "training_metrics.json").read_text())
+    assert metrics["variant"] == "slam_v3" and metrics["task"] == "image-text-to-text"
+    assert metrics["train_steps"] == V3_STEPS and metrics["train_samples"] == V3_STEPS * 8
+    assert (metrics["train_rows"], metrics["val_rows"], metrics["test_rows"]) == (32, 16, 16)
+    assert metrics["chance_exact_match"] == pytest.approx(0.01)
+    assert 0.0 <= metrics["test_exact_match"] <= 1.0 and 0.0 <= metrics["test_digit_accuracy"] <= 1.0
+    assert metrics["image_size"] == [28, 56] and metrics["patch_grid"] == [2, 4]
+    assert metrics["tokens_per_sample"] == 8 + 5 + 3  # 8 patches + 5 prompt tokens; 2 digits + eos
+    assert metrics["val_loss_before"] > 4.5  # ~ln(278) = 5.63 at initialisation
+    assert metrics["decoder_cache_bytes_per_token"] == (32 + 16) * 4  # (kv_lora_rank + rope key) x float32, 1 layer
+    assert metrics["decoder_cache_bytes_per_token_without_mla"] == 4 * (32 + 16 + 32) * 4
+    assert metrics["torch_threads"] == 1  # from the YAML
+    assert len([e for e in metrics["log_history"] if "loss" in e]) == V3_STEPS
+
+    text = (trained_v3 / "README.md").read_text()
+    assert "{{" not in text and "[More Information Needed]" not in text
+    assert "# slam-v3-tiny" in text and "(`slam_v3`)" in text
+    assert f"**{metrics['test_exact_match']:.2%}**" in text and "| chance exact match | 1.00% |" in text
+    assert f"{metrics['parameters']:,}" in text and "trust_remote_code=True" in text
+    assert "AutoModelForImageTextToText" in text and "AutoProcessor" in text and "--image digits.png" in text
+    assert "| vision patch grid | 2 × 4 = 8 patches (28 × 56 pixel tiles) |" in text
+    assert "| decoder cache bytes / token (float32, all layers) | 192 (latent 32 + RoPE key 16 per layer" in text
+    assert "text, image, shared, cross_modal: 1 layer(s) each" in text
+    assert "| layers | paths_0 → fusion → mla_decoder_0 |" in text
+    for name in ("`q_proj`", "`kv_b_proj`", "`o_proj`", "`kv_a_proj_with_mqa`"):
+        assert name in text, name
+    assert r'target_modules=r"model\.decoder\.layers\.\d+\.(self_attn|cross_attn)\.(q_proj|kv_b_proj|o_proj)"' in text
+
+    card = ModelCard.load(trained_v3 / "README.md")
+    assert card.data.pipeline_tag == "image-text-to-text" and card.data.library_name == "transformers"
+    assert {"slam", "custom_code"} <= set(card.data.tags) and card.data.model_name == "slam-v3-tiny"
+    (result,) = card.data.eval_results
+    assert result.metric_type == "exact_match" and result.metric_value == round(metrics["test_exact_match"], 4)
+
+
+@pytest.fixture(scope="module")
+def digit_png(tmp_path_factory):
+    """A held-out two-digit tile saved as a PNG, and its answer."""
+    from slam_hf.data import load_digit_tiles
+
+    row = load_digit_tiles(num_digits=2, sizes={"test": 1}, seed=0)["test"][0]
+    path = tmp_path_factory.mktemp("images") / "digits.png"
+    row["image"].save(path)
+    return path, row["answer"]
+
+
+def test_v3_generate_with_image(trained_v3, digit_png, capsys):
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path, _ = digit_png
+    capsys.readouterr()
+    argv = ["generate", "--model", str(trained_v3), "--image", str(path), "--input", "what number is shown?"]
+    assert main(argv + ["--max-new-tokens", "4"]) == 0
+    answer = _last_line(capsys.readouterr().out)  # after 3 steps of training: any string, maybe empty
+    assert isinstance(answer, str) and "what number" not in answer  # the answer alone, not the prompt
+
+    # The same answer as the processor + model loaded in-process (the tile's placeholder goes first, as in training).
+    processor = AutoProcessor.from_pretrained(trained_v3)
+    model = AutoModelForImageTextToText.from_pretrained(trained_v3).eval()
+    inputs = processor(images=Image.open(path), text="<image>what number is shown?", return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert answer == processor.decode(output[0], skip_special_tokens=True)
+
+    # A placeholder written into the prompt is used as is.
+    capsys.readouterr()
+    main(["generate", "--model", str(trained_v3), "--image", str(path), "--input", "<image>what number is shown?",
+          "--max-new-tokens", "4"])  # fmt: skip
+    assert _last_line(capsys.readouterr().out) == answer
+
+
+def _last_line(printed: str) -> str:
+    """The last printed line, which may be empty (print() of an empty answer)."""
+    assert printed.endswith("\n"), printed
+    return printed[:-1].rsplit("\n", 1)[-1]
+
+
+def test_v3_generate_text_only(trained_v3, capsys):
+    capsys.readouterr()
+    argv = ["generate", "--model", str(trained_v3), "--input", "what number is shown?", "--max-new-tokens", "3"]
+    assert main(argv) == 0
+    assert "what number" not in _last_line(capsys.readouterr().out)
+
+
+def test_generate_image_errors(trained, trained_v3, digit_png, tmp_path, capsys):
+    path, _ = digit_png
+    with pytest.raises(SystemExit) as exc:  # a text-only model
+        main(["generate", "--model", str(trained), "--image", str(path), "--input", "what number is shown?"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--image needs an image-text model (slam_v3)" in err and "text-only `slam_v1` model" in err
+
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--model", str(trained_v3), "--image", str(tmp_path / "none.png"), "--input", "x"])
+    assert exc.value.code == 2 and "image file not found" in capsys.readouterr().err
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--model", str(trained_v3), "--image", str(not_an_image), "--input", "x"])
+    assert exc.value.code == 2 and "cannot read image" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--model", str(trained_v3), "--input", "<image>what number is shown?"])
+    assert exc.value.code == 2 and "no --image was given" in capsys.readouterr().err
+
+
+def test_v3_folder_loads_without_slam_hf(trained_v3, digit_png, tmp_path):
+    """AutoProcessor + AutoModelForImageTextToText with trust_remote_code=True where slam_hf cannot be imported."""
+    path, _ = digit_png
+    script = (
+        "import sys, json\n"
+        "sys.modules['slam_hf'] = None\n"
+        "from PIL import Image\n"
+        "from transformers import AutoModelForImageTextToText, AutoProcessor\n"
+        "folder, image = sys.argv[1], sys.argv[2]\n"
+        "processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)\n"
+        "model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)\n"
+        "inputs = processor(images=Image.open(image), text='<image>what number is shown?', return_tensors='pt')\n"
+        "out = model.generate(**inputs, max_new_tokens=4, do_sample=False)\n"
+        "print(json.dumps([type(model).__module__, type(processor).__module__, out[0].tolist()]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(trained_v3), str(path)], cwd=tmp_path, env=env, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    model_module, processor_module, tokens = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not model_module.startswith("slam_hf") and not processor_module.startswith("slam_hf")
+
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(trained_v3)
+    model = AutoModelForImageTextToText.from_pretrained(trained_v3).eval()
+    inputs = processor(images=Image.open(path), text="<image>what number is shown?", return_tensors="pt")
+    assert model.generate(**inputs, max_new_tokens=4, do_sample=False)[0].tolist() == tokens
+
+
+@pytest.mark.parametrize(
+    "where, value, fragments",
+    [
+        (("model", "vision_config", "patch_sise"), 14, ["`model.vision_config.patch_sise`", "`patch_size`"]),
+        (("data", "block_size"), 128, ["unknown key `data.block_size`", "num_digits", "train_rows"]),
+        (("data", "num_digits"), [3, 2], ["`data.num_digits`", "1 <= min <= max"]),
+        (("data", "max_shift"), -1, ["`data.max_shift` must be an integer >= 0"]),
+        (("data", "train_rows"), 0, ["`data.train_rows` must be a positive integer"]),
+        (("torch_threads",), 0, ["`torch_threads` must be a positive integer or null"]),
+        (("model", "vision_config"), "vit", ["`model.vision_config` must be a mapping"]),
+    ],
+)
+def test_v3_yaml_errors_name_the_key(tmp_path, capsys, where, value, fragments):
+    doc = yaml.safe_load(TINY_V3.read_text())
+    node = doc
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--config", _write(tmp_path, doc), "--output-dir", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_v3_patch_size_must_divide_the_tiles(tmp_path, capsys):
+    doc = yaml.safe_load(TINY_V3.read_text())
+    doc["model"]["vision_config"]["patch_size"] = 16
+    doc["data"].update(train_rows=4, eval_rows=2, test_rows=2)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--config", _write(tmp_path, doc), "--output-dir", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert "`model.vision_config.patch_size` (16) must divide the 28 × 56 pixel tiles" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
