@@ -462,6 +462,25 @@ def _config_rows(config, block_size, variant: Variant) -> list[tuple[str, object
     return rows
 
 
+def _training_arguments(output_dir, train_cfg: dict):
+    """The run's TrainingArguments; an invalid `training` section becomes a ConfigError naming it."""
+    import torch
+    from transformers import TrainingArguments
+
+    try:
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=False,
+            use_cpu=not torch.cuda.is_available(),
+            prediction_loss_only=True,
+            **train_cfg,
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid `training` section: {err}") from err
+
+
 def _eval_perplexity(metrics: dict) -> tuple[float, float]:
     loss = float(metrics["eval_loss"])
     return loss, math.exp(loss)
@@ -502,7 +521,7 @@ def _train_text(args, run: dict, t_start: float) -> dict:
     import torch
     import transformers
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator, set_seed
+    from transformers import AutoModelForCausalLM, Trainer, default_data_collator, set_seed
 
     from . import __version__
     from .data import VALIDATION_WORKS, group_texts_for_causal_lm, load_default_tokenizer, load_shakespeare_corpus
@@ -556,19 +575,7 @@ def _train_text(args, run: dict, t_start: float) -> dict:
         flush=True,
     )
 
-    use_cpu = not torch.cuda.is_available()
-    try:
-        training_args = TrainingArguments(
-            output_dir=str(output_dir),
-            save_strategy="no",
-            report_to=[],
-            disable_tqdm=False,
-            use_cpu=use_cpu,
-            prediction_loss_only=True,
-            **train_cfg,
-        )
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid `training` section: {err}") from err
+    training_args = _training_arguments(output_dir, train_cfg)
 
     set_seed(training_args.seed)  # the model is built before Trainer seeds anything
     model = AutoModelForCausalLM.from_config(config)
@@ -824,7 +831,7 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
     import torch
     import transformers
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
-    from transformers import AutoModelForImageTextToText, Trainer, TrainingArguments, set_seed
+    from transformers import AutoModelForImageTextToText, Trainer, set_seed
 
     from . import __version__
     from .data import (
@@ -909,19 +916,7 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         flush=True,
     )
 
-    use_cpu = not torch.cuda.is_available()
-    try:
-        training_args = TrainingArguments(
-            output_dir=str(output_dir),
-            save_strategy="no",
-            report_to=[],
-            disable_tqdm=False,
-            use_cpu=use_cpu,
-            prediction_loss_only=True,
-            **train_cfg,
-        )
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid `training` section: {err}") from err
+    training_args = _training_arguments(output_dir, train_cfg)
 
     set_seed(training_args.seed)  # the model is built before Trainer seeds anything
     model = AutoModelForImageTextToText.from_config(config)
