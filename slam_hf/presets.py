@@ -1,0 +1,44 @@
+"""Preset sizes of every SLAM variant: `hub_templates/presets/<model_type>-<size>.json`, size tiny | small | base.
+
+    config = load_preset("slam_v2", "small")          # a SlamV2Config
+    model = AutoModelForCausalLM.from_config(config)
+
+tiny is the shape the CLI configs train in minutes on a CPU; small is the published SLAM test shape (hidden 512,
+16 heads, FFN 2048); base is BERT-base width (768, 12 heads, FFN 3072). All use the shipped 8192-token tokenizer,
+pre-RMSNorm and a gated MLP. Keyword overrides are applied on top (`load_preset("slam_v1", "tiny", ef_cycles=3)`).
+Not remote code: nothing in the model files imports this module.
+"""
+
+import json
+from pathlib import Path
+
+PRESET_SIZES = ("tiny", "small", "base")
+PRESET_VARIANTS = ("slam_v1", "slam_v2", "slam_v3")
+
+
+def preset_path(variant: str, size: str) -> Path:
+    """The preset file, inside the installed package or next to it in a source checkout."""
+    if variant not in PRESET_VARIANTS:
+        raise ValueError(f"Unknown SLAM variant {variant!r}; choose one of {', '.join(PRESET_VARIANTS)}.")
+    if size not in PRESET_SIZES:
+        raise ValueError(f"Unknown preset size {size!r}; choose one of {', '.join(PRESET_SIZES)}.")
+    here = Path(__file__).resolve().parent
+    name = f"{variant}-{size}.json"
+    for candidate in (here / "hub_templates" / "presets" / name, here.parent / "hub_templates" / "presets" / name):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"preset hub_templates/presets/{name} is missing from {here} and {here.parent}.")
+
+
+def load_preset(variant: str, size: str, **overrides):
+    """The variant's config class built from the preset, with `overrides` applied (validated as usual)."""
+    from transformers import AutoConfig
+
+    from . import register_auto_classes
+
+    register_auto_classes()  # AutoConfig.for_model needs the SLAM model types
+    fields = json.loads(preset_path(variant, size).read_text())
+    return AutoConfig.for_model(**{**fields, **overrides})
+
+
+__all__ = ["PRESET_SIZES", "PRESET_VARIANTS", "load_preset", "preset_path"]
