@@ -462,6 +462,40 @@ def _config_rows(config, block_size, variant: Variant) -> list[tuple[str, object
     return rows
 
 
+def _versions() -> dict:
+    import huggingface_hub
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "slam_hf": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "huggingface_hub": huggingface_hub.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _model_card(template, model_name, pipeline_tag, tags, metric, eval_result: dict, **template_vars):
+    """The run's model card: shared card metadata, one measured `EvalResult`, the template filled in."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    card_data = ModelCardData(
+        model_name=model_name,
+        language="en",
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        tags=tags,
+        metrics=[metric],
+        eval_results=[EvalResult(task_type=pipeline_tag, metric_type=metric, **eval_result)],
+    )
+    # with eval_results, model_name leaves card_data's template variables: pass it again
+    return ModelCard.from_template(card_data, template_path=str(template), model_name=model_name, **template_vars)
+
+
 def _training_arguments(output_dir, train_cfg: dict):
     """The run's TrainingArguments; an invalid `training` section becomes a ConfigError naming it."""
     import torch
@@ -517,13 +551,9 @@ def _train_text(args, run: dict, t_start: float) -> dict:
     template = _template_path()  # fail before training, not after
     # Training-only imports (datasets, Trainer, model cards) stay out of `generate` and `--help`.
     import datasets
-    import huggingface_hub
     import torch
-    import transformers
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
     from transformers import AutoModelForCausalLM, Trainer, default_data_collator, set_seed
 
-    from . import __version__
     from .data import VALIDATION_WORKS, group_texts_for_causal_lm, load_default_tokenizer, load_shakespeare_corpus
 
     variant = variants()[run["variant"]]
@@ -713,42 +743,25 @@ def _train_text(args, run: dict, t_start: float) -> dict:
         "seed": training_args.seed,
         "eval_curve": eval_curve,
         "training_config": {"model": run["model"], "data": data_cfg, "training": train_cfg},
-        "versions": {
-            "slam_hf": __version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "huggingface_hub": huggingface_hub.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": _versions(),
         "log_history": history,
     }
     (output_dir / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
-    card_data = ModelCardData(
-        model_name=model_name,
-        language="en",
-        license="apache-2.0",
-        library_name="transformers",
+    card = _model_card(
+        template,
+        model_name,
         pipeline_tag="text-generation",
         tags=list(CARD_TAGS),
-        metrics=["perplexity"],
-        eval_results=[
-            EvalResult(
-                task_type="text-generation",
-                task_name="Causal language modeling",
-                dataset_type="shakespeare",
-                dataset_name="Shakespeare, held-out works",
-                dataset_split="validation",
-                metric_type="perplexity",
-                metric_name="Perplexity (held-out works)",
-                metric_value=round(val_ppl_after, 2),
-            )
-        ],
-    )
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(template),
-        model_name=model_name,  # with eval_results, model_name leaves card_data's template variables
+        metric="perplexity",
+        eval_result=dict(
+            task_name="Causal language modeling",
+            dataset_type="shakespeare",
+            dataset_name="Shakespeare, held-out works",
+            dataset_split="validation",
+            metric_name="Perplexity (held-out works)",
+            metric_value=round(val_ppl_after, 2),
+        ),
         repo_id=repo_id,
         variant=run["variant"],
         variant_summary=variant.summary,
@@ -826,14 +839,10 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
     t_start = time.perf_counter() if t_start is None else t_start
     template = _template_path(IMAGE_TEXT_TEMPLATE_NAME)  # fail before training, not after
     import datasets
-    import huggingface_hub
     import numpy as np
     import torch
-    import transformers
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
     from transformers import AutoModelForImageTextToText, Trainer, set_seed
 
-    from . import __version__
     from .data import (
         DIGIT_PROMPT,
         DIGIT_SIZE,
@@ -1050,42 +1059,25 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
             {"answer": a, "prediction": p} for a, p in zip(tiles["test"]["answer"][:20], match["predictions"][:20])
         ],
         "training_config": {"model": run["model"], "data": data_cfg, "training": train_cfg},
-        "versions": {
-            "slam_hf": __version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "huggingface_hub": huggingface_hub.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": _versions(),
         "log_history": history,
     }
     (output_dir / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
-    card_data = ModelCardData(
-        model_name=model_name,
-        language="en",
-        license="apache-2.0",
-        library_name="transformers",
+    card = _model_card(
+        template,
+        model_name,
         pipeline_tag=IMAGE_TEXT_TASK,
         tags=list(CARD_TAGS) + ["mnist"],
-        metrics=["exact_match"],
-        eval_results=[
-            EvalResult(
-                task_type=IMAGE_TEXT_TASK,
-                task_name="Reading digits from an image",
-                dataset_type="mnist-digit-tiles",
-                dataset_name=f"MNIST digit tiles ({digits_text} digits), held-out source digits",
-                dataset_split="test",
-                metric_type="exact_match",
-                metric_name="Exact match (greedy)",
-                metric_value=round(match["exact_match"], 4),
-            )
-        ],
-    )
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(template),
-        model_name=model_name,  # with eval_results, model_name leaves card_data's template variables
+        metric="exact_match",
+        eval_result=dict(
+            task_name="Reading digits from an image",
+            dataset_type="mnist-digit-tiles",
+            dataset_name=f"MNIST digit tiles ({digits_text} digits), held-out source digits",
+            dataset_split="test",
+            metric_name="Exact match (greedy)",
+            metric_value=round(match["exact_match"], 4),
+        ),
         repo_id=repo_id,
         variant=run["variant"],
         variant_summary=variant.summary,
