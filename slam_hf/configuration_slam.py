@@ -6,7 +6,9 @@ tooling read them as usual. Invalid values fail here, at construction, with the 
 """
 
 from transformers import PretrainedConfig
+from transformers.utils import logging
 
+logger = logging.get_logger(__name__)
 MLP_TYPES = ("gelu", "geglu", "swiglu")
 NORM_TYPES = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
@@ -26,8 +28,74 @@ def _require_choice(config, name, choices):
         raise ValueError(f"`{name}`={value!r} is not supported; choose one of {', '.join(map(repr, choices))}.")
 
 
+# The Auto factories that load each kind of SLAM class as remote code (the keys `auto_map` needs), by class-name
+# suffix: `SlamV1` + `ForCausalLM` is loaded by AutoModelForCausalLM. `save_pretrained` writes these entries and a
+# loaded config.json is checked against them.
+AUTO_FACTORIES = {
+    "Model": ("AutoModel",),
+    "ForCausalLM": ("AutoModelForCausalLM",),
+    "ForMaskedLM": ("AutoModelForMaskedLM",),
+    "ForSequenceClassification": ("AutoModelForSequenceClassification",),
+    "ForConditionalGeneration": ("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM"),
+}
+# Running from a Hub repo (transformers imports remote code as `transformers_modules.<repo>...`) rather than from
+# the installed package: there `auto_map` is the only way transformers finds the classes.
+_IS_REMOTE_CODE = __name__.startswith("transformers_modules")
+
+
+def auto_map_entries(model_type: str, class_names) -> dict:
+    """`{factory: "modeling_slam.<class>"}` for SLAM model classes (unknown names are skipped)."""
+    prefix = "Slam" + model_type.removeprefix("slam_").upper()  # slam_v1 -> SlamV1
+    entries = {}
+    for name in class_names:
+        suffix = name.removeprefix(prefix) if name.startswith(prefix) else None
+        for factory in AUTO_FACTORIES.get(suffix, ()):
+            entries.setdefault(factory, f"modeling_slam.{name}")
+    return entries
+
+
 class SlamConfigMixin:
     """Fields and checks shared by every SLAM variant (DESIGN §2): attention, MLP, norm, positions."""
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        saved = config_dict.get("model_type")
+        if saved is not None and saved != cls.model_type:
+            known = ", ".join(f"{c.model_type} ({c.__name__})" for c in SLAM_CONFIG_CLASSES)
+            raise ValueError(
+                f"config.json has model_type {saved!r}, but it is being read by {cls.__name__} (model_type "
+                f"{cls.model_type!r}). SLAM variants defined by this configuration_slam.py: {known}. Fix `model_type` "
+                "and auto_map['AutoConfig'] in config.json so they name the same variant, or load the repo with a "
+                f"slam_hf release that defines {saved!r}."
+            )
+        return super().from_dict(config_dict, **kwargs)
+
+    def missing_auto_map_entries(self) -> dict:
+        """`{factory: "module.Class"}` that a saved model's `auto_map` lacks (see AUTO_FACTORIES); empty for a
+        config built in Python or saved without a model (no `auto_map` or no `architectures`)."""
+        auto_map = getattr(self, "auto_map", None)
+        architectures = getattr(self, "architectures", None)
+        if auto_map is None or not architectures:
+            return {}
+        trunk = "Slam" + self.model_type.removeprefix("slam_").upper() + "Model"
+        needed = {"AutoConfig": f"configuration_slam.{type(self).__name__}"}
+        needed.update(auto_map_entries(self.model_type, [trunk, *architectures]))
+        return {key: value for key, value in needed.items() if key not in auto_map}
+
+    def _check_auto_map(self):
+        missing = self.missing_auto_map_entries()
+        if not missing:
+            return
+        entries = ", ".join(f'"{key}": "{value}"' for key, value in missing.items())
+        message = (
+            f"config.json's auto_map lacks {', '.join(missing)} (needed for {', '.join(self.architectures)} as "
+            f"remote code): add {entries} to auto_map in config.json, or re-save the model with save_pretrained "
+            "after `import slam_hf`, which writes every entry."
+        )
+        if _IS_REMOTE_CODE:
+            raise ValueError(message)
+        # The installed package registers its classes itself; only Hub users without slam_hf need the entries.
+        logger.warning(message)
 
     def _init_shared(
         self,
@@ -201,6 +269,7 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         super().__init__(**kwargs)
+        self._check_auto_map()
 
     @property
     def ef_stride(self) -> int:
@@ -366,6 +435,7 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         super().__init__(**kwargs)
+        self._check_auto_map()
 
     @property
     def moa_key_value_heads(self) -> int:
@@ -616,6 +686,7 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
         self.decoder_start_token_id = decoder_start_token_id
         # a field of the base config: set through its __init__, which would otherwise reset it to False
         super().__init__(is_encoder_decoder=True, **kwargs)
+        self._check_auto_map()
 
     @property
     def layer_schedule(self) -> list[str]:
@@ -625,4 +696,19 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
         return encoder + fusion + [f"mla_decoder_{layer}" for layer in range(self.decoder_layers)]
 
 
-__all__ = ["ENCODER_PATHS", "SlamV1Config", "SlamV2Config", "SlamV3Config", "SlamV3VisionConfig"]
+SLAM_CONFIG_CLASSES = (SlamV1Config, SlamV2Config, SlamV3Config)
+
+
+def __getattr__(name):
+    # transformers resolves auto_map's "configuration_slam.<Class>" with getattr: name what this file does define.
+    if name.startswith("Slam"):
+        known = ", ".join(cls.__name__ for cls in (*SLAM_CONFIG_CLASSES, SlamV3VisionConfig))
+        raise AttributeError(
+            f"configuration_slam.py defines no {name} (it defines {known}); the auto_map or model_type in "
+            "config.json names a class from another slam_hf release: fix config.json, or copy the matching "
+            "configuration_slam.py into the repo."
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["AUTO_FACTORIES", "ENCODER_PATHS", "SlamV1Config", "SlamV2Config", "SlamV3Config", "SlamV3VisionConfig"]

@@ -15,6 +15,7 @@ compressed latent cache, cross-attention to the memory (K/V computed once per ge
 """
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +33,9 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
 )
 
-from .configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config
+from .configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config, auto_map_entries
 from .slam_blocks import SlamCyclicFusion, SlamEncoderFusionCycle, SlamLayer, SlamMoALayer, SlamWindowedLayer
+from .slam_checkpoint import check_loading_info, verify_checkpoint_files, write_checksums
 from .slam_compat import DynamicCache, EncoderDecoderCache, create_bidirectional_mask, create_causal_mask, init
 from .slam_decoder import SlamLatentBottleneck, SlamV3DecoderLayer
 from .slam_fusion import SlamFusionNode, SlamParallelPaths, path_masks
@@ -117,6 +119,38 @@ class SlamPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = False  # windows and segments build boolean masks; not tested with flash kernels
     _supports_flex_attn = False
+
+    # ---- saving and loading (integrity checks: slam_checkpoint.py) ----
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' from_pretrained, plus: weight files are checked against the `checksums.json` written at save
+        time, and missing or unexpected weights raise (pass output_loading_info=True to get the lists instead)."""
+        verify_checkpoint_files(pretrained_model_name_or_path, kwargs)
+        wants_info = kwargs.get("output_loading_info", False)
+        kwargs["output_loading_info"] = True
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if wants_info:
+            return model, info
+        check_loading_info(model, info, pretrained_model_name_or_path)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save_pretrained, plus: a complete `auto_map` (this class, the trunk and the config, so every
+        Auto factory loads the folder as remote code) and `checksums.json` for the weight files."""
+        if self._auto_class is not None:  # registered for remote code
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            wanted = auto_map_entries(self.config.model_type, [type(self).__name__, type(self.base_model).__name__])
+            self.config.auto_map = {**auto_map, **{k: v for k, v in wanted.items() if k not in auto_map}}
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        is_main_process = args[0] if args else kwargs.get("is_main_process", True)
+        if is_main_process and os.path.isdir(save_directory):
+            write_checksums(save_directory)
+        return result
+
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        # save_pretrained(push_to_hub=True) uploads before returning: record the checksums first.
+        write_checksums(working_dir)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
     def get_input_embeddings(self):
         return self.base_model.embed_tokens  # `base_model` is the trunk itself or a head's `self.model`
@@ -900,10 +934,6 @@ class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
     labels shifted right behind `decoder_start_token_id`, and the loss is the token cross-entropy."""
 
     _tied_weights_keys = {"lm_head.weight": "model.encoder.embed_tokens.weight"}
-    # The Auto factories that load this class. `register_for_auto_class` keeps only one of them (the last), so
-    # `save_pretrained` names the others in `auto_map` too: image-text-to-text pipelines load remote code through
-    # AutoModelForImageTextToText, seq2seq code through AutoModelForSeq2SeqLM.
-    _auto_classes = ("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM")
 
     def __init__(self, config: SlamV3Config):
         super().__init__(config)
@@ -920,15 +950,6 @@ class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value):
         self.lm_head = value
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if self._auto_class is not None:  # registered for remote code: map every factory to this class
-            target = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            for auto_class in self._auto_classes:
-                auto_map.setdefault(auto_class, target)
-            self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def forward(
         self,
@@ -1017,3 +1038,15 @@ __all__ = [
     "SlamV3Model",
     "SlamV3PreTrainedModel",
 ]
+
+
+def __getattr__(name):
+    # transformers resolves auto_map's "modeling_slam.<Class>" with getattr: name what this file does define.
+    if name.startswith("Slam"):
+        known = ", ".join(n for n in __all__ if n.startswith("Slam"))
+        raise AttributeError(
+            f"modeling_slam.py defines no {name} (it defines {known}); the auto_map in config.json names a class "
+            "from another slam_hf release: fix auto_map in config.json, or copy the matching modeling_slam.py and "
+            "its slam_*.py siblings into the repo."
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

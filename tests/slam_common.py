@@ -231,11 +231,16 @@ class SlamModelTesterMixin:
         dropped_norm = next(name for name in weights if "norm" in name and name.endswith(".weight"))
         partial = {name: t for name, t in weights.items() if name not in (dropped_linear, dropped_norm)}
         for name in os.listdir(folder):
-            if name != "model.safetensors":
+            if name not in ("model.safetensors", "checksums.json"):  # a hand-edited file: no save-time checksums
                 with open(os.path.join(folder, name), "rb") as src, open(tmp_path / name, "wb") as dst:
                     dst.write(src.read())
         save_file(partial, tmp_path / "model.safetensors", metadata={"format": "pt"})
 
+        # SLAM checkpoints load strictly: the error names the dropped keys ...
+        with pytest.raises(ValueError, match="not in the checkpoint") as err:
+            model_class.from_pretrained(tmp_path)
+        assert dropped_linear in str(err.value) and dropped_norm in str(err.value)
+        # ... and output_loading_info=True opts out: the lists come back, the gaps are initialised.
         reloaded, info = model_class.from_pretrained(tmp_path, output_loading_info=True)
         assert {dropped_linear, dropped_norm} <= set(info["missing_keys"]), info["missing_keys"]
         state = reloaded.state_dict()

@@ -18,6 +18,8 @@ import pytest
 import torch
 
 import slam_hf
+from slam_hf import MODEL_FAMILIES
+from transformers import AutoModel
 from slam_hf.data import load_default_tokenizer
 from slam_common import single_threaded_torch
 from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
@@ -229,9 +231,12 @@ def test_copied_files_and_auto_map(saved_folders):
 
         config = json.load(open(os.path.join(folder, "config.json")))
         config_class = info["model_class"].config_class.__name__
-        # Every factory of the class is named (SLAM v3's head: AutoModelForImageTextToText and AutoModelForSeq2SeqLM).
+        # Every factory of the class is named (SLAM v3's head: AutoModelForImageTextToText and AutoModelForSeq2SeqLM),
+        # and AutoModel names the trunk, so a head checkpoint also loads as the bare model.
+        trunk = next(heads[AutoModel] for cfg, heads in MODEL_FAMILIES if cfg is info["model_class"].config_class)
         assert config["auto_map"] == {
             "AutoConfig": f"configuration_slam.{config_class}",
+            "AutoModel": f"modeling_slam.{trunk.__name__}",
             **{auto_class: f"modeling_slam.{info['model_class'].__name__}" for auto_class in info["auto_classes"]},
         }
         assert config["architectures"] == [info["model_class"].__name__]

@@ -1,0 +1,166 @@
+"""Checkpoint integrity for SLAM models: a checksum manifest written at save time and checked at load time, and
+strict weight-key checks.
+
+Remote code: imports only the standard library and transformers, and is copied flat next to the weights.
+
+Why a manifest: huggingface_hub checks a download's size but not its content, and a file corrupted before upload
+gets a matching Hub checksum anyway. `save_pretrained` records the size and sha256 of every weight file it wrote in
+`checksums.json`; `from_pretrained` compares the files it is about to load with it (before safetensors parses
+them, so a truncated file is reported by name instead of as a header error). Folders without the manifest (saved
+by other tools) load as usual.
+
+Why strict keys: transformers only logs missing or unexpected weights and fills the gaps with random values. A
+SLAM checkpoint that does not cover the SLAM class it is loaded into is an error here, naming the keys; a task head
+that the checkpoint never had (a classification head on a causal-LM checkpoint) is still initialised as usual.
+"""
+
+import hashlib
+import json
+import os
+
+from transformers.utils.hub import cached_file
+
+CHECKSUMS_NAME = "checksums.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+_CHUNK = 1 << 20
+# from_pretrained arguments that say where files come from; passed on to `cached_file` unchanged.
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+
+
+def _with_variant(name: str, variant) -> str:
+    """`model.safetensors` -> `model.<variant>.safetensors`, as transformers names weight variants."""
+    if not variant:
+        return name
+    stem, _, suffix = name.partition(".")
+    return f"{stem}.{variant}.{suffix}"
+
+
+def _is_weight_file(name: str) -> bool:
+    return name.startswith("model") and (name.endswith(".safetensors") or name.endswith(".safetensors.index.json"))
+
+
+def file_digest(path) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a file, read in 1 MiB chunks."""
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
+def write_checksums(save_directory) -> dict:
+    """Record size and sha256 of every weight file in `save_directory` in `checksums.json`; returns the manifest."""
+    names = sorted(name for name in os.listdir(save_directory) if _is_weight_file(name))
+    files = {}
+    for name in names:
+        size, sha256 = file_digest(os.path.join(save_directory, name))
+        files[name] = {"size": size, "sha256": sha256}
+    manifest = {"algorithm": "sha256", "written_by": "slam_hf save_pretrained", "files": files}
+    with open(os.path.join(save_directory, CHECKSUMS_NAME), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return manifest
+
+
+def _files_to_load(manifest_files: dict, resolve, variant) -> list[str]:
+    """The recorded weight files that from_pretrained will read: the single file, or the index and its shards."""
+    single, index = _with_variant(WEIGHTS_NAME, variant), _with_variant(WEIGHTS_INDEX_NAME, variant)
+    if single in manifest_files:
+        return [single]
+    if index in manifest_files:
+        with open(resolve(index), encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [index] + [shard for shard in shards if shard in manifest_files]
+    return []
+
+
+def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
+    """Check the weight files of a checkpoint against its `checksums.json` before they are loaded.
+
+    Returns how many files were checked (0 when the checkpoint has no manifest). Raises OSError naming the file,
+    where it was read from and what to do, when a file is missing, has the wrong size or the wrong sha256.
+    """
+    if pretrained_model_name_or_path is None or kwargs.get("gguf_file") or kwargs.get("state_dict") is not None:
+        return 0
+    source = os.fspath(pretrained_model_name_or_path)
+    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+    manifest_path = cached_file(
+        source, CHECKSUMS_NAME, **hub_kwargs,
+        _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+    )
+    if manifest_path is None:
+        return 0
+    with open(manifest_path, encoding="utf-8") as f:
+        recorded = json.load(f).get("files", {})
+    where = source + (f" (revision {hub_kwargs['revision']})" if hub_kwargs.get("revision") else "")
+
+    def resolve(name):
+        path = cached_file(source, name, **hub_kwargs, _raise_exceptions_for_missing_entries=False)
+        if path is None:
+            raise OSError(
+                f"{name} is listed in {CHECKSUMS_NAME} of {where} but the file is missing. Upload the complete "
+                f"folder written by save_pretrained (or delete {CHECKSUMS_NAME} if the weights were removed on purpose)."
+            )
+        return path
+
+    names = _files_to_load(recorded, resolve, kwargs.get("variant"))
+    for name in names:
+        path = resolve(name)
+        expected = recorded[name]
+        size, sha256 = file_digest(path)
+        if size == expected["size"] and sha256 == expected["sha256"]:
+            continue
+        problem = (
+            f"is {size:,} bytes but {expected['size']:,} were saved: it is truncated or was replaced"
+            if size != expected["size"]
+            else f"has sha256 {sha256[:16]}… but {expected['sha256'][:16]}… was saved: its content is corrupted"
+        )
+        raise OSError(
+            f"{name} of {where} {problem} (checked against {CHECKSUMS_NAME}, written by save_pretrained). The copy "
+            f"read was {path}. Download it again (from_pretrained(..., force_download=True)); if the copy on the "
+            "Hub is bad, re-upload the original folder (`slam-hf push` or push_to_hub). If you changed the weights on "
+            f"purpose, re-save them with save_pretrained, which rewrites {CHECKSUMS_NAME}."
+        )
+    return len(names)
+
+
+def check_loading_info(model, info: dict, source) -> None:
+    """Raise ValueError if the checkpoint does not cover the SLAM model it was loaded into.
+
+    Unexpected keys are always an error (transformers already drops the weights of another task head). Missing
+    keys are an error inside the trunk, and anywhere when the checkpoint was saved from this very class; a task
+    head the checkpoint never had is left to transformers' usual initialisation and warning.
+    """
+    name = type(model).__name__
+    saved_as = list(getattr(model.config, "architectures", None) or [])
+    is_trunk = model.base_model is model
+    trunk_prefix = f"{model.base_model_prefix}."
+    missing = sorted(
+        key for key in info.get("missing_keys", ())
+        if is_trunk or name in saved_as or key.startswith(trunk_prefix)
+    )
+    unexpected = sorted(info.get("unexpected_keys", ()))
+    mismatched = sorted(str(item) for item in info.get("mismatched_keys", ()))
+    if not (missing or unexpected):
+        return
+
+    def listing(keys):
+        shown = ", ".join(keys[:8])
+        return shown + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weight(s) the model needs are not in the checkpoint: {listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weight(s) in the checkpoint match nothing in the model: {listing(unexpected)}")
+    if mismatched:
+        problems.append(f"re-initialised because of shape mismatches: {listing(mismatched)}")
+    raise ValueError(
+        f"The checkpoint {source} (saved as {', '.join(saved_as) or 'an unknown class'}) does not match "
+        f"{name} built from its config.json: " + "; ".join(problems) + ". The weight file and config.json come "
+        "from different models or versions: re-save both with save_pretrained from the same model. To load anyway "
+        "and inspect the lists, pass output_loading_info=True (the missing weights are then randomly initialised)."
+    )
