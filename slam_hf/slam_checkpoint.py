@@ -7,7 +7,7 @@ Why a manifest: huggingface_hub checks a download's size but not its content, an
 gets a matching Hub checksum anyway. `save_pretrained` records the size and sha256 of every weight file it wrote in
 `checksums.json`; `from_pretrained` compares the files it is about to load with it (before safetensors parses
 them, so a truncated file is reported by name instead of as a header error). Folders without the manifest (saved
-by other tools) load as usual.
+by other tools) get a structural check only: each safetensors file must be as long as its header says.
 
 Why strict keys: transformers only logs missing or unexpected weights and fills the gaps with random values. A
 SLAM checkpoint that does not cover the SLAM class it is loaded into is an error here, naming the keys; a task head
@@ -80,8 +80,9 @@ def _files_to_load(manifest_files: dict, resolve, variant) -> list[str]:
 def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
     """Check the weight files of a checkpoint against its `checksums.json` before they are loaded.
 
-    Returns how many files were checked (0 when the checkpoint has no manifest). Raises OSError naming the file,
-    where it was read from and what to do, when a file is missing, has the wrong size or the wrong sha256.
+    Returns how many files were checked. Raises OSError naming the file, where it was read from and what to do, when
+    a file is missing, has the wrong size or the wrong sha256. Without a manifest, only the safetensors layout is
+    checked (file length == what its header describes).
     """
     if pretrained_model_name_or_path is None or kwargs.get("gguf_file") or kwargs.get("state_dict") is not None:
         return 0
@@ -91,11 +92,11 @@ def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
         source, CHECKSUMS_NAME, **hub_kwargs,
         _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
     )
+    where = source + (f" (revision {hub_kwargs['revision']})" if hub_kwargs.get("revision") else "")
     if manifest_path is None:
-        return 0
+        return _check_safetensors_layout(source, hub_kwargs, where, kwargs.get("variant"))
     with open(manifest_path, encoding="utf-8") as f:
         recorded = json.load(f).get("files", {})
-    where = source + (f" (revision {hub_kwargs['revision']})" if hub_kwargs.get("revision") else "")
 
     def resolve(name):
         path = cached_file(source, name, **hub_kwargs, _raise_exceptions_for_missing_entries=False)
@@ -125,6 +126,46 @@ def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
             f"purpose, re-save them with save_pretrained, which rewrites {CHECKSUMS_NAME}."
         )
     return len(names)
+
+
+def _check_safetensors_layout(source, hub_kwargs: dict, where: str, variant) -> int:
+    """Without a manifest: each safetensors file must be exactly as long as its header says (catches truncation,
+    which safetensors reports without naming the file). Returns how many files were checked."""
+    missing_ok = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+    single = cached_file(source, _with_variant(WEIGHTS_NAME, variant), **hub_kwargs, **missing_ok)
+    if single is not None:
+        files = {_with_variant(WEIGHTS_NAME, variant): single}
+    else:
+        index = cached_file(source, _with_variant(WEIGHTS_INDEX_NAME, variant), **hub_kwargs, **missing_ok)
+        if index is None:
+            return 0  # other formats: transformers reports them
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        files = {name: cached_file(source, name, **hub_kwargs, **missing_ok) for name in shards}
+    for name, path in files.items():
+        if path is None:
+            continue  # transformers names a missing shard itself
+        size = os.path.getsize(path)
+        expected = None
+        if size >= 8:
+            with open(path, "rb") as f:
+                header_length = int.from_bytes(f.read(8), "little")
+                if 8 + header_length <= size:
+                    try:
+                        header = json.loads(f.read(header_length))
+                        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+                        expected = 8 + header_length + max(ends, default=0)
+                    except (ValueError, KeyError, TypeError, IndexError):
+                        expected = None
+        if expected == size:
+            continue
+        described = f"its header describes {expected:,}" if expected is not None else "its header is unreadable"
+        raise OSError(
+            f"{name} of {where} is {size:,} bytes but {described}: it is truncated or corrupted. The copy read was "
+            f"{path}. Download it again (from_pretrained(..., force_download=True)); if the copy on the Hub is bad, "
+            "re-upload the original folder."
+        )
+    return len(files)
 
 
 def check_loading_info(model, info: dict, source) -> None:

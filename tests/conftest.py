@@ -29,6 +29,8 @@ def hub_server(tmp_path, monkeypatch):
     (slam_hf has already imported it by now), so setting the environment alone is not enough: the constants, the
     module-level `huggingface_hub.hf_api.api` (bound to the old endpoint) and transformers' cached `HfApi` are patched
     too. The environment is still set, for subprocesses (`hub_server.env` is a ready-made copy for them).
+    The server object also has `.request_log`, `.response_log`, `.unrouted`, `.store` and the fault-injection hook
+    `.faults` / `.fault_log` (module docstring of tests/hub_server.py).
     """
     import huggingface_hub
     from huggingface_hub import constants
@@ -73,8 +75,24 @@ def hub_server(tmp_path, monkeypatch):
     for module in (transformers_hub, dynamic_module_utils):
         if module is not None and hasattr(module, "HF_MODULES_CACHE"):
             monkeypatch.setattr(module, "HF_MODULES_CACHE", str(hf_home / "modules"))
+    # HfFileSystem (datasets' hf:// paths) caches one instance per argument set, and with it the endpoint and the
+    # listings of the previous test's server: start from none. datasets copies endpoint and caches into
+    # `datasets.config` when it is imported (slam_hf.data imports it); a later import reads the environment above.
+    huggingface_hub.HfFileSystem.clear_instance_cache()
+    datasets_config = sys.modules.get("datasets.config")
+    if datasets_config is not None:
+        monkeypatch.setattr(datasets_config, "HF_ENDPOINT", server.url)
+        monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(datasets_config, "HF_DATASETS_OFFLINE", False, raising=False)
+        datasets_cache = hf_home / "datasets"
+        for name, value in (("HF_DATASETS_CACHE", datasets_cache), ("HF_MODULES_CACHE", hf_home / "modules"),
+                            ("DOWNLOADED_DATASETS_PATH", datasets_cache / "downloads"),
+                            ("EXTRACTED_DATASETS_PATH", datasets_cache / "downloads" / "extracted")):
+            if hasattr(datasets_config, name):
+                monkeypatch.setattr(datasets_config, name, value)  # Path objects, as datasets keeps them
     server.env = dict(os.environ)
     try:
         yield server
     finally:
         server.stop()
+        huggingface_hub.HfFileSystem.clear_instance_cache()

@@ -1,20 +1,55 @@
-"""A small, offline stand-in for the Hugging Face Hub HTTP API (standard library only).
+"""A small, offline stand-in for the Hugging Face Hub HTTP API (standard library only; PyYAML if present).
 
-It speaks the subset of the API that `huggingface_hub` (1.5 .. 2.x, with Xet disabled) and `transformers` use
-to push and pull a model repo:
+It speaks the subset of the API that `huggingface_hub` (1.5 .. 2.x, with Xet disabled), `transformers`, `peft` and
+`datasets` (4.0 .. 5.x) use to push and pull model and dataset repos:
 
 * ``GET  /api/whoami-v2``
+* ``GET  /api/agent-harnesses``                       (huggingface_hub 2.x user-agent detection; an empty registry)
 * ``POST /api/validate-yaml``                       (model card metadata; always valid here)
 * ``POST /api/repos/create``                          (409 + ``url`` in the body when the repo exists)
 * ``GET  /api/{type}s/{repo}`` and ``/api/{type}s/{repo}/revision/{rev}``
-* ``GET  /api/{type}s/{repo}/tree/{rev}[/{path}]``    (``?recursive=true``)
-* ``POST /api/{type}s/{repo}/preupload/{rev}``
+                                                      (``?blobs=true``: siblings with size, blobId, lfs; ``cardData``
+                                                      parsed from the README's YAML, as `dataset_info().card_data`)
+* ``GET  /api/{type}s/{repo}/tree/{rev}[/{path}]``    (``?recursive=true``; ``?expand=true``: lastCommit and
+                                                      securityFileStatus per entry)
+* ``POST /api/{type}s/{repo}/paths-info/{rev}``       (form ``paths=..&expand=..`` or JSON; missing paths left out)
+* ``POST /api/{type}s/{repo}/preupload/{rev}``        (LFS for the Hub's default .gitattributes patterns, e.g.
+                                                      *.safetensors, *.parquet, or >= 10 MiB)
 * ``POST /api/{type}s/{repo}/commit/{rev}``           (NDJSON: header / file / lfsFile / deletedFile / deletedFolder)
+* ``POST|DELETE /api/{type}s/{repo}/branch/{branch}`` (``startingPoint``; 409 when it exists) and
+  ``GET /api/{type}s/{repo}/refs``
 * ``POST /{repo}.git/info/lfs/objects/batch`` + ``PUT /_lfs/{sha256}`` (basic transfer only)
-* ``GET|HEAD /{repo}/resolve/{rev}/{path}``           (ETag, X-Repo-Commit, Content-Length, X-Linked-Etag/Size)
+* ``GET|HEAD /{repo}/resolve/{rev}/{path}``           (ETag, X-Repo-Commit, Content-Length, X-Linked-Etag/Size,
+                                                      one ``Range: bytes=`` range -> 206 + Content-Range, or 416)
 
-Errors carry the ``X-Error-Code`` header that ``huggingface_hub.utils.hf_raise_for_status`` maps to its exceptions:
-``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``.
+Dataset repos live under ``/datasets/...`` and ``/api/datasets/...``. Errors carry the ``X-Error-Code`` header that
+``huggingface_hub.utils.hf_raise_for_status`` maps to its exceptions: ``RepoNotFound``, ``RevisionNotFound``,
+``EntryNotFound`` (a 404 from resolve also carries ``X-Repo-Commit``).
+
+Who calls what (seen in the request logs): `datasets` push_to_hub (4.0 and 5.2) uploads parquet shards through LFS,
+reads the README through resolve, lists ``tree`` (4.0 recursively), deletes stale shards in the commit and calls
+``branch`` for ``revision=``; `load_dataset` uses revision info, ``tree``, HEAD/GET resolve and, when streaming,
+Range GETs. huggingface_hub resumes a download left ``.incomplete`` with a Range GET (1.5). ``paths-info``,
+``refs``, ``?expand=true`` and ``?blobs=true`` are there for `HfApi.get_paths_info`, `list_repo_refs`,
+`list_repo_tree(expand=True)` / HfFileSystem and `model_info(files_metadata=True)`.
+
+Logs (all lists, in arrival order): ``server.request_log`` [(method, path)], ``server.response_log`` [(method, path
+with query, status)], ``server.unrouted`` [(method, path)] of requests no endpoint here serves (a new client call
+shows up here by name; tests assert it stays empty).
+
+Fault injection, for tests of broken transfers. ``server.faults[(repo_id, path_in_repo)] = mode`` applies `mode`
+to every GET of that file through resolve (any repo type, any revision); ``= (mode, n)`` to the next n GETs only
+(then the entry removes itself). HEAD and the API (sizes, ETags, X-Linked-Size) stay truthful, as with a transfer
+broken between the Hub and the client. ``server.fault_log`` records [(repo_id, path, mode)] per faulty GET. Modes:
+
+* ``"truncate"``: a well-formed response with only the first half of the bytes (Content-Length says the short
+  length): huggingface_hub's size check ("Consistency check failed") must refuse it.
+* ``"corrupt"``: every byte, same length, the byte at offset len // 2 XOR 0xFF: the size check passes; only a
+  content checksum (e.g. slam_hf's checksums.json) can tell.
+* ``"drop"``: the full Content-Length is promised, half the body is sent, then the connection is closed (a reset
+  mid-download): the client must retry or fail, never keep a short file.
+
+Example: ``hub_server.faults[("slam-tester/m", "model.safetensors")] = ("corrupt", 1)`` corrupts the next download.
 
 State lives on disk under ``root``: ``objects/<sha256>`` holds every file's bytes (content-addressed) and
 ``state.json`` holds repos, branches (name -> commit sha) and commits (sha -> parent, message, tree). Each commit
@@ -32,9 +67,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 USER = "slam-tester"
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".npz", ".gguf")
+# The patterns of the `.gitattributes` the Hub writes into a new repo (files matching them go through LFS), plus the
+# media types of a new dataset repo; anything of 10 MiB or more goes through LFS too, as the Hub's preupload says.
+LFS_SUFFIXES = (
+    ".7z", ".arrow", ".bin", ".bz2", ".ckpt", ".ftz", ".gz", ".h5", ".joblib", ".mlmodel", ".model", ".msgpack",
+    ".npy", ".npz", ".onnx", ".ot", ".parquet", ".pb", ".pickle", ".pkl", ".pt", ".pth", ".rar", ".safetensors",
+    ".tar", ".tflite", ".tgz", ".wasm", ".xz", ".zip", ".zst", ".gguf",
+    ".mp3", ".wav", ".flac", ".ogg", ".jpg", ".jpeg", ".png", ".webp", ".mp4",
+)
 LFS_MIN_SIZE = 10 * 1024 * 1024
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+FAULT_MODES = ("truncate", "corrupt", "drop")
 
 
 def git_blob_sha1(data):
@@ -42,9 +85,9 @@ def git_blob_sha1(data):
 
 
 class HubError(Exception):
-    def __init__(self, status, code, message, body=None):
+    def __init__(self, status, code, message, body=None, headers=None):
         super().__init__(message)
-        self.status, self.code, self.message, self.body = status, code, message, body
+        self.status, self.code, self.message, self.body, self.headers = status, code, message, body, headers
 
 
 class HubStore:
@@ -123,6 +166,39 @@ class HubStore:
     def tree(self, repo_type, repo_id, sha):
         return self.repo(repo_type, repo_id)["commits"][sha]["tree"]
 
+    def create_branch(self, repo_type, repo_id, branch, starting_point=None):
+        with self.lock:
+            repo = self.repo(repo_type, repo_id)
+            if branch in repo["branches"]:
+                raise HubError(409, None, f"Reference already exists: refs/heads/{branch}")
+            repo["branches"][branch] = self.resolve_revision(repo_type, repo_id, starting_point or "main")
+            self._save()
+
+    def delete_branch(self, repo_type, repo_id, branch):
+        with self.lock:
+            repo = self.repo(repo_type, repo_id)
+            if branch == "main":
+                raise HubError(403, None, "Cannot delete the default branch")
+            if repo["branches"].pop(branch, None) is None:
+                raise HubError(404, "RevisionNotFound", f"Invalid rev id: {branch}")
+            self._save()
+
+    def last_commit(self, repo_type, repo_id, sha, path, folder=False):
+        """The newest commit, walking back from `sha`, that changed `path` (a file, or any file under a folder)."""
+        commits = self.repo(repo_type, repo_id)["commits"]
+
+        def state(commit_sha):
+            tree = commits[commit_sha]["tree"]
+            if not folder:
+                return tree.get(path)
+            prefix = path.rstrip("/") + "/"
+            return {name: info["sha256"] for name, info in tree.items() if name.startswith(prefix)}
+
+        current = sha
+        while commits[current]["parent"] is not None and state(commits[current]["parent"]) == state(current):
+            current = commits[current]["parent"]
+        return current, commits[current]
+
     @staticmethod
     def _new_sha():
         return hashlib.sha1(uuid.uuid4().bytes + str(time.time_ns()).encode()).hexdigest()
@@ -179,6 +255,26 @@ def is_lfs_path(path, size):
     return path.endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE
 
 
+def _iso_time(seconds):
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(seconds))
+
+
+def _parse_range(header, total):
+    """One `bytes=a-b` / `bytes=a-` / `bytes=-n` range -> inclusive (start, end), or (None, None) if unsatisfiable."""
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        raise HubError(400, None, f"unsupported Range header {header!r} (one byte range only)")
+    first, _, last = spec.strip().partition("-")
+    if first == "":
+        start, end = max(total - int(last), 0), total - 1
+    else:
+        start, end = int(first), (int(last) if last else total - 1)
+    end = min(end, total - 1)
+    if start >= total or start > end:
+        return None, None
+    return start, end
+
+
 class HubHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "SlamHubTestServer/0.1"
@@ -186,6 +282,10 @@ class HubHandler(BaseHTTPRequestHandler):
     # BaseHTTPRequestHandler logs every request to stderr; keep test output clean and keep a request log instead.
     def log_message(self, fmt, *args):
         pass
+
+    def send_response(self, code, message=None):
+        self.server.response_log.append((self.command, self.path, code))
+        super().send_response(code, message)
 
     @property
     def store(self):
@@ -225,7 +325,7 @@ class HubHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, err):
-        headers = {"X-Error-Message": err.message}
+        headers = {"X-Error-Message": err.message, **(err.headers or {})}
         if err.code:
             headers["X-Error-Code"] = err.code
         body = {"error": err.message, **(err.body or {})}
@@ -243,6 +343,7 @@ class HubHandler(BaseHTTPRequestHandler):
                     raise HubError(401, None, "Invalid credentials in Authorization header")
             handled = self._route(parts)
             if handled is False:
+                self.server.unrouted.append((self.command, self.path))
                 raise HubError(404, None, f"no route for {self.command} {url.path}")
         except HubError as err:
             self._error(err)
@@ -257,6 +358,8 @@ class HubHandler(BaseHTTPRequestHandler):
             rest = parts[1:]
             if rest == ["whoami-v2"] and cmd == "GET":
                 return self._whoami()
+            if rest == ["agent-harnesses"] and cmd == "GET":  # huggingface_hub >= 2.x user-agent detection
+                return self._send(200, {"standardEnvVars": [], "harnesses": {}})  # an empty registry: no agent
             if rest == ["validate-yaml"] and cmd == "POST":  # model card metadata check (ModelCard.validate)
                 json.loads(self._body() or b"{}")
                 return self._send(200, {"errors": [], "warnings": []})
@@ -274,6 +377,12 @@ class HubHandler(BaseHTTPRequestHandler):
                     return self._preupload(repo_type, repo_id, tail[1])
                 if len(tail) == 2 and tail[0] == "commit" and cmd == "POST":
                     return self._commit(repo_type, repo_id, tail[1])
+                if len(tail) == 2 and tail[0] == "paths-info" and cmd == "POST":
+                    return self._paths_info(repo_type, repo_id, tail[1])
+                if len(tail) == 2 and tail[0] == "branch" and cmd in ("POST", "DELETE"):
+                    return self._branch(repo_type, repo_id, unquote(tail[1]))
+                if tail == ["refs"] and cmd == "GET":
+                    return self._refs(repo_type, repo_id)
             return False
         if parts[:1] == ["_lfs"] and len(parts) == 2 and cmd == "PUT":
             return self._lfs_put(parts[1])
@@ -314,25 +423,72 @@ class HubHandler(BaseHTTPRequestHandler):
         sha = self.store.resolve_revision(repo_type, repo_id, revision)
         repo = self.store.repo(repo_type, repo_id)
         tree = repo["commits"][sha]["tree"]
-        modified = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(repo["commits"][sha]["time"]))
-        self._send(200, {
-            "_id": hashlib.md5(repo_id.encode()).hexdigest()[:24], "id": repo_id, "modelId": repo_id,
+        modified = _iso_time(repo["commits"][sha]["time"])
+        info = {
+            "_id": hashlib.md5(repo_id.encode()).hexdigest()[:24], "id": repo_id,
             "author": repo_id.split("/")[0], "sha": sha, "lastModified": modified, "createdAt": modified,
             "private": repo["private"], "disabled": False, "gated": False, "downloads": 0, "likes": 0,
-            "tags": [], "siblings": [{"rfilename": path} for path in sorted(tree)],
-        })
+            "tags": [], "siblings": [self._sibling(path, tree[path]) for path in sorted(tree)],
+        }
+        if repo_type == "model":
+            info["modelId"] = repo_id
+        card_data = self._card_data(tree.get("README.md"))
+        if card_data is not None:
+            info["cardData"] = card_data
+        self._send(200, info)
 
-    def _entry(self, path, info):
+    def _sibling(self, path, info):
+        sibling = {"rfilename": path}
+        if self.query.get("blobs", "").lower() in ("1", "true"):  # files_metadata=True
+            sibling.update({"blobId": info["oid"], "size": info["size"]})
+            if info["lfs"]:
+                sibling["lfs"] = {"sha256": info["sha256"], "size": info["size"], "pointerSize": info["pointer_size"]}
+        return sibling
+
+    def _card_data(self, readme):
+        """The README's YAML front matter, as the Hub parses it into `cardData` (None without PyYAML)."""
+        if readme is None:
+            return None
+        try:
+            import yaml
+        except ImportError:
+            return None
+        text = self.store.read_object(readme["sha256"]).decode("utf-8", "replace")
+        if not text.startswith("---"):
+            return None
+        end = text.find("\n---", 3)
+        data = yaml.safe_load(text[3:end]) if end != -1 else None
+        return data if isinstance(data, dict) else None
+
+    def _entry(self, path, info, repo_type=None, repo_id=None, sha=None):
         entry = {"type": "file", "oid": info["oid"], "size": info["size"], "path": path}
         if info["lfs"]:
             entry["lfs"] = {"oid": info["sha256"], "size": info["size"], "pointerSize": info["pointer_size"]}
+        if sha is not None:  # ?expand=true / paths-info expand: last commit and the (always clean) security scan
+            entry["lastCommit"] = self._last_commit(repo_type, repo_id, sha, path, folder=False)
+            entry["securityFileStatus"] = {
+                "status": "safe", "avScan": {"virusFound": False, "virusNames": None},
+                "pickleImportScan": None if not path.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"))
+                else {"highestSafetyLevel": "innocuous", "imports": []},
+            }
         return entry
+
+    def _folder(self, path, repo_type=None, repo_id=None, sha=None):
+        entry = {"type": "directory", "oid": hashlib.sha1(path.encode()).hexdigest(), "size": 0, "path": path}
+        if sha is not None:
+            entry["lastCommit"] = self._last_commit(repo_type, repo_id, sha, path, folder=True)
+        return entry
+
+    def _last_commit(self, repo_type, repo_id, sha, path, folder):
+        commit_sha, commit = self.store.last_commit(repo_type, repo_id, sha, path, folder=folder)
+        return {"id": commit_sha, "title": commit["message"], "date": _iso_time(commit["time"])}
 
     def _tree(self, repo_type, repo_id, revision, path):
         sha = self.store.resolve_revision(repo_type, repo_id, revision)
         tree = self.store.tree(repo_type, repo_id, sha)
         path = unquote(path).strip("/")
         recursive = self.query.get("recursive", "").lower() in ("1", "true")
+        expand = (repo_type, repo_id, sha) if self.query.get("expand", "").lower() in ("1", "true") else ()
         prefix = f"{path}/" if path else ""
         if path and path in tree:
             raise HubError(400, None, f"{path} is a file, not a folder")
@@ -345,13 +501,51 @@ class HubHandler(BaseHTTPRequestHandler):
                 folder = prefix + "/".join(rest[:depth])
                 if (recursive or depth == 1) and folder not in folders:
                     folders.add(folder)
-                    entries.append({"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(),
-                                    "size": 0, "path": folder})
+                    entries.append(self._folder(folder, *expand))
             if recursive or len(rest) == 1:
-                entries.append(self._entry(name, tree[name]))
+                entries.append(self._entry(name, tree[name], *expand))
         if path and not entries:
             raise HubError(404, "EntryNotFound", f"{path} does not exist on {revision}")
         self._send(200, entries)
+
+    def _paths_info(self, repo_type, repo_id, revision):
+        """`HfApi.get_paths_info` (and HfFileSystem): form-encoded `paths=a&paths=b&expand=...` (JSON accepted too).
+        Paths that do not exist are left out, as on the Hub."""
+        body = self._body()
+        if self.headers.get("Content-Type", "").startswith("application/json"):
+            payload = json.loads(body or b"{}")
+            paths, expand = payload.get("paths", []), payload.get("expand", False)
+        else:
+            form = parse_qs(body.decode(), keep_blank_values=True)
+            paths, expand = form.get("paths", []), (form.get("expand") or ["false"])[-1]
+        if isinstance(paths, str):
+            paths = [paths]
+        expand = str(expand).lower() in ("1", "true")
+        sha = self.store.resolve_revision(repo_type, repo_id, revision)
+        tree = self.store.tree(repo_type, repo_id, sha)
+        extra = (repo_type, repo_id, sha) if expand else ()
+        entries = []
+        for path in paths:
+            path = path.strip("/")
+            if path in tree:
+                entries.append(self._entry(path, tree[path], *extra))
+            elif path and any(name.startswith(path + "/") for name in tree):
+                entries.append(self._folder(path, *extra))
+        self._send(200, entries)
+
+    def _branch(self, repo_type, repo_id, branch):
+        if self.command == "DELETE":
+            self.store.delete_branch(repo_type, repo_id, branch)
+        else:
+            payload = json.loads(self._body() or b"{}")
+            self.store.create_branch(repo_type, repo_id, branch, payload.get("startingPoint"))
+        self._send(200, {})
+
+    def _refs(self, repo_type, repo_id):
+        repo = self.store.repo(repo_type, repo_id)
+        branches = [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
+                    for name, sha in sorted(repo["branches"].items())]
+        self._send(200, {"branches": branches, "converts": [], "tags": []})
 
     def _preupload(self, repo_type, repo_id, revision):
         payload = json.loads(self._body())
@@ -410,7 +604,7 @@ class HubHandler(BaseHTTPRequestHandler):
         info = self.store.tree(repo_type, repo_id, sha).get(path)
         if info is None:
             raise HubError(404, "EntryNotFound", f"Entry not found: {path} at {unquote(revision)}",
-                           {"X-Repo-Commit": sha})
+                           {"X-Repo-Commit": sha}, {"X-Repo-Commit": sha})
         headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         if info["lfs"]:
             headers.update({"ETag": f'"{info["sha256"]}"', "X-Linked-Etag": f'"{info["sha256"]}"',
@@ -418,7 +612,33 @@ class HubHandler(BaseHTTPRequestHandler):
         else:
             headers["ETag"] = f'"{info["oid"]}"'
         data = self.store.read_object(info["sha256"])
-        self._send(200, data, headers, content_type="application/octet-stream")
+        fault = self.server.take_fault(repo_id, path) if self.command == "GET" else None
+        if fault == "truncate":  # the transfer is short but well-formed: Content-Length says the short length
+            data = data[: len(data) // 2]
+        elif fault == "corrupt":  # same length, one byte flipped: only a checksum can tell
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+        status, total = 200, len(data)
+        byte_range = self.headers.get("Range")
+        if byte_range:
+            start, end = _parse_range(byte_range, total)
+            if start is None:
+                raise HubError(416, None, f"Range Not Satisfiable: {byte_range} of {total} bytes",
+                               headers={"Content-Range": f"bytes */{total}"})
+            data, status = data[start:end + 1], 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+        if fault == "drop":  # promise every byte, send half, hang up (a connection reset mid-download)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            for key, value in headers.items():
+                self.send_header(key, str(value))
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self._send(status, data, headers, content_type="application/octet-stream")
 
 
 class HubServer:
@@ -429,6 +649,12 @@ class HubServer:
         self.httpd.daemon_threads = True
         self.httpd.store = HubStore(root)
         self.httpd.request_log = []
+        self.httpd.response_log = []
+        self.httpd.unrouted = []
+        self.httpd.faults = {}
+        self.httpd.fault_log = []
+        self.httpd.fault_lock = threading.Lock()
+        self.httpd.take_fault = self._take_fault
         self.url = self.httpd.base_url = f"http://{host}:{self.httpd.server_address[1]}"
         self.thread = None
 
@@ -438,7 +664,45 @@ class HubServer:
 
     @property
     def request_log(self):
+        """[(method, path)] of every request, in arrival order (the path without its query string)."""
         return self.httpd.request_log
+
+    @property
+    def response_log(self):
+        """[(method, path with query, status)] of every response, in order: what 404'd, what got a 206."""
+        return self.httpd.response_log
+
+    @property
+    def unrouted(self):
+        """[(method, path with query)] of requests no endpoint here serves: a client calling an API this server
+        lacks (tests assert it stays empty, so a new client version's new call shows up by name)."""
+        return self.httpd.unrouted
+
+    @property
+    def faults(self):
+        """{(repo_id, path_in_repo): mode or (mode, times)}: see the module docstring."""
+        return self.httpd.faults
+
+    @property
+    def fault_log(self):
+        """[(repo_id, path_in_repo, mode)] for every GET a fault was applied to."""
+        return self.httpd.fault_log
+
+    def _take_fault(self, repo_id, path):
+        with self.httpd.fault_lock:
+            fault = self.httpd.faults.get((repo_id, path))
+            if fault is None:
+                return None
+            mode, times = (fault, None) if isinstance(fault, str) else fault
+            if mode not in FAULT_MODES:
+                raise HubError(500, None, f"unknown fault mode {mode!r}; use one of {FAULT_MODES}")
+            if times is not None:
+                if times <= 1:
+                    del self.httpd.faults[(repo_id, path)]
+                else:
+                    self.httpd.faults[(repo_id, path)] = (mode, times - 1)
+            self.httpd.fault_log.append((repo_id, path, mode))
+            return mode
 
     def start(self):
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

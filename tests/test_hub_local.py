@@ -8,9 +8,6 @@ subprocess that cannot import slam_hf.
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -24,6 +21,7 @@ from huggingface_hub.errors import (
 from transformers import AutoModelForCausalLM
 
 import slam_hf
+from hub_helpers import is_remote_module, run_fresh
 
 USER = "slam-tester"
 
@@ -147,21 +145,13 @@ def test_missing_file_repo_and_revision_errors(hub_server, tmp_path):
         AutoModelForCausalLM.from_pretrained(repo_id, revision="no-such-branch")
 
 
-# Runs in a clean interpreter: slam_hf must not be importable, everything comes from the local Hub.
-REMOTE_LOADER = textwrap.dedent(
-    """
-    import sys
-    sys.modules["slam_hf"] = None
-    import torch
-    from transformers import AutoModelForCausalLM
-    repo_id, revision, ids_path, out_path = sys.argv[1:5]
-    model = AutoModelForCausalLM.from_pretrained(repo_id, revision=revision, trust_remote_code=True).eval()
-    assert "transformers_modules" in type(model).__module__, type(model).__module__
-    with torch.no_grad():
-        logits = model(input_ids=torch.load(ids_path)).logits
-    torch.save({"logits": logits, "module": type(model).__module__}, out_path)
-    """
-)
+REMOTE_LOADER = """
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(ARGS["repo"], revision=ARGS["revision"], trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = model(input_ids=ARGS["input_ids"]).logits
+finish({"logits": logits, "module": type(model).__module__})
+"""
 
 
 def test_trust_remote_code_in_fresh_process(hub_server, tmp_path):
@@ -171,18 +161,7 @@ def test_trust_remote_code_in_fresh_process(hub_server, tmp_path):
     files = set(api_for(hub_server).list_repo_files(repo_id))
     assert "modeling_slam.py" in files and "configuration_slam.py" in files
 
-    torch.save(input_ids(), tmp_path / "ids.pt")
-    script = tmp_path / "load.py"
-    script.write_text(REMOTE_LOADER)
-    env = dict(hub_server.env)
-    env["PYTHONPATH"] = ""
-    env["HF_HOME"] = str(tmp_path / "fresh_home")  # nothing cached: every file comes from the server
-    env.pop("HF_HUB_CACHE", None)
-    result = subprocess.run(
-        [sys.executable, str(script), repo_id, sha, str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    out = torch.load(tmp_path / "out.pt")
-    assert sha in out["module"] or "slam_hyphen_v1_hyphen_remote" in out["module"]
+    # A clean interpreter (tests/hub_helpers.py): slam_hf not importable, nothing cached, everything from the Hub.
+    out = run_fresh(hub_server, tmp_path, REMOTE_LOADER, dict(repo=repo_id, revision=sha, input_ids=input_ids()))
+    assert is_remote_module(out["module"]) and "slam_hyphen_v1_hyphen_remote" in out["module"], out["module"]
     torch.testing.assert_close(out["logits"], logits_of(model), rtol=0, atol=0)
