@@ -5,6 +5,7 @@
     slam-hf train --config configs/slam-v3-tiny.yaml --output-dir out/slam-v3-tiny
     slam-hf generate --model out/slam-v1-tiny --input "To be, or not to be"
     slam-hf generate --model out/slam-v3-tiny --image digits.png --input "what number is shown?"
+    slam-hf push --model out/slam-v1-tiny --repo your-name/slam-v1-tiny
 
 `train` reads three YAML sections (`model`, `data`, `training`; plus optional `output_dir` and `hub`).
 Text variants (SLAM v1, v2): trains `AutoModelForCausalLM.from_config(config)` with the transformers `Trainer`
@@ -16,8 +17,8 @@ Image-text variant (SLAM v3): trains `AutoModelForImageTextToText.from_config(co
 ("what number is shown?" -> the digit string; validation and test tiles are built from digit images never
 seen in training), reports held-out exact match of greedy generation against chance, and saves the processor
 (tokenizer + image processor, with their remote code) next to the model.
-Every folder loads with `trust_remote_code=True` where slam_hf is not installed, and can be uploaded to the
-Hub as is.
+Every folder loads with `trust_remote_code=True` where slam_hf is not installed; `push` checks a folder and
+uploads it to the Hub (slam_hf.hub).
 
 Not part of the remote code: this module may import anything.
 """
@@ -66,6 +67,7 @@ class Variant(NamedTuple):
     lora_modules: str  # model-card paragraph: which modules LoRA can target
     task: str = TEXT_TASK  # TEXT_TASK: causal LM on Shakespeare; IMAGE_TEXT_TASK: digit tiles -> digit string
     head_auto_classes: tuple = ("AutoModelForCausalLM",)  # auto_map entries of head_class
+    interpretation: tuple = ()  # model card: where the public description was loose, what this code chose
 
 
 def _v1_rows(config) -> list[tuple[str, object]]:
@@ -165,6 +167,17 @@ def variants() -> dict[str, Variant]:
             "generating.",
             _v1_rows,
             f"Valid targets: `q_proj`, `k_proj`, `v_proj`, `o_proj` (attention), {_MLP_LORA_MODULES}.",
+            interpretation=(
+                "The published 60 % / 60 % split is two numbers, `ef_segment_length=60`, `ef_segment_overlap=20` "
+                "(the defaults); any sequence length works and windows past the end are partial.",
+                "Windows sit at fixed positions, not fractions of the length, so generation never re-segments "
+                "earlier tokens and the KV cache stays valid; each EF block owns one cache layer.",
+                "\"Mean of the two outputs\" is the mean over every window covering a token; a causal model "
+                "attends causally inside windows.",
+                "Positions count real tokens, so left padding does not change the outputs.",
+                "Published defaults: post-LayerNorm, GELU, multi-head attention; positions (unspecified in the "
+                "description) default to RoPE.",
+            ),
         ),
         "slam_v2": Variant(
             SlamV2Config,
@@ -187,6 +200,16 @@ def variants() -> dict[str, Variant]:
             "`router` is the MoA router (hidden size to one logit per expert). To adapt the experts alone, pass "
             r'a regular expression: `target_modules=r".*experts\.\d+\.(q_proj|o_proj)"`. '
             f"{_MLP_LORA_MODULES} (it includes the router).",
+            interpretation=(
+                "The README's design is implemented, not the published code (which used overlapping windows and "
+                "dense \"MoE attention\").",
+                "Segments have a fixed length at fixed positions (the last may be partial; longer inputs have more "
+                "than four, segment k going to block (k + c) mod 4), so the KV cache stays valid.",
+                "The four blocks are shared by all cycles; each cycle computes new K/V and owns one cache layer.",
+                "Experts have their own query and output projections over shared keys and values (top-k routing, "
+                "GQA ratio kept); the load-balancing loss is added whenever labels are given.",
+                "Published defaults: post-LayerNorm, GELU, MHA, RoPE, 8 experts, top-2.",
+            ),
         ),
         "slam_v3": Variant(
             SlamV3Config,
@@ -216,6 +239,18 @@ def variants() -> dict[str, Variant]:
             '`target_modules="all-linear"` adapts every projection except the tied output head.',
             task=IMAGE_TEXT_TASK,
             head_auto_classes=("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM"),
+            interpretation=(
+                "An encoder-decoder, not decoder-only: the prompt and image are encoded once, the answer is decoded "
+                "with cross-attention to the fused memory (the published code never implemented the multimodal part).",
+                "Images enter as one `<image>` placeholder per patch; the vision tower uses 2D RoPE over the patch "
+                "grid, the joint sequence 1D RoPE over real tokens.",
+                "The four paths share one input and differ only in weights and attention masks; a token with no key "
+                "in a path gets exactly zero from it.",
+                "Fusion node = mean of the paths + a learned projection of their concatenation, then one "
+                "cross-modal attention layer, optionally a learned-latent bottleneck.",
+                "Decoder self-attention is DeepSeek-V2's Multi-head Latent Attention: the cache holds only the "
+                "compressed latent and one RoPE key per token; decoding absorbs the up-projections.",
+            ),
         ),
     }
 
@@ -235,17 +270,16 @@ HUB_KEYS = ("model_name", "repo_id")
 # TrainingArguments fields that the command sets itself: what it writes, where, and how it reports.
 RESERVED_TRAINING_KEYS = {
     "output_dir": "set the top-level `output_dir:` or pass --output-dir",
-    "save_strategy": "only the final model is saved (save_strategy='no')",
-    "save_steps": "only the final model is saved (save_strategy='no')",
     "report_to": "the command reports to the console and training_metrics.json",
     "disable_tqdm": "the progress bar is always shown",
     "use_cpu": "chosen automatically (CPU when no CUDA device is available)",
     "prediction_loss_only": "evaluation computes the loss only",
-    "load_best_model_at_end": "no checkpoints are saved",
-    "push_to_hub": "upload the finished folder yourself (see the model card)",
-    "resume_from_checkpoint": "no checkpoints are saved",
+    "load_best_model_at_end": "the folder holds the model after the last step; checkpoints stay in checkpoint-N",
+    "push_to_hub": "upload the finished folder with `slam-hf push --model DIR --repo ORG/NAME`",
+    "resume_from_checkpoint": "pass --resume-from-checkpoint PATH (or `latest`) to `slam-hf train`",
     "do_train": "implied by `slam-hf train`",
     "do_eval": "implied by `slam-hf train`",
+    "eval_on_start": "the command always scores the model before training (the `before` numbers)",
 }
 
 
@@ -406,11 +440,14 @@ def _evenly_spaced(dataset, limit):
     return dataset.select(sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)}))
 
 
-def _hardware() -> str:
+def _hardware(processes: int = 1, distributed: str | None = None) -> str:
+    """The device one process ran on; with `processes` > 1, how many ran and how (`distributed`: e.g. "DDP, gloo")."""
     import torch
 
+    if processes > 1:
+        return f"{processes} processes ({distributed or 'distributed'}), each on {_hardware()}"
     if torch.cuda.is_available():
-        return f"GPU: {torch.cuda.get_device_name(0)}"
+        return f"GPU: {torch.cuda.get_device_name()}"
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -492,6 +529,9 @@ def _model_card(template, model_name, pipeline_tag, tags, metric, eval_result: d
         metrics=[metric],
         eval_results=[EvalResult(task_type=pipeline_tag, metric_type=metric, **eval_result)],
     )
+    from .hub import tested_transformers_range
+
+    template_vars.setdefault("tested_range", tested_transformers_range())
     # with eval_results, model_name leaves card_data's template variables: pass it again
     return ModelCard.from_template(card_data, template_path=str(template), model_name=model_name, **template_vars)
 
@@ -501,10 +541,12 @@ def _training_arguments(output_dir, train_cfg: dict):
     import torch
     from transformers import TrainingArguments
 
+    # Checkpoints only when the YAML asks for them (training.save_strategy / save_steps); the final folder is
+    # written by the command either way.
+    train_cfg = {"save_strategy": "no", **train_cfg}
     try:
         return TrainingArguments(
             output_dir=str(output_dir),
-            save_strategy="no",
             report_to=[],
             disable_tqdm=False,
             use_cpu=not torch.cuda.is_available(),
@@ -520,14 +562,135 @@ def _eval_perplexity(metrics: dict) -> tuple[float, float]:
     return loss, math.exp(loss)
 
 
+def _resume_checkpoint(value, output_dir: Path) -> tuple[str, int, int] | None:
+    """`--resume-from-checkpoint`: (checkpoint folder, its global step, entries in its log history); `latest` is the
+    newest checkpoint-N in `output_dir`. None when not resuming."""
+    if value is None:
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if value == "latest":
+        path = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if path is None:
+            raise ConfigError(
+                f"--resume-from-checkpoint latest: no checkpoint-N folder in {output_dir}; runs write them with "
+                "`training.save_strategy: steps` and `training.save_steps: N` in the YAML, or pass a checkpoint "
+                "folder (and the --output-dir of the run that wrote it for `latest`)"
+            )
+        path = Path(path)
+    else:
+        path = Path(value)
+    state_file = path / "trainer_state.json"
+    if not state_file.is_file():
+        raise ConfigError(
+            f"--resume-from-checkpoint {value}: {path} is not a Trainer checkpoint (no trainer_state.json); pass a "
+            "checkpoint-N folder written with `training.save_strategy` in the YAML, or `latest`"
+        )
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    return str(path), int(state["global_step"]), len(state.get("log_history", []))
+
+
+def _enable_cpu_fsdp(trainer) -> None:
+    """Under `accelerate launch` with `distributed_type: FSDP` on CPU, shard with FSDP2 (torch's `fully_shard`).
+
+    accelerate (1.10 to 1.15 at least) switches to FSDP only for accelerator devices: `AcceleratorState` sets
+    `DistributedType.FSDP` inside its MULTI_GPU / NPU / XPU / ... branch (accelerate/state.py), so a CPU run stays
+    MULTI_CPU, the FSDP plugin is dropped and Trainer wraps the model in DDP, replicating every parameter without a
+    word. torch's FSDP2 runs on CPU with gloo, and so does accelerate's FSDP2 preparation once the state says FSDP:
+    this turns it on, with the plugin accelerate builds from the launcher's FSDP_* variables. FSDP1 cannot run on
+    CPU: torch raises "FSDP needs a non-CPU accelerator device" (torch/distributed/fsdp/_init_utils.py).
+    Call right after `Trainer.create_accelerator_and_postprocess`.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or trainer.is_fsdp_enabled:
+        return
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = FullyShardedDataParallelPlugin()  # reads FSDP_VERSION, FSDP_AUTO_WRAP_POLICY, ... like accelerate does
+    if plugin.fsdp_version != 2:
+        raise ConfigError(
+            f"FSDP version {plugin.fsdp_version} cannot run on CPU (torch: 'FSDP needs a non-CPU accelerator "
+            "device'); set `fsdp_version: 2` under `fsdp_config` in the accelerate config, as "
+            "configs/accelerate/fsdp-cpu-2proc.yaml does"
+        )
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    # as AcceleratorState.__init__ does on its FSDP path: later AcceleratorState() calls copy it back from here
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True
+
+
+def _distributed_label(trainer) -> str:
+    """How the processes of this run worked together, e.g. "DDP, gloo" or "FSDP2, gloo"."""
+    state = trainer.accelerator.state
+    if trainer.is_fsdp_enabled:
+        kind = f"FSDP{getattr(state.fsdp_plugin, 'fsdp_version', 1)}"
+    elif state.num_processes > 1:
+        kind = "DDP"
+    else:
+        kind = "single process"
+    backend = getattr(state, "backend", None)
+    return f"{kind}, {backend}" if backend else kind
+
+
+def _parameters_per_process(trainer) -> list[int]:
+    """Parameter elements each process holds after `prepare` (FSDP: its shards; DDP: a full replica). Collective."""
+    import torch
+
+    model = trainer.model_wrapped
+    if trainer.is_fsdp_enabled:
+        # FSDP2 leaves groups with reshard_after_forward=False (accelerate's embedding/head group) gathered after a
+        # forward pass; reshard to count what each process stores between steps.
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+    local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
+    counts = trainer.accelerator.gather(torch.tensor([local], device=trainer.args.device))
+    return [int(n) for n in counts.tolist()]
+
+
+def _unsharded_model(trainer, model, build):
+    """The trained model as one plain module: `model` itself, or under FSDP a fresh `build()` holding the full
+    state dict (gathered from every process; a collective, so every process calls it; only the main process gets
+    the weights)."""
+    if not trainer.is_fsdp_enabled:
+        return model
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if not trainer.is_world_process_zero():
+        return None
+    full = build()
+    full.load_state_dict(state_dict)
+    return full
+
+
 def train(args) -> dict:
     """`slam-hf train`: returns the metrics written to training_metrics.json."""
     t_start = time.perf_counter()
     run = load_run_config(args.config)
-    with _torch_threads(run["torch_threads"]):
+    with _torch_threads(run["torch_threads"]), _distributed_teardown():
         if variants()[run["variant"]].task == IMAGE_TEXT_TASK:
             return train_image_text(args, run, t_start)
         return _train_text(args, run, t_start)
+
+
+@contextlib.contextmanager
+def _distributed_teardown():
+    """Under `accelerate launch`, end the process group when training is done: left to interpreter exit, gloo's
+    threads can abort a rank ("terminate called without an active exception", seen on a busy 2-core machine)
+    after the run has already finished and saved."""
+    yield  # on an error, no barrier: the other ranks may never reach it
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 @contextlib.contextmanager
@@ -570,6 +733,19 @@ def _train_text(args, run: dict, t_start: float) -> dict:
     model_name = run["hub"].get("model_name") or output_dir.resolve().name
     repo_id = run["hub"].get("repo_id") or str(output_dir)
     block_size = data_cfg["block_size"]
+    resume = _resume_checkpoint(getattr(args, "resume_from_checkpoint", None), output_dir)
+    # Under `accelerate launch` every process runs all of this (data, training, evaluation are sharded across them);
+    # only the main process prints and writes the folder.
+    # The "before" evaluation runs inside train() (eval_on_start), after the model is prepared: a Trainer.evaluate()
+    # call before train() prepares the model for evaluation only, and with accelerate 1.15 the later training
+    # prepare() then skips the DDP wrapper (`_is_accelerate_prepared`), so processes would not sync gradients.
+    # Resumed, that evaluation scores the checkpoint's weights (logged at its step).
+    training_args = _training_arguments(output_dir, {**train_cfg, "eval_on_start": True})
+    is_main = training_args.process_index == 0
+
+    def say(message):
+        if is_main:
+            print(f"[slam-hf] {message}", flush=True)
 
     # Tokenizer first: it fixes vocab_size and the special-token ids of the model config.
     tokenizer = load_default_tokenizer()
@@ -589,7 +765,7 @@ def _train_text(args, run: dict, t_start: float) -> dict:
             f"({config.max_position_embeddings})"
         )
 
-    print(f"[slam-hf] preparing data: Shakespeare corpus, block_size={block_size}", flush=True)
+    say(f"preparing data: Shakespeare corpus, block_size={block_size}")
     datasets.disable_progress_bars()
     corpus = load_shakespeare_corpus()
     train_rows = group_texts_for_causal_lm(corpus["train"], tokenizer, block_size)
@@ -598,25 +774,20 @@ def _train_text(args, run: dict, t_start: float) -> dict:
     train_rows_total, eval_rows_total = len(train_rows), len(eval_rows)
     train_rows = _evenly_spaced(train_rows, data_cfg["max_train_rows"])
     eval_rows = _evenly_spaced(eval_rows, data_cfg["max_eval_rows"])
-    print(
-        f"[slam-hf] train: {len(train_rows)}/{train_rows_total} rows of {block_size} tokens from "
+    say(
+        f"train: {len(train_rows)}/{train_rows_total} rows of {block_size} tokens from "
         f"{corpus['train'].num_rows} works; validation: {len(eval_rows)}/{eval_rows_total} rows from the "
-        f"{len(VALIDATION_WORKS)} held-out works ({', '.join(VALIDATION_WORKS)})",
-        flush=True,
+        f"{len(VALIDATION_WORKS)} held-out works ({', '.join(VALIDATION_WORKS)})"
     )
 
-    training_args = _training_arguments(output_dir, train_cfg)
-
-    set_seed(training_args.seed)  # the model is built before Trainer seeds anything
+    # The model is built before Trainer seeds anything; every process builds the same weights (FSDP2 does not
+    # broadcast them from rank 0 as DDP does).
+    set_seed(training_args.seed)
     model = AutoModelForCausalLM.from_config(config)
     use_cache = model.config.use_cache  # Trainer switches the cache off for training; the saved config keeps it
     n_params = model.num_parameters()
     n_params_no_emb = model.num_parameters(exclude_embeddings=True)
-    print(
-        f"[slam-hf] {run['variant']}: {n_params:,} parameters ({n_params_no_emb:,} without embeddings); "
-        f"{_hardware()}",
-        flush=True,
-    )
+    say(f"{run['variant']}: {n_params:,} parameters ({n_params_no_emb:,} without embeddings)")
 
     class PerplexityTrainer(Trainer):
         """Scores the LM loss alone, and logs the auxiliary (MoA load-balancing) loss next to the training loss.
@@ -629,6 +800,10 @@ def _train_text(args, run: dict, t_start: float) -> dict:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.aux_losses = []  # training micro-batches since the last log
+
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            _enable_cpu_fsdp(self)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss, outputs = super().compute_loss(
@@ -659,32 +834,47 @@ def _train_text(args, run: dict, t_start: float) -> dict:
         data_collator=default_data_collator,
     )
 
-    before = trainer.evaluate()
-    val_loss_before, val_ppl_before = _eval_perplexity(before)
-    print(
-        f"[slam-hf] held-out perplexity before training: {val_ppl_before:.2f} (loss {val_loss_before:.4f})", flush=True
-    )
-    history_before = trainer.state.log_history
-    train_output = trainer.train()
+    processes = max(training_args.world_size, 1)
+    hardware = _hardware(processes, _distributed_label(trainer))
+    say(f"hardware: {hardware}")
+    start_step, restored = (resume[1], resume[2]) if resume else (0, 0)
+    if resume:
+        say(f"resuming from {resume[0]} at step {start_step}")
+    train_output = trainer.train(resume_from_checkpoint=resume[0] if resume else None)
     steps = trainer.state.global_step
-    # train() starts a fresh TrainerState (and log history); keep only what it logged.
-    in_train = list(trainer.state.log_history)
-    if trainer.state.log_history is history_before:
-        in_train = in_train[len(history_before) :]
-    # Throughput counts optimisation only: evaluations inside train() are subtracted.
-    eval_seconds_in_train = sum(e.get("eval_runtime", 0.0) for e in in_train)
+    # The whole run's log: a resumed run's starts with the `restored` entries of its checkpoint.
+    history = list(trainer.state.log_history)
+    this_run = history[restored:]
+    before = next(e for e in this_run if "eval_loss" in e)  # eval_on_start: the model train() started from
+    val_loss_before, val_ppl_before = _eval_perplexity(before)
+    # Throughput counts this invocation's optimisation only: its evaluations are subtracted.
+    eval_seconds_in_train = sum(e.get("eval_runtime", 0.0) for e in this_run)
     train_seconds = float(train_output.metrics["train_runtime"])
     # Trainer already evaluates at the last step when eval_strategy="steps"; reuse that instead of a second pass.
-    final_eval = next((e for e in reversed(in_train) if "eval_loss" in e and e.get("step") == steps), None)
-    val_loss_after, val_ppl_after = _eval_perplexity(final_eval or trainer.evaluate())
-    print(f"[slam-hf] held-out perplexity after training: {val_ppl_after:.2f} (loss {val_loss_after:.4f})", flush=True)
-    history = [{**before, "step": 0}] + in_train
-    if final_eval is None:
-        history.append({**trainer.state.log_history[-1], "step": steps})
-    rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-    rows_per_step *= max(training_args.world_size, 1)
+    final_eval = next((e for e in reversed(this_run) if "eval_loss" in e and e.get("step") == steps), None)
+    if final_eval is None or final_eval is before:
+        final_eval = {**trainer.evaluate(), "step": steps}
+        history.append(final_eval)
+    val_loss_after, val_ppl_after = _eval_perplexity(final_eval)
+    where = "at initialisation" if resume is None else f"at the checkpoint (step {start_step})"
+    say(f"held-out perplexity {where}: {val_ppl_before:.2f} (loss {val_loss_before:.4f})")
+    say(f"held-out perplexity after training: {val_ppl_after:.2f} (loss {val_loss_after:.4f})")
+    # Rows per optimisation step over all processes (each process draws its own per-device batch).
+    rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
     train_tokens = steps * rows_per_step * block_size
+    run_tokens = (steps - start_step) * rows_per_step * block_size
     optim_seconds = max(train_seconds - eval_seconds_in_train, 1e-9)
+    parameters_per_process = _parameters_per_process(trainer)
+    if processes > 1:
+        say(
+            f"parameters held per process ({_distributed_label(trainer)}): "
+            + " / ".join(f"{n:,}" for n in parameters_per_process)
+            + f" of {n_params:,}"
+        )
+    # Every process takes part in gathering FSDP shards; only the main one writes.
+    model = _unsharded_model(trainer, model, lambda: AutoModelForCausalLM.from_config(config))
+    if not is_main:
+        return {"train_steps": steps, "val_loss_after": val_loss_after, "process_index": training_args.process_index}
     train_losses = [e["loss"] for e in history if "loss" in e]
     aux_losses = [e["aux_loss"] for e in history if "aux_loss" in e]
     eval_curve = [
@@ -735,10 +925,17 @@ def _train_text(args, run: dict, t_start: float) -> dict:
         "train_aux_loss_last_logged": aux_losses[-1] if aux_losses else None,
         "train_seconds": train_seconds,
         "train_seconds_excluding_eval": optim_seconds,
-        "train_tokens_per_second": train_tokens / optim_seconds,
+        # this invocation's steps (a resumed run: those after its checkpoint) over its optimisation time
+        "train_tokens_per_second": run_tokens / optim_seconds,
         "wall_seconds": wall_seconds,
-        "process_cpu_seconds": time.process_time(),
-        "hardware": _hardware(),
+        "process_cpu_seconds": time.process_time(),  # the main process's
+        "hardware": hardware,
+        "processes": processes,
+        "distributed": _distributed_label(trainer),
+        "global_batch_rows": rows_per_step,
+        "parameters_per_process": parameters_per_process,
+        "resumed_from_checkpoint": resume[0] if resume else None,
+        "resumed_at_step": start_step if resume else None,
         "block_size": block_size,
         "seed": training_args.seed,
         "eval_curve": eval_curve,
@@ -765,6 +962,7 @@ def _train_text(args, run: dict, t_start: float) -> dict:
         repo_id=repo_id,
         variant=run["variant"],
         variant_summary=variant.summary,
+        interpretation=variant.interpretation,
         config_rows=_config_rows(config, block_size, variant),
         lora_target_modules=_lora_targets(config),
         lora_modules=variant.lora_modules,
@@ -785,16 +983,16 @@ def _train_text(args, run: dict, t_start: float) -> dict:
         loss_after=f"{val_loss_after:.4f}",
         wall_time=_format_seconds(wall_seconds),
         train_time=_format_seconds(optim_seconds),
-        tokens_per_second=f"{train_tokens / optim_seconds:,.0f}",
+        tokens_per_second=f"{run_tokens / optim_seconds:,.0f}",
         config_file=Path(args.config).as_posix(),
+        resumed_step=start_step,
     )
     card.save(output_dir / "README.md")
 
-    print(
-        f"[slam-hf] saved {output_dir}: {n_params:,} params, held-out perplexity {val_ppl_before:.2f} -> "
-        f"{val_ppl_after:.2f}, {train_tokens:,} train tokens at {train_tokens / optim_seconds:,.0f} tokens/s, "
-        f"wall time {_format_seconds(wall_seconds)}",
-        flush=True,
+    say(
+        f"saved {output_dir}: {n_params:,} params, held-out perplexity {val_ppl_before:.2f} -> {val_ppl_after:.2f}, "
+        f"{run_tokens:,} train tokens at "
+        f"{run_tokens / optim_seconds:,.0f} tokens/s, wall time {_format_seconds(wall_seconds)}"
     )
     return metrics
 
@@ -874,8 +1072,16 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
     num_digits = data_cfg["num_digits"]
     digits_text = str(num_digits) if isinstance(num_digits, int) else f"{num_digits[0]}-{num_digits[1]}"
     image_size = (DIGIT_SIZE, _digit_range(num_digits)[1] * DIGIT_SIZE)  # (height, width) of every tile
+    resume = _resume_checkpoint(getattr(args, "resume_from_checkpoint", None), output_dir)
+    # As in _train_text: every process runs this, the main one prints and writes; "before" is eval_on_start.
+    training_args = _training_arguments(output_dir, {**train_cfg, "eval_on_start": True})
+    is_main = training_args.process_index == 0
 
-    print(f"[slam-hf] preparing data: MNIST digit tiles of {digits_text} digits", flush=True)
+    def say(message):
+        if is_main:
+            print(f"[slam-hf] {message}", flush=True)
+
+    say(f"preparing data: MNIST digit tiles of {digits_text} digits")
     datasets.disable_progress_bars()
     sizes = {"train": data_cfg["train_rows"], "validation": data_cfg["eval_rows"], "test": data_cfg["test_rows"]}
     tiles = load_digit_tiles(num_digits=num_digits, sizes=sizes, seed=data_cfg["seed"])
@@ -916,26 +1122,22 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
     plain = train_rows.with_format(None)
     tokens_per_row = float(np.mean([len(i) + len(l) for i, l in zip(plain["input_ids"], plain["labels"])]))
     sources = {name: len(idx) for name, idx in digit_source_split().items()}
-    print(
-        f"[slam-hf] train: {len(train_rows)} tiles from {sources['train']} source digits; validation (loss): "
+    say(
+        f"train: {len(train_rows)} tiles from {sources['train']} source digits; validation (loss): "
         f"{len(eval_rows)} tiles, test (exact match): {len(tiles['test'])} tiles, from {sources['validation']} "
         f"and {sources['test']} other source digits. Tiles {image_size[0]}×{image_size[1]} px = {grid[0]}×{grid[1]} "
         f"patches; prompt {DIGIT_PROMPT!r}; tokenizer {len(tokenizer)} tokens (one per digit); chance exact match "
-        f"{chance:.2%}",
-        flush=True,
+        f"{chance:.2%}"
     )
 
-    training_args = _training_arguments(output_dir, train_cfg)
-
-    set_seed(training_args.seed)  # the model is built before Trainer seeds anything
+    # The model is built before Trainer seeds anything; every process builds the same weights (FSDP2 does not
+    # broadcast them from rank 0 as DDP does).
+    set_seed(training_args.seed)
     model = AutoModelForImageTextToText.from_config(config)
     use_cache = model.config.use_cache  # Trainer switches the cache off for training; the saved config keeps it
     n_params = model.num_parameters()
     n_params_vision = sum(p.numel() for p in model.get_encoder().vision_tower.parameters())
-    print(
-        f"[slam-hf] {run['variant']}: {n_params:,} parameters ({n_params_vision:,} in the vision tower); {_hardware()}",
-        flush=True,
-    )
+    say(f"{run['variant']}: {n_params:,} parameters ({n_params_vision:,} in the vision tower)")
 
     class ImageTextTrainer(Trainer):
         """Trains through `train_collator` (translation augmentation) and evaluates through `data_collator`."""
@@ -943,6 +1145,10 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         def __init__(self, *args, train_collator=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.train_collator = train_collator
+
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            _enable_cpu_fsdp(self)
 
         def get_train_dataloader(self):
             eval_collator, self.data_collator = self.data_collator, self.train_collator or self.data_collator
@@ -961,38 +1167,46 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         train_collator=DigitTileCollator(pad_id, max_shift=data_cfg["max_shift"], seed=training_args.seed),
     )
 
-    before = trainer.evaluate()
-    val_loss_before = float(before["eval_loss"])
-    match_before = digit_exact_match(model, processor, tiles["test"])
-    print(
-        f"[slam-hf] before training: held-out loss {val_loss_before:.4f}, test exact match "
-        f"{match_before['exact_match']:.2%} (chance {chance:.2%})",
-        flush=True,
-    )
-    history_before = trainer.state.log_history
-    train_output = trainer.train()
+    processes = max(training_args.world_size, 1)
+    hardware = _hardware(processes, _distributed_label(trainer))
+    say(f"hardware: {hardware}")
+    # Exact match before training scores the freshly built model (a resumed run: the checkpoint is loaded by
+    # train(), so it is not scored before; the number is None). Every process generates on the whole test split.
+    match_before = digit_exact_match(model, processor, tiles["test"]) if resume is None else None
+    start_step, restored = (resume[1], resume[2]) if resume else (0, 0)
+    if resume:
+        say(f"resuming from {resume[0]} at step {start_step}")
+    train_output = trainer.train(resume_from_checkpoint=resume[0] if resume else None)
     steps = trainer.state.global_step
-    in_train = list(trainer.state.log_history)
-    if trainer.state.log_history is history_before:
-        in_train = in_train[len(history_before) :]
-    eval_seconds_in_train = sum(e.get("eval_runtime", 0.0) for e in in_train)
+    history = list(trainer.state.log_history)
+    this_run = history[restored:]
+    before = next(e for e in this_run if "eval_loss" in e)  # eval_on_start
+    val_loss_before = float(before["eval_loss"])
+    where = "at initialisation" if resume is None else f"at the checkpoint (step {start_step})"
+    exact_before = "" if match_before is None else f", test exact match {match_before['exact_match']:.2%}"
+    say(f"{where}: held-out loss {val_loss_before:.4f}{exact_before} (chance {chance:.2%})")
+    eval_seconds_in_train = sum(e.get("eval_runtime", 0.0) for e in this_run)
     train_seconds = float(train_output.metrics["train_runtime"])
-    final_eval = next((e for e in reversed(in_train) if "eval_loss" in e and e.get("step") == steps), None)
-    val_loss_after = float((final_eval or trainer.evaluate())["eval_loss"])
-    history = [{**before, "step": 0}] + in_train
-    if final_eval is None:
-        history.append({**trainer.state.log_history[-1], "step": steps})
+    final_eval = next((e for e in reversed(this_run) if "eval_loss" in e and e.get("step") == steps), None)
+    if final_eval is None or final_eval is before:
+        final_eval = {**trainer.evaluate(), "step": steps}
+        history.append(final_eval)
+    val_loss_after = float(final_eval["eval_loss"])
+    # Every process takes part in gathering FSDP shards (collective); the exact match then runs on a plain module.
+    parameters_per_process = _parameters_per_process(trainer)
+    model = _unsharded_model(trainer, model, lambda: AutoModelForImageTextToText.from_config(config))
+    if not is_main:
+        return {"train_steps": steps, "val_loss_after": val_loss_after, "process_index": training_args.process_index}
     t_match = time.perf_counter()
     match = digit_exact_match(model, processor, tiles["test"])
     match_seconds = time.perf_counter() - t_match
-    print(
-        f"[slam-hf] after training: held-out loss {val_loss_after:.4f}, test exact match {match['exact_match']:.2%} "
-        f"(digits right {match['digit_accuracy']:.2%}; chance {chance:.2%}) on {match['rows']} tiles",
-        flush=True,
+    say(
+        f"after training: held-out loss {val_loss_after:.4f}, test exact match {match['exact_match']:.2%} "
+        f"(digits right {match['digit_accuracy']:.2%}; chance {chance:.2%}) on {match['rows']} tiles"
     )
-    rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-    rows_per_step *= max(training_args.world_size, 1)
+    rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
     train_samples = steps * rows_per_step
+    run_samples = (steps - start_step) * rows_per_step
     optim_seconds = max(train_seconds - eval_seconds_in_train, 1e-9)
     train_losses = [e["loss"] for e in history if "loss" in e]
     eval_curve = [{"step": e["step"], "eval_loss": e["eval_loss"]} for e in history if "eval_loss" in e]
@@ -1027,7 +1241,7 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         "patch_grid": list(grid),
         "test_exact_match": match["exact_match"],
         "test_digit_accuracy": match["digit_accuracy"],
-        "test_exact_match_before": match_before["exact_match"],
+        "test_exact_match_before": None if match_before is None else match_before["exact_match"],
         "chance_exact_match": chance,
         "test_rows": match["rows"],
         "val_loss_before": val_loss_before,
@@ -1044,14 +1258,21 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         "max_shift": data_cfg["max_shift"],
         "train_seconds": train_seconds,
         "train_seconds_excluding_eval": optim_seconds,
-        "train_samples_per_second": train_samples / optim_seconds,
-        "train_tokens_per_second": train_samples * tokens_per_row / optim_seconds,
+        # this invocation's steps (a resumed run: those after its checkpoint) over its optimisation time
+        "train_samples_per_second": run_samples / optim_seconds,
+        "train_tokens_per_second": run_samples * tokens_per_row / optim_seconds,
         "exact_match_seconds": match_seconds,
         "decoder_cache_bytes_per_token": latent_bytes,
         "decoder_cache_bytes_per_token_without_mla": full_bytes,
         "wall_seconds": wall_seconds,
-        "process_cpu_seconds": time.process_time(),
-        "hardware": _hardware(),
+        "process_cpu_seconds": time.process_time(),  # the main process's
+        "hardware": hardware,
+        "processes": processes,
+        "distributed": _distributed_label(trainer),
+        "global_batch_rows": rows_per_step,
+        "parameters_per_process": parameters_per_process,
+        "resumed_from_checkpoint": resume[0] if resume else None,
+        "resumed_at_step": start_step if resume else None,
         "torch_threads": torch.get_num_threads(),
         "seed": training_args.seed,
         "eval_curve": eval_curve,
@@ -1081,6 +1302,7 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         repo_id=repo_id,
         variant=run["variant"],
         variant_summary=variant.summary,
+        interpretation=variant.interpretation,
         config_rows=_image_text_config_rows(config, variant, image_size, grid),
         lora_modules=variant.lora_modules,
         decoder_lora_pattern=DECODER_LORA_PATTERN,
@@ -1096,25 +1318,27 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         params=f"{n_params:,}",
         params_vision=f"{n_params_vision:,}",
         exact_match=f"{match['exact_match']:.2%}",
-        exact_match_before=f"{match_before['exact_match']:.2%}",
+        exact_match_before=(
+            f"{match_before['exact_match']:.2%}" if match_before else f"not measured (resumed at step {start_step})"
+        ),
         digit_accuracy=f"{match['digit_accuracy']:.2%}",
         chance=f"{chance:.2%}",
         loss_before=f"{val_loss_before:.4f}",
         loss_after=f"{val_loss_after:.4f}",
         wall_time=_format_seconds(wall_seconds),
         train_time=_format_seconds(optim_seconds),
-        samples_per_second=f"{train_samples / optim_seconds:,.0f}",
+        samples_per_second=f"{run_samples / optim_seconds:,.0f}",
         train_samples=f"{train_samples:,}",
-        tokens_per_second=f"{train_samples * tokens_per_row / optim_seconds:,.0f}",
+        tokens_per_second=f"{run_samples * tokens_per_row / optim_seconds:,.0f}",
         config_file=Path(args.config).as_posix(),
     )
     card.save(output_dir / "README.md")
 
-    print(
-        f"[slam-hf] saved {output_dir}: {n_params:,} params, test exact match {match_before['exact_match']:.2%} -> "
-        f"{match['exact_match']:.2%} (chance {chance:.2%}), {train_samples:,} train samples at "
-        f"{train_samples / optim_seconds:,.0f} samples/s, wall time {_format_seconds(wall_seconds)}",
-        flush=True,
+    exact_before = f"{match_before['exact_match']:.2%} -> " if match_before else ""
+    say(
+        f"saved {output_dir}: {n_params:,} params, test exact match {exact_before}{match['exact_match']:.2%} "
+        f"(chance {chance:.2%}), {run_samples:,} train samples at {run_samples / optim_seconds:,.0f} samples/s, "
+        f"wall time {_format_seconds(wall_seconds)}"
     )
     return metrics
 
@@ -1234,16 +1458,17 @@ def _looks_like_repo_id(name: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slam-hf",
-        description="Train SLAM models with transformers and generate text from them.",
+        description="Train SLAM models with transformers, generate from them and publish them to the Hub.",
         epilog="examples:\n"
         "  slam-hf train --config configs/slam-v1-tiny.yaml --output-dir outputs/slam-v1-tiny\n"
         "  slam-hf train --config configs/slam-v2-tiny.yaml --output-dir outputs/slam-v2-tiny\n"
         "  slam-hf train --config configs/slam-v3-tiny.yaml --output-dir outputs/slam-v3-tiny\n"
         '  slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --max-new-tokens 40\n'
-        '  slam-hf generate --model outputs/slam-v3-tiny --image digits.png --input "what number is shown?"',
+        '  slam-hf generate --model outputs/slam-v3-tiny --image digits.png --input "what number is shown?"\n'
+        "  slam-hf push --model outputs/slam-v1-tiny --repo your-name/slam-v1-tiny",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,push}")
 
     p = sub.add_parser(
         "train",
@@ -1265,6 +1490,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-eval-rows",
         type=_positive_int,
         help="override data.max_eval_rows (slam_v3: data.eval_rows and data.test_rows); quick runs",
+    )
+    p.add_argument(
+        "--resume-from-checkpoint",
+        metavar="PATH|latest",
+        help="continue a run from a checkpoint-N folder (written with training.save_strategy/save_steps in the "
+        "YAML), restoring weights, optimizer, scheduler, RNG and data position; `latest`: the newest checkpoint-N "
+        "in the output folder",
     )
     p.set_defaults(func=train)
 
@@ -1289,7 +1521,52 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=_positive_float, default=1.0, help="with --do-sample")
     g.add_argument("--seed", type=int, help="random seed for sampling")
     g.set_defaults(func=generate)
+
+    h = sub.add_parser(
+        "push",
+        help="check a saved SLAM folder and upload it to the Hub",
+        description="Check a folder the way a Hub user's from_pretrained(..., trust_remote_code=True) will read it "
+        "(config.json and its auto_map, the remote code, weights against checksums.json and loaded strictly, the "
+        "tokenizer or processor, the model card), add checksums.json and a model card if they are missing, upload "
+        "it in one commit and verify every uploaded file against the Hub's checksums. Uses HF_TOKEN / your saved "
+        "login and HF_ENDPOINT like every huggingface_hub tool.",
+    )
+    h.add_argument("--model", required=True, help="folder written by `slam-hf train` or save_pretrained")
+    h.add_argument("--repo", required=True, help="Hub repo id: ORG/NAME, or NAME in your own namespace")
+    h.add_argument("--revision", help="branch to commit to (created from main if missing; default main)")
+    h.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its setting)")
+    h.add_argument("--commit-message", help="default: 'Upload <class> (<parameters>) with slam-hf push'")
+    h.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
+    h.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    h.add_argument("--dry-run", action="store_true", help="run the checks (and add the missing files) but upload nothing")
+    h.set_defaults(func=push)
     return parser
+
+
+def push(args) -> dict:
+    """`slam-hf push`: returns push_folder's result (repo id, commit sha, url, files)."""
+    from .hub import push_folder
+
+    result = push_folder(
+        args.model,
+        args.repo,
+        revision=args.revision,
+        private=args.private or None,
+        commit_message=args.commit_message,
+        create_pr=args.create_pr,
+        token=args.token,
+        dry_run=args.dry_run,
+    )
+    print(f"[slam-hf] checked {result['summary']}", flush=True)
+    if args.dry_run:
+        print(f"[slam-hf] dry run: {len(result['files'])} files would be uploaded to {args.repo}", flush=True)
+    else:
+        print(
+            f"[slam-hf] pushed {len(result['files'])} files to {result['repo_id']} at commit {result['commit']}, "
+            f"verified against the Hub's checksums: {result['url']}",
+            flush=True,
+        )
+    return result
 
 
 def _positive(cast, what):
@@ -1314,9 +1591,11 @@ _positive_float = _positive(float, "number")
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .hub import FolderError
+
     try:
         args.func(args)
-    except ConfigError as err:
+    except (ConfigError, FolderError) as err:
         parser.exit(2, f"slam-hf {args.command}: error: {err}\n")
     return 0
 

@@ -92,7 +92,7 @@ def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
         source, CHECKSUMS_NAME, **hub_kwargs,
         _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
     )
-    where = source + (f" (revision {hub_kwargs['revision']})" if hub_kwargs.get("revision") else "")
+    where = source + (f" (revision {hub_kwargs['revision']})" if hub_kwargs.get("revision", "main") != "main" else "")
     if manifest_path is None:
         return _check_safetensors_layout(source, hub_kwargs, where, kwargs.get("variant"))
     with open(manifest_path, encoding="utf-8") as f:

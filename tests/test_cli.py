@@ -512,3 +512,24 @@ def test_v3_patch_size_must_divide_the_tiles(tmp_path, capsys):
     assert exc.value.code == 2
     assert "`model.vision_config.patch_size` (16) must divide the 28 × 56 pixel tiles" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fixture_name", ["trained", "trained_v2", "trained_v3"])
+def test_trained_folders_are_push_ready(fixture_name, request):
+    """`slam-hf train` writes everything `slam-hf push` checks: nothing to add, the card has the issue's sections."""
+    from slam_hf.hub import TESTED_TRANSFORMERS, check_folder
+
+    folder = request.getfixturevalue(fixture_name)
+    report = check_folder(folder)
+    assert report.written == []  # checksums.json (save_pretrained) and README.md (the run's card) are there
+    assert "checksums.json" in report.files and "training_metrics.json" in report.files
+    text = (folder / "README.md").read_text()
+    assert "## Interpretation choices" in text and "## Compatibility" in text
+    assert f"transformers {TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[1]}" in text
+
+
+def test_tested_transformers_range_matches_ci_pins():
+    from slam_hf.hub import TESTED_TRANSFORMERS
+
+    pins = (Path(__file__).resolve().parent.parent / "ci" / "oldest.txt").read_text()
+    assert f"transformers=={TESTED_TRANSFORMERS[0]}" in pins
