@@ -1468,7 +1468,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  slam-hf push --model outputs/slam-v1-tiny --repo your-name/slam-v1-tiny",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,push}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,push,bench}")
 
     p = sub.add_parser(
         "train",
@@ -1540,7 +1540,54 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
     h.add_argument("--dry-run", action="store_true", help="run the checks (and add the missing files) but upload nothing")
     h.set_defaults(func=push)
+
+    b = sub.add_parser(
+        "bench",
+        help="train and measure SLAM models against transformers baselines",
+        description="Train every model listed in the YAML (SLAM variants and transformers baselines built from "
+        "config) with one tokenizer, the same rows, budget, optimizer, schedule and seeds, then measure parameters, "
+        "peak memory, held-out loss / perplexity / top-1 accuracy, throughput, latency, generation speed, cache "
+        "bytes per token and loss-curve stability. Writes results.json, leaderboard.md, loss_curves.png and "
+        "quality_vs_throughput.png.",
+    )
+    b.add_argument("--config", required=True, help="benchmark YAML, e.g. configs/bench/smoke.yaml")
+    b.add_argument("--output-dir", required=True, help="folder for the results and reports")
+    b.add_argument("--models", help="comma-separated subset of the YAML's models")
+    b.add_argument("--seeds", help="comma-separated seeds, replacing the YAML's")
+    b.add_argument("--steps", type=_positive_int, help="replace the YAML's budget by this many optimizer steps")
+    b.add_argument(
+        "--max-train-seconds", type=_positive_float, help="per-model training time cap (the row says where it stopped)"
+    )
+    b.set_defaults(func=bench)
     return parser
+
+
+def bench(args) -> dict:
+    """`slam-hf bench`: returns the results dict (also written to --output-dir/results.json)."""
+    from .bench import BenchConfigError, load_bench_config, run_bench
+
+    config = load_bench_config(args.config)
+    if args.models:
+        chosen = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in config["models"]]
+        if unknown:
+            raise BenchConfigError(f"--models names {unknown}, not in {args.config} ({', '.join(config['models'])})")
+        config["models"] = chosen
+        config["compile"] = [m for m in config["compile"] if m in chosen]
+    if args.seeds:
+        try:
+            config["seeds"] = [int(s) for s in args.seeds.split(",")]
+        except ValueError as err:
+            raise BenchConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from err
+    if args.steps:
+        config["budget"] = {"steps": args.steps}
+    if args.max_train_seconds:
+        config["max_train_seconds"] = args.max_train_seconds
+    command = "slam-hf bench --config " + str(args.config) + " --output-dir " + str(args.output_dir)
+    for flag in ("models", "seeds", "steps", "max_train_seconds"):
+        if getattr(args, flag):
+            command += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
+    return run_bench(config, args.output_dir, command=command, log=lambda line: print(line, flush=True))
 
 
 def push(args) -> dict:
@@ -1591,11 +1638,12 @@ _positive_float = _positive(float, "number")
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .bench import BenchConfigError
     from .hub import FolderError
 
     try:
         args.func(args)
-    except (ConfigError, FolderError) as err:
+    except (ConfigError, FolderError, BenchConfigError) as err:
         parser.exit(2, f"slam-hf {args.command}: error: {err}\n")
     return 0
 

@@ -998,7 +998,10 @@ class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             validate_labels(labels, hidden_states.shape[:2])
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            # contiguous: transformers' masked-LM loss views the labels flat, which a sliced tensor cannot do
+            loss = self.loss_function(
+                logits=logits, labels=labels.contiguous(), vocab_size=self.config.vocab_size, **kwargs
+            )
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

