@@ -238,14 +238,17 @@ def _heldout(spec, model, eval_rows, device) -> dict:
             batch = eval_rows[start : start + spec["batch_size"]].to(device)
             logits, targets = next_token_logits_and_targets(spec["model"], model, batch)
             logits = logits.float()
-            total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
+            losses = F.cross_entropy(logits, targets, reduction="none")
+            total_loss += losses.sum().item()
             correct += (logits.argmax(-1) == targets).sum().item()
             count += targets.numel()
             # The second half of each row, predicted with at least half a row of context: the only tokens SLAM v3
-            # (prefix -> continuation) scores, so this column compares every model on the same predictions.
-            logits, targets = next_token_logits_and_targets(spec["model"], model, batch, span="continuation")
-            second_half_loss += F.cross_entropy(logits.float(), targets, reduction="sum").item()
-            second_half_count += targets.numel()
+            # (prefix -> continuation) scores, so this column compares every model on the same predictions. For a
+            # causal model those are the last L - L//2 of its L - 1 predictions per row.
+            per_row = losses.view(batch.shape[0], -1)
+            second_half = per_row[:, -(batch.shape[1] - batch.shape[1] // 2) :]
+            second_half_loss += second_half.sum().item()
+            second_half_count += second_half.numel()
     model.train()
     loss = total_loss / count
     perplexity = math.exp(loss) if loss < 700 else float("inf")  # exp overflows past ~709

@@ -454,11 +454,22 @@ def _display_label(model: Mapping, mark: str = INCOMPLETE_MARK) -> str:
     return model["label"] + (f" {mark}" if _incomplete(model) else "")
 
 
+def ranking_metric(results: Mapping) -> str:
+    """The loss that ranks the models: the second-half held-out loss when every model has it (the one column in
+    which a prefix -> continuation model such as SLAM v3 and the causal models score the same predictions), else
+    the held-out loss."""
+    if all("heldout_loss_second_half" in model["metrics"] for model in results["models"]):
+        return "heldout_loss_second_half"
+    return "heldout_loss"
+
+
 def sorted_models(results: Mapping) -> list[Mapping]:
-    """Models by held-out loss, lowest first; models without a measured held-out loss last, in their given order."""
+    """Models by `ranking_metric`, lowest first; models without it measured last, in their given order."""
+    metric = ranking_metric(results)
+
     def key(item):
         index, model = item
-        loss = model["metrics"].get("heldout_loss")
+        loss = model["metrics"].get(metric)
         return (0, loss["mean"], index) if is_measured(loss) else (1, 0.0, index)
 
     return [model for _, model in sorted(enumerate(results["models"]), key=key)]
@@ -639,7 +650,7 @@ def render_markdown(results: Mapping, *, figures: Mapping[str, str] | None = Non
         else "One seed, so no spread is shown: differences may be noise."
     )
     out.append(
-        f"Sorted by held-out loss. {spread} ↓ lower is better, ↑ higher is better; **bold**: best in its column. "
+        f"Sorted by {metric_spec(ranking_metric(results)).label}. {spread} ↓ lower is better, ↑ higher is better; **bold**: best in its column. "
         "n/m: not measured, for the reason in the numbered note; —: not reported."
     )
     out.append("")
@@ -1284,7 +1295,8 @@ def write_reports(results: Mapping, out_dir, *, log_y: bool = True) -> dict[str,
     with open(paths["results"], "w", encoding="utf-8") as f:
         f.write(dumps_results(results))
     plot_loss_curves(results, paths["loss_curves"], log_y=log_y)
-    plot_quality_vs_throughput(results, paths["quality_vs_throughput"])
+    y_metric = "heldout_loss_second_half" if ranking_metric(results) == "heldout_loss_second_half" else "heldout_perplexity"
+    plot_quality_vs_throughput(results, paths["quality_vs_throughput"], y_metric=y_metric)
     figures = {key: os.path.basename(paths[key]) for key in ("loss_curves", "quality_vs_throughput")}
     with open(paths["leaderboard"], "w", encoding="utf-8") as f:
         f.write(render_markdown(results, figures=figures))
