@@ -60,13 +60,12 @@ IMAGE_TEXT_TASK = "image-text-to-text"
 
 class Variant(NamedTuple):
     config_class: type
-    base_model_class: type  # written to auto_map as AutoModel
     head_class: type  # what `train` builds
     summary: str  # model-card description
     architecture_rows: Callable  # config -> [(setting, value)]: the variant's own rows of the model-card table
     lora_modules: str  # model-card paragraph: which modules LoRA can target
     task: str = TEXT_TASK  # TEXT_TASK: causal LM on Shakespeare; IMAGE_TEXT_TASK: digit tiles -> digit string
-    head_auto_classes: tuple = ("AutoModelForCausalLM",)  # auto_map entries of head_class
+    head_auto_classes: tuple = ("AutoModelForCausalLM",)  # the Auto factories that load head_class
     interpretation: tuple = ()  # model card: where the public description was loose, what this code chose
 
 
@@ -145,19 +144,11 @@ _MLP_LORA_MODULES = (
 def variants() -> dict[str, Variant]:
     """`model.variant` -> classes. One line per SLAM variant."""
     from .configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config
-    from .modeling_slam import (
-        SlamV1ForCausalLM,
-        SlamV1Model,
-        SlamV2ForCausalLM,
-        SlamV2Model,
-        SlamV3ForConditionalGeneration,
-        SlamV3Model,
-    )
+    from .modeling_slam import SlamV1ForCausalLM, SlamV2ForCausalLM, SlamV3ForConditionalGeneration
 
     return {
         "slam_v1": Variant(
             SlamV1Config,
-            SlamV1Model,
             SlamV1ForCausalLM,
             "SLAM v1 runs one full-attention layer, then `ef_cycles` encoder-fusion (EF) cycles, then a second "
             "full-attention layer. An EF cycle cuts the sequence into overlapping windows of `ef_segment_length` "
@@ -181,7 +172,6 @@ def variants() -> dict[str, Variant]:
         ),
         "slam_v2": Variant(
             SlamV2Config,
-            SlamV2Model,
             SlamV2ForCausalLM,
             "SLAM v2 has three levels. Level 1 is one full-attention layer. Level 2 runs `ef_cycles` "
             "encoder-fusion cycles over non-overlapping segments of `ef_segment_length` tokens: in cycle c "
@@ -213,7 +203,6 @@ def variants() -> dict[str, Variant]:
         ),
         "slam_v3": Variant(
             SlamV3Config,
-            SlamV3Model,
             SlamV3ForConditionalGeneration,
             "SLAM v3 is an image+text encoder-decoder. The encoder input is the prompt with one `<image>` "
             "placeholder per image patch (the processor expands each `<image>`); a ViT vision tower (linear patch "
@@ -709,6 +698,114 @@ def _torch_threads(count):
         torch.set_num_threads(previous)
 
 
+class _Run(NamedTuple):
+    """What both training paths settle before training: overrides applied, where it writes, how it reports."""
+
+    train_cfg: dict  # the YAML's `training` section with the command-line overrides
+    output_dir: Path
+    model_name: str
+    repo_id: str
+    resume: tuple | None  # _resume_checkpoint's (folder, step, log entries)
+    training_args: object
+    is_main: bool  # under `accelerate launch` only the main process prints and writes
+
+    @property
+    def processes(self) -> int:
+        return max(self.training_args.world_size, 1)
+
+    @property
+    def rows_per_step(self) -> int:
+        """Rows per optimisation step over all processes (each draws its own per-device batch)."""
+        args = self.training_args
+        return args.per_device_train_batch_size * args.gradient_accumulation_steps * self.processes
+
+    def say(self, message):
+        if self.is_main:
+            print(f"[slam-hf] {message}", flush=True)
+
+
+def _prepare_run(args, run: dict) -> _Run:
+    train_cfg = dict(run["training"])
+    if args.max_steps is not None:
+        train_cfg["max_steps"] = args.max_steps
+    if args.seed is not None:
+        train_cfg["seed"] = args.seed
+    train_cfg.setdefault("seed", 42)
+    output_dir = Path(args.output_dir or run["output_dir"] or Path("outputs") / Path(args.config).stem)
+    # Under `accelerate launch` every process runs the whole command (data, training and evaluation are sharded
+    # across them). The "before" evaluation runs inside train() (eval_on_start), after the model is prepared: a
+    # Trainer.evaluate() call before train() prepares the model for evaluation only, and with accelerate 1.15 the
+    # later training prepare() then skips the DDP wrapper (`_is_accelerate_prepared`), so processes would not sync
+    # gradients. Resumed, that evaluation scores the checkpoint's weights (logged at its step).
+    training_args = _training_arguments(output_dir, {**train_cfg, "eval_on_start": True})
+    return _Run(
+        train_cfg=train_cfg,
+        output_dir=output_dir,
+        model_name=run["hub"].get("model_name") or output_dir.resolve().name,
+        repo_id=run["hub"].get("repo_id") or str(output_dir),
+        resume=_resume_checkpoint(getattr(args, "resume_from_checkpoint", None), output_dir),
+        training_args=training_args,
+        is_main=training_args.process_index == 0,
+    )
+
+
+def _model_config(variant: Variant, model_section: dict, tokenizer, **defaults):
+    """The variant's config from the YAML's `model` section; vocab_size and special-token ids default to the
+    tokenizer's (it is built first for that reason)."""
+    model_kwargs = dict(model_section)
+    vocab_size = model_kwargs.setdefault("vocab_size", len(tokenizer))
+    if vocab_size < len(tokenizer):
+        raise ConfigError(f"`model.vocab_size` ({vocab_size}) is smaller than the tokenizer's {len(tokenizer)} tokens")
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        model_kwargs.setdefault(name, getattr(tokenizer, name))
+    for name, value in defaults.items():
+        model_kwargs.setdefault(name, value)
+    try:
+        return variant.config_class(**model_kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid `model` section: {err}") from err
+
+
+class _Trained(NamedTuple):
+    output: object  # Trainer.train()'s TrainOutput
+    steps: int  # global step reached (a resumed run counts its checkpoint's steps)
+    start_step: int  # 0, or the checkpoint's step
+    history: list  # the whole run's log (a resumed run's starts with its checkpoint's entries), final eval included
+    before: dict  # eval_on_start: the model train() started from
+    final_eval: dict
+    optim_seconds: float  # this invocation's training time without its evaluations
+
+
+def _train_and_evaluate(trainer, run: _Run) -> _Trained:
+    """trainer.train() (resumed if asked), then the held-out evaluations before and after it."""
+    start_step, restored = (run.resume[1], run.resume[2]) if run.resume else (0, 0)
+    if run.resume:
+        run.say(f"resuming from {run.resume[0]} at step {start_step}")
+    output = trainer.train(resume_from_checkpoint=run.resume[0] if run.resume else None)
+    steps = trainer.state.global_step
+    history = list(trainer.state.log_history)
+    this_run = history[restored:]
+    before = next(e for e in this_run if "eval_loss" in e)
+    eval_seconds = sum(e.get("eval_runtime", 0.0) for e in this_run)
+    # Trainer already evaluates at the last step when eval_strategy="steps"; reuse that instead of a second pass.
+    final_eval = next((e for e in reversed(this_run) if "eval_loss" in e and e.get("step") == steps), None)
+    if final_eval is None or final_eval is before:
+        final_eval = {**trainer.evaluate(), "step": steps}
+        history.append(final_eval)
+    optim_seconds = max(float(output.metrics["train_runtime"]) - eval_seconds, 1e-9)
+    return _Trained(output, steps, start_step, history, before, final_eval, optim_seconds)
+
+
+def _save_model_folder(model, output_dir: Path, use_cache: bool) -> None:
+    """Weights, config (save_pretrained writes the full auto_map) and remote code into the Hub folder."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stale = output_dir / "pytorch_model.bin"
+    if stale.exists():
+        stale.unlink()
+    model.config.use_cache = use_cache  # Trainer switched it off for training
+    model.save_pretrained(output_dir)
+
+
 def _train_text(args, run: dict, t_start: float) -> dict:
     """`slam-hf train` for a text variant (SLAM v1, v2): causal LM on the Shakespeare corpus."""
     template = _template_path()  # fail before training, not after
@@ -720,45 +817,17 @@ def _train_text(args, run: dict, t_start: float) -> dict:
     from .data import VALIDATION_WORKS, group_texts_for_causal_lm, load_default_tokenizer, load_shakespeare_corpus
 
     variant = variants()[run["variant"]]
-    data_cfg, train_cfg = run["data"], dict(run["training"])
-    if args.max_steps is not None:
-        train_cfg["max_steps"] = args.max_steps
-    if args.seed is not None:
-        train_cfg["seed"] = args.seed
-    train_cfg.setdefault("seed", 42)
+    data_cfg = run["data"]
     for key in ("max_train_rows", "max_eval_rows"):
         if getattr(args, key) is not None:
             data_cfg[key] = getattr(args, key)
-    output_dir = Path(args.output_dir or run["output_dir"] or Path("outputs") / Path(args.config).stem)
-    model_name = run["hub"].get("model_name") or output_dir.resolve().name
-    repo_id = run["hub"].get("repo_id") or str(output_dir)
     block_size = data_cfg["block_size"]
-    resume = _resume_checkpoint(getattr(args, "resume_from_checkpoint", None), output_dir)
-    # Under `accelerate launch` every process runs all of this (data, training, evaluation are sharded across them);
-    # only the main process prints and writes the folder.
-    # The "before" evaluation runs inside train() (eval_on_start), after the model is prepared: a Trainer.evaluate()
-    # call before train() prepares the model for evaluation only, and with accelerate 1.15 the later training
-    # prepare() then skips the DDP wrapper (`_is_accelerate_prepared`), so processes would not sync gradients.
-    # Resumed, that evaluation scores the checkpoint's weights (logged at its step).
-    training_args = _training_arguments(output_dir, {**train_cfg, "eval_on_start": True})
-    is_main = training_args.process_index == 0
+    job = _prepare_run(args, run)
+    say, training_args, output_dir, resume = job.say, job.training_args, job.output_dir, job.resume
+    train_cfg, model_name, repo_id = job.train_cfg, job.model_name, job.repo_id
 
-    def say(message):
-        if is_main:
-            print(f"[slam-hf] {message}", flush=True)
-
-    # Tokenizer first: it fixes vocab_size and the special-token ids of the model config.
     tokenizer = load_default_tokenizer()
-    model_kwargs = dict(run["model"])
-    vocab_size = model_kwargs.setdefault("vocab_size", len(tokenizer))
-    if vocab_size < len(tokenizer):
-        raise ConfigError(f"`model.vocab_size` ({vocab_size}) is smaller than the tokenizer's {len(tokenizer)} tokens")
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        model_kwargs.setdefault(name, getattr(tokenizer, name))
-    try:
-        config = variant.config_class(**model_kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid `model` section: {err}") from err
+    config = _model_config(variant, run["model"], tokenizer)
     if config.position_embedding_type == "learned" and block_size > config.max_position_embeddings:
         raise ConfigError(
             f"`data.block_size` ({block_size}) exceeds `model.max_position_embeddings` "
@@ -834,36 +903,20 @@ def _train_text(args, run: dict, t_start: float) -> dict:
         data_collator=default_data_collator,
     )
 
-    processes = max(training_args.world_size, 1)
+    processes = job.processes
     hardware = _hardware(processes, _distributed_label(trainer))
     say(f"hardware: {hardware}")
-    start_step, restored = (resume[1], resume[2]) if resume else (0, 0)
-    if resume:
-        say(f"resuming from {resume[0]} at step {start_step}")
-    train_output = trainer.train(resume_from_checkpoint=resume[0] if resume else None)
-    steps = trainer.state.global_step
-    # The whole run's log: a resumed run's starts with the `restored` entries of its checkpoint.
-    history = list(trainer.state.log_history)
-    this_run = history[restored:]
-    before = next(e for e in this_run if "eval_loss" in e)  # eval_on_start: the model train() started from
-    val_loss_before, val_ppl_before = _eval_perplexity(before)
-    # Throughput counts this invocation's optimisation only: its evaluations are subtracted.
-    eval_seconds_in_train = sum(e.get("eval_runtime", 0.0) for e in this_run)
-    train_seconds = float(train_output.metrics["train_runtime"])
-    # Trainer already evaluates at the last step when eval_strategy="steps"; reuse that instead of a second pass.
-    final_eval = next((e for e in reversed(this_run) if "eval_loss" in e and e.get("step") == steps), None)
-    if final_eval is None or final_eval is before:
-        final_eval = {**trainer.evaluate(), "step": steps}
-        history.append(final_eval)
-    val_loss_after, val_ppl_after = _eval_perplexity(final_eval)
+    trained = _train_and_evaluate(trainer, job)
+    train_output, steps, start_step, history = trained.output, trained.steps, trained.start_step, trained.history
+    train_seconds, optim_seconds = float(train_output.metrics["train_runtime"]), trained.optim_seconds
+    val_loss_before, val_ppl_before = _eval_perplexity(trained.before)
+    val_loss_after, val_ppl_after = _eval_perplexity(trained.final_eval)
     where = "at initialisation" if resume is None else f"at the checkpoint (step {start_step})"
     say(f"held-out perplexity {where}: {val_ppl_before:.2f} (loss {val_loss_before:.4f})")
     say(f"held-out perplexity after training: {val_ppl_after:.2f} (loss {val_loss_after:.4f})")
-    # Rows per optimisation step over all processes (each process draws its own per-device batch).
-    rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
+    rows_per_step = job.rows_per_step
     train_tokens = steps * rows_per_step * block_size
     run_tokens = (steps - start_step) * rows_per_step * block_size
-    optim_seconds = max(train_seconds - eval_seconds_in_train, 1e-9)
     parameters_per_process = _parameters_per_process(trainer)
     if processes > 1:
         say(
@@ -873,7 +926,7 @@ def _train_text(args, run: dict, t_start: float) -> dict:
         )
     # Every process takes part in gathering FSDP shards; only the main one writes.
     model = _unsharded_model(trainer, model, lambda: AutoModelForCausalLM.from_config(config))
-    if not is_main:
+    if not job.is_main:
         return {"train_steps": steps, "val_loss_after": val_loss_after, "process_index": training_args.process_index}
     train_losses = [e["loss"] for e in history if "loss" in e]
     aux_losses = [e["aux_loss"] for e in history if "aux_loss" in e]
@@ -883,21 +936,11 @@ def _train_text(args, run: dict, t_start: float) -> dict:
         if "eval_loss" in e
     ]
 
-    # Hub folder: weights + config (full auto_map) + remote code + generation config + tokenizer.
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stale = output_dir / "pytorch_model.bin"
-    if stale.exists():
-        stale.unlink()
-    model.config.auto_map = {
-        "AutoConfig": _class_reference(variant.config_class),
-        "AutoModel": _class_reference(variant.base_model_class),
-        **{auto: _class_reference(variant.head_class) for auto in variant.head_auto_classes},
-    }
-    model.config.use_cache = use_cache
+    # Hub folder: weights + config + remote code + generation config + tokenizer.
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(output_dir)
+    _save_model_folder(model, output_dir, use_cache)
     tokenizer.save_pretrained(output_dir)
 
     wall_seconds = time.perf_counter() - t_start
@@ -1056,31 +1099,17 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
     )
 
     variant = variants()[run["variant"]]
-    data_cfg, train_cfg = dict(run["data"]), dict(run["training"])
-    if args.max_steps is not None:
-        train_cfg["max_steps"] = args.max_steps
-    if args.seed is not None:
-        train_cfg["seed"] = args.seed
-    train_cfg.setdefault("seed", 42)
+    data_cfg = dict(run["data"])
     if args.max_train_rows is not None:
         data_cfg["train_rows"] = args.max_train_rows
     if args.max_eval_rows is not None:
         data_cfg["eval_rows"] = data_cfg["test_rows"] = args.max_eval_rows
-    output_dir = Path(args.output_dir or run["output_dir"] or Path("outputs") / Path(args.config).stem)
-    model_name = run["hub"].get("model_name") or output_dir.resolve().name
-    repo_id = run["hub"].get("repo_id") or str(output_dir)
+    job = _prepare_run(args, run)
+    say, training_args, output_dir, resume = job.say, job.training_args, job.output_dir, job.resume
+    train_cfg, model_name, repo_id = job.train_cfg, job.model_name, job.repo_id
     num_digits = data_cfg["num_digits"]
     digits_text = str(num_digits) if isinstance(num_digits, int) else f"{num_digits[0]}-{num_digits[1]}"
     image_size = (DIGIT_SIZE, _digit_range(num_digits)[1] * DIGIT_SIZE)  # (height, width) of every tile
-    resume = _resume_checkpoint(getattr(args, "resume_from_checkpoint", None), output_dir)
-    # As in _train_text: every process runs this, the main one prints and writes; "before" is eval_on_start.
-    training_args = _training_arguments(output_dir, {**train_cfg, "eval_on_start": True})
-    is_main = training_args.process_index == 0
-
-    def say(message):
-        if is_main:
-            print(f"[slam-hf] {message}", flush=True)
-
     say(f"preparing data: MNIST digit tiles of {digits_text} digits")
     datasets.disable_progress_bars()
     sizes = {"train": data_cfg["train_rows"], "validation": data_cfg["eval_rows"], "test": data_cfg["test_rows"]}
@@ -1089,18 +1118,10 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
 
     # Tokenizer first: it fixes vocab_size and the special-token ids of the model config.
     tokenizer = train_digit_tokenizer(tiles["train"])
-    model_kwargs = dict(run["model"])
-    vocab_size = model_kwargs.setdefault("vocab_size", len(tokenizer))
-    if vocab_size < len(tokenizer):
-        raise ConfigError(f"`model.vocab_size` ({vocab_size}) is smaller than the tokenizer's {len(tokenizer)} tokens")
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        model_kwargs.setdefault(name, getattr(tokenizer, name))
-    model_kwargs.setdefault("decoder_start_token_id", tokenizer.bos_token_id)
-    model_kwargs.setdefault("image_token_id", tokenizer.convert_tokens_to_ids("<image>"))
-    try:
-        config = variant.config_class(**model_kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid `model` section: {err}") from err
+    config = _model_config(
+        variant, run["model"], tokenizer,
+        decoder_start_token_id=tokenizer.bos_token_id, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )  # fmt: skip
     patch_size = config.vision_config.patch_size
     if image_size[0] % patch_size or image_size[1] % patch_size:
         raise ConfigError(
@@ -1167,35 +1188,24 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         train_collator=DigitTileCollator(pad_id, max_shift=data_cfg["max_shift"], seed=training_args.seed),
     )
 
-    processes = max(training_args.world_size, 1)
+    processes = job.processes
     hardware = _hardware(processes, _distributed_label(trainer))
     say(f"hardware: {hardware}")
     # Exact match before training scores the freshly built model (a resumed run: the checkpoint is loaded by
     # train(), so it is not scored before; the number is None). Every process generates on the whole test split.
     match_before = digit_exact_match(model, processor, tiles["test"]) if resume is None else None
-    start_step, restored = (resume[1], resume[2]) if resume else (0, 0)
-    if resume:
-        say(f"resuming from {resume[0]} at step {start_step}")
-    train_output = trainer.train(resume_from_checkpoint=resume[0] if resume else None)
-    steps = trainer.state.global_step
-    history = list(trainer.state.log_history)
-    this_run = history[restored:]
-    before = next(e for e in this_run if "eval_loss" in e)  # eval_on_start
-    val_loss_before = float(before["eval_loss"])
+    trained = _train_and_evaluate(trainer, job)
+    train_output, steps, start_step, history = trained.output, trained.steps, trained.start_step, trained.history
+    train_seconds, optim_seconds = float(train_output.metrics["train_runtime"]), trained.optim_seconds
+    val_loss_before = float(trained.before["eval_loss"])
     where = "at initialisation" if resume is None else f"at the checkpoint (step {start_step})"
     exact_before = "" if match_before is None else f", test exact match {match_before['exact_match']:.2%}"
     say(f"{where}: held-out loss {val_loss_before:.4f}{exact_before} (chance {chance:.2%})")
-    eval_seconds_in_train = sum(e.get("eval_runtime", 0.0) for e in this_run)
-    train_seconds = float(train_output.metrics["train_runtime"])
-    final_eval = next((e for e in reversed(this_run) if "eval_loss" in e and e.get("step") == steps), None)
-    if final_eval is None or final_eval is before:
-        final_eval = {**trainer.evaluate(), "step": steps}
-        history.append(final_eval)
-    val_loss_after = float(final_eval["eval_loss"])
+    val_loss_after = float(trained.final_eval["eval_loss"])
     # Every process takes part in gathering FSDP shards (collective); the exact match then runs on a plain module.
     parameters_per_process = _parameters_per_process(trainer)
     model = _unsharded_model(trainer, model, lambda: AutoModelForImageTextToText.from_config(config))
-    if not is_main:
+    if not job.is_main:
         return {"train_steps": steps, "val_loss_after": val_loss_after, "process_index": training_args.process_index}
     t_match = time.perf_counter()
     match = digit_exact_match(model, processor, tiles["test"])
@@ -1204,28 +1214,17 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         f"after training: held-out loss {val_loss_after:.4f}, test exact match {match['exact_match']:.2%} "
         f"(digits right {match['digit_accuracy']:.2%}; chance {chance:.2%}) on {match['rows']} tiles"
     )
-    rows_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
+    rows_per_step = job.rows_per_step
     train_samples = steps * rows_per_step
     run_samples = (steps - start_step) * rows_per_step
-    optim_seconds = max(train_seconds - eval_seconds_in_train, 1e-9)
     train_losses = [e["loss"] for e in history if "loss" in e]
     eval_curve = [{"step": e["step"], "eval_loss": e["eval_loss"]} for e in history if "eval_loss" in e]
 
-    # Hub folder: weights + config (full auto_map) + remote code + generation config + processor.
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stale = output_dir / "pytorch_model.bin"
-    if stale.exists():
-        stale.unlink()
-    model.config.auto_map = {
-        "AutoConfig": _class_reference(variant.config_class),
-        "AutoModel": _class_reference(variant.base_model_class),
-        **{auto: _class_reference(variant.head_class) for auto in variant.head_auto_classes},
-    }
-    model.config.use_cache = use_cache
+    # Hub folder: weights + config + remote code + generation config + processor.
     generation = model.generation_config
     generation.pad_token_id, generation.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
     generation.eos_token_id, generation.decoder_start_token_id = tokenizer.eos_token_id, config.decoder_start_token_id
-    model.save_pretrained(output_dir)
+    _save_model_folder(model, output_dir, use_cache)
     processor.save_pretrained(output_dir)
 
     wall_seconds = time.perf_counter() - t_start
@@ -1356,11 +1355,6 @@ def _lm_loss_only(model):
         yield
     finally:
         config.router_aux_loss_coef = coef
-
-
-def _class_reference(cls) -> str:
-    """auto_map value: `<module file stem>.<ClassName>` (the remote-code files are copied flat)."""
-    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
 
 
 def _enum_value(value) -> str:
