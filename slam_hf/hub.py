@@ -248,7 +248,7 @@ def render_generic_card(model, folder: Path, repo_id: str | None):
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from .cli import DECODER_LORA_PATTERN, IMAGE_TEXT_TASK, _lora_targets, _template_path, variants
+    from .run_config import DECODER_LORA_PATTERN, IMAGE_TEXT_TASK, lora_targets, template_path, variants
 
     config = model.config
     variant = variants()[config.model_type]
@@ -265,7 +265,7 @@ def render_generic_card(model, folder: Path, repo_id: str | None):
     )
     return ModelCard.from_template(
         card_data,
-        template_path=str(_template_path(GENERIC_TEMPLATE_NAME)),
+        template_path=str(template_path(GENERIC_TEMPLATE_NAME)),
         repo_id=repo_id,
         variant=config.model_type,
         variant_summary=variant.summary,
@@ -274,7 +274,7 @@ def render_generic_card(model, folder: Path, repo_id: str | None):
         rows=variant.architecture_rows(config),
         image_text=image_text,
         head_auto_class=variant.head_auto_classes[0],
-        lora_targets=[DECODER_LORA_PATTERN] if image_text else _lora_targets(config),
+        lora_targets=[DECODER_LORA_PATTERN] if image_text else lora_targets(config),
         lora_modules=variant.lora_modules,
         interpretation=variant.interpretation,
         tested_range=tested_transformers_range(),

@@ -225,7 +225,7 @@ def test_v2_evaluation_scores_the_lm_loss_alone():
     import torch
 
     from slam_hf import SlamV2Config, SlamV2ForCausalLM
-    from slam_hf.cli import _lm_loss_only
+    from slam_hf.training import lm_loss_only
 
     model = SlamV2ForCausalLM(
         SlamV2Config(vocab_size=64, hidden_size=32, num_attention_heads=4, intermediate_size=32, ef_cycles=1,
@@ -235,7 +235,7 @@ def test_v2_evaluation_scores_the_lm_loss_alone():
     ids = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
         full = model(input_ids=ids, labels=ids)
-        with _lm_loss_only(model):
+        with lm_loss_only(model):
             lm_only = model(input_ids=ids, labels=ids).loss
     lm = torch.nn.functional.cross_entropy(full.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
     torch.testing.assert_close(lm_only, lm)
@@ -298,7 +298,7 @@ def trained_v3(tmp_path_factory):
 
 
 def test_v3_yaml_is_valid():
-    from slam_hf.cli import load_run_config
+    from slam_hf.run_config import load_run_config
 
     run = load_run_config(TINY_V3)
     assert run["variant"] == "slam_v3" and run["torch_threads"] == 1

@@ -19,7 +19,9 @@ import torch
 import yaml
 
 from slam_common import single_threaded_torch
-from slam_hf.cli import ConfigError, _enable_cpu_fsdp, _resume_checkpoint, main
+from slam_hf.cli import main
+from slam_hf.run_config import ConfigError
+from slam_hf.training import _resume_checkpoint, enable_cpu_fsdp
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
@@ -176,7 +178,7 @@ def test_fsdp1_on_cpu_is_refused_with_the_reason(monkeypatch):
     state = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, mixed_precision="no")
     trainer = SimpleNamespace(accelerator=SimpleNamespace(state=state), is_fsdp_enabled=False)
     with pytest.raises(ConfigError, match="fsdp_version: 2"):
-        _enable_cpu_fsdp(trainer)
+        enable_cpu_fsdp(trainer)
     assert state.distributed_type == DistributedType.MULTI_CPU
 
 

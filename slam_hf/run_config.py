@@ -1,0 +1,411 @@
+"""What a `slam-hf train` YAML means: the variants (config and model classes, task, card rows, LoRA targets,
+interpretation choices) and the checked run config (`load_run_config`).
+
+Not part of the remote code: this module may import anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import yaml
+
+
+TEMPLATE_NAME = "modelcard_template.md"
+IMAGE_TEXT_TEMPLATE_NAME = "modelcard_template_image_text.md"
+CARD_TAGS = ["slam", "custom_code"]
+LORA_ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+GATED_MLP_TYPES = ("geglu", "swiglu")
+# SLAM v3: LoRA on the decoder alone (MLA q/kv_b/o and cross-attention q/o of every layer); plain names would
+# also match the encoder's paths and vision tower.
+DECODER_LORA_PATTERN = r"model\.decoder\.layers\.\d+\.(self_attn|cross_attn)\.(q_proj|kv_b_proj|o_proj)"
+
+
+class ConfigError(ValueError):
+    """A problem with the training YAML; the message names the key and the fix."""
+
+
+TEXT_TASK = "text-generation"
+IMAGE_TEXT_TASK = "image-text-to-text"
+
+
+class Variant(NamedTuple):
+    config_class: type
+    head_class: type  # what `train` builds
+    summary: str  # model-card description
+    architecture_rows: Callable  # config -> [(setting, value)]: the variant's own rows of the model-card table
+    lora_modules: str  # model-card paragraph: which modules LoRA can target
+    task: str = TEXT_TASK  # TEXT_TASK: causal LM on Shakespeare; IMAGE_TEXT_TASK: digit tiles -> digit string
+    head_auto_classes: tuple = ("AutoModelForCausalLM",)  # the Auto factories that load head_class
+    interpretation: tuple = ()  # model card: where the public description was loose, what this code chose
+
+
+def _v1_rows(config) -> list[tuple[str, object]]:
+    return [
+        ("ef_cycles", config.ef_cycles),
+        ("ef_segment_length / overlap", f"{config.ef_segment_length} / {config.ef_segment_overlap}"),
+    ]
+
+
+def _v2_rows(config) -> list[tuple[str, object]]:
+    return [
+        ("ef_cycles", config.ef_cycles),
+        ("ef_num_blocks (shared by all cycles)", config.ef_num_blocks),
+        ("ef_segment_length (non-overlapping)", config.ef_segment_length),
+        ("moa_num_experts / moa_top_k", f"{config.moa_num_experts} / {config.moa_top_k}"),
+        (
+            "moa_expert_heads / shared K/V heads",
+            f"{config.moa_expert_heads} / {config.moa_key_value_heads} (head_dim {config.head_dim})",
+        ),
+        ("router_aux_loss_coef", config.router_aux_loss_coef),
+    ]
+
+
+def v3_cache_bytes_per_token(config, bytes_per_value: int = 4) -> tuple[int, int]:
+    """Decoder self-attention cache per generated token, all layers: (MLA latent cache, full per-head K/V)."""
+    latent = (config.kv_lora_rank + config.qk_rope_head_dim) * config.decoder_layers * bytes_per_value
+    heads = config.num_attention_heads
+    full = heads * (config.qk_nope_head_dim + config.qk_rope_head_dim + config.v_head_dim) * config.decoder_layers
+    return latent, full * bytes_per_value
+
+
+def _v3_rows(config) -> list[tuple[str, object]]:
+    vision = config.vision_config
+    latent_bytes, full_bytes = v3_cache_bytes_per_token(config)
+    fusion = "mean of the paths + concat_proj (4H → H) + 1 cross-modal attention layer"
+    if config.fusion_num_latents:
+        fusion += f"; latent bottleneck: {config.fusion_num_latents} learned latents are the memory"
+    else:
+        fusion += "; no latent bottleneck (the memory is the fused sequence)"
+    q_rank = "none" if config.q_lora_rank is None else config.q_lora_rank
+    return [
+        (
+            "encoder paths",
+            f"text, image, shared, cross_modal: {config.encoder_layers} layer(s) each, batched as one computation",
+        ),
+        ("fusion", fusion),
+        ("decoder_layers", f"{config.decoder_layers} (causal MLA self-attention → cross-attention → MLP)"),
+        (
+            "MLA kv_lora_rank / qk_nope_head_dim + qk_rope_head_dim / v_head_dim / q_lora_rank",
+            f"{config.kv_lora_rank} / {config.qk_nope_head_dim} + {config.qk_rope_head_dim} / "
+            f"{config.v_head_dim} / {q_rank}",
+        ),
+        (
+            "decoder cache bytes / token (float32, all layers)",
+            f"{latent_bytes:,} (latent {config.kv_lora_rank} + RoPE key {config.qk_rope_head_dim} per layer; "
+            f"per-head K/V would take {full_bytes:,})",
+        ),
+        (
+            "vision tower",
+            f"{vision.patch_size}×{vision.patch_size} patches, {vision.num_hidden_layers} layers, hidden "
+            f"{vision.hidden_size}, {vision.num_attention_heads} heads, "
+            f"{'2D RoPE' if vision.position_embedding_type == 'rope' else 'no positions'}, "
+            f"{vision.projector_type} projector",
+        ),
+        ("image_token_id", config.image_token_id),
+    ]
+
+
+_MLP_LORA_MODULES = (
+    "`up_proj`, `down_proj` (MLP), and `gate_proj` for gated MLPs (`mlp_type` `geglu` or `swiglu`) only. "
+    '`target_modules="all-linear"` also works'
+)
+
+
+def variants() -> dict[str, Variant]:
+    """`model.variant` -> classes. One line per SLAM variant."""
+    from .configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config
+    from .modeling_slam import SlamV1ForCausalLM, SlamV2ForCausalLM, SlamV3ForConditionalGeneration
+
+    return {
+        "slam_v1": Variant(
+            SlamV1Config,
+            SlamV1ForCausalLM,
+            "SLAM v1 runs one full-attention layer, then `ef_cycles` encoder-fusion (EF) cycles, then a second "
+            "full-attention layer. An EF cycle cuts the sequence into overlapping windows of `ef_segment_length` "
+            "tokens (overlap `ef_segment_overlap`) that its two blocks A and B handle alternately; each block "
+            "attends only inside its window (causally here), and a token covered by two windows takes the mean "
+            "of both outputs. Windows are fixed in absolute positions, so the KV cache stays valid while "
+            "generating.",
+            _v1_rows,
+            f"Valid targets: `q_proj`, `k_proj`, `v_proj`, `o_proj` (attention), {_MLP_LORA_MODULES}.",
+            interpretation=(
+                "The published 60 % / 60 % split is two numbers, `ef_segment_length=60`, `ef_segment_overlap=20` "
+                "(the defaults); any sequence length works and windows past the end are partial.",
+                "Windows sit at fixed positions, not fractions of the length, so generation never re-segments "
+                "earlier tokens and the KV cache stays valid; each EF block owns one cache layer.",
+                "\"Mean of the two outputs\" is the mean over every window covering a token; a causal model "
+                "attends causally inside windows.",
+                "Positions count real tokens, so left padding does not change the outputs.",
+                "Published defaults: post-LayerNorm, GELU, multi-head attention; positions (unspecified in the "
+                "description) default to RoPE.",
+            ),
+        ),
+        "slam_v2": Variant(
+            SlamV2Config,
+            SlamV2ForCausalLM,
+            "SLAM v2 has three levels. Level 1 is one full-attention layer. Level 2 runs `ef_cycles` "
+            "encoder-fusion cycles over non-overlapping segments of `ef_segment_length` tokens: in cycle c "
+            "(0-based) segment s is processed by block (s + c) mod 4 on input h_s + x_s (its previous output "
+            "plus its original embedded input), attending only inside the segment (causally here). The 4 blocks "
+            "(`ef_num_blocks`) are shared by all cycles, and each cycle runs them as one batched computation, not "
+            "a loop over segments. Level 3 is a mixture of attention experts (MoA) over the full sequence, then "
+            "an MLP and the final norm: a router sends each token to the top `moa_top_k` of `moa_num_experts` "
+            "experts, each with its own query and output projections over one shared key/value projection, and "
+            "a load-balancing loss, weighted by `router_aux_loss_coef`, is added to the training loss. Segments "
+            "are fixed in absolute positions, so the KV cache stays valid while generating.",
+            _v2_rows,
+            "Valid targets: `q_proj`, `k_proj`, `v_proj`, `o_proj` name the attention projections of the "
+            "full-attention layer and of the 4 fusion blocks, and in the MoA layer the per-expert query and "
+            "output projections (`experts.<i>.q_proj`, `experts.<i>.o_proj`) and the shared `k_proj`, `v_proj`; "
+            "`router` is the MoA router (hidden size to one logit per expert). To adapt the experts alone, pass "
+            r'a regular expression: `target_modules=r".*experts\.\d+\.(q_proj|o_proj)"`. '
+            f"{_MLP_LORA_MODULES} (it includes the router).",
+            interpretation=(
+                "The README's design is implemented, not the published code (which used overlapping windows and "
+                "dense \"MoE attention\").",
+                "Segments have a fixed length at fixed positions (the last may be partial; longer inputs have more "
+                "than four, segment k going to block (k + c) mod 4), so the KV cache stays valid.",
+                "The four blocks are shared by all cycles; each cycle computes new K/V and owns one cache layer.",
+                "Experts have their own query and output projections over shared keys and values (top-k routing, "
+                "GQA ratio kept); the load-balancing loss is added whenever labels are given.",
+                "Published defaults: post-LayerNorm, GELU, MHA, RoPE, 8 experts, top-2.",
+            ),
+        ),
+        "slam_v3": Variant(
+            SlamV3Config,
+            SlamV3ForConditionalGeneration,
+            "SLAM v3 is an image+text encoder-decoder. The encoder input is the prompt with one `<image>` "
+            "placeholder per image patch (the processor expands each `<image>`); a ViT vision tower (linear patch "
+            "embedding, 2D RoPE over the patch grid, bidirectional layers, projector) puts its patch features at "
+            "the placeholders. The joint sequence runs through four parallel paths that differ only in weights and "
+            "attention masks, batched as one computation: text (text ↔ text), image (image ↔ image), shared "
+            "(all ↔ all) and cross-modal (text ↔ image only). A fusion node mixes them (the mean of the paths that "
+            "saw each token plus a learned projection of their concatenation), applies one cross-modal attention "
+            "layer and, with `fusion_num_latents` > 0, compresses the sequence into learned latents; the result is "
+            "the decoder's memory. The decoder generates the answer: causal Multi-head Latent Attention (MLA) "
+            "caches only a `kv_lora_rank`-wide latent and one shared RoPE key per token, then cross-attention to "
+            "the memory (its keys and values are computed once per generation), then an MLP.",
+            _v3_rows,
+            "Decoder targets: `q_proj`, `kv_b_proj` (MLA's latent → per-head key/value up-projection) and "
+            "`o_proj` of the MLA self-attention, and `q_proj`, `k_proj`, `v_proj`, `o_proj` of the "
+            "cross-attention; `kv_a_proj_with_mqa` is MLA's down-projection into the cached latent. Plain names "
+            "also match the encoder (its four paths, fusion layer and vision tower use `q_proj`, `k_proj`, "
+            "`v_proj`, `o_proj`; adapted paths call their projections one path at a time, not as stacked "
+            "matmuls), so to adapt the decoder alone pass a regular expression, as above: "
+            f'`r"{DECODER_LORA_PATTERN}"` adapts '
+            "MLA's `q_proj`, `kv_b_proj`, `o_proj` and the cross-attention's `q_proj`, `o_proj` in every decoder "
+            "layer. MLPs: `gate_proj` (for `geglu`/`swiglu`), `up_proj`, `down_proj`. "
+            '`target_modules="all-linear"` adapts every projection except the tied output head.',
+            task=IMAGE_TEXT_TASK,
+            head_auto_classes=("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM"),
+            interpretation=(
+                "An encoder-decoder, not decoder-only: the prompt and image are encoded once, the answer is decoded "
+                "with cross-attention to the fused memory (the published code never implemented the multimodal part).",
+                "Images enter as one `<image>` placeholder per patch; the vision tower uses 2D RoPE over the patch "
+                "grid, the joint sequence 1D RoPE over real tokens.",
+                "The four paths share one input and differ only in weights and attention masks; a token with no key "
+                "in a path gets exactly zero from it.",
+                "Fusion node = mean of the paths + a learned projection of their concatenation, then one "
+                "cross-modal attention layer, optionally a learned-latent bottleneck.",
+                "Decoder self-attention is DeepSeek-V2's Multi-head Latent Attention: the cache holds only the "
+                "compressed latent and one RoPE key per token; decoding absorbs the up-projections.",
+            ),
+        ),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# YAML config
+
+TOP_LEVEL_KEYS = ("model", "data", "training", "output_dir", "hub", "torch_threads")
+DATA_KEYS = ("block_size", "max_train_rows", "max_eval_rows")
+# SLAM v3 (digit tiles): rows per split (validation scores the loss, test the exact match), digits per tile,
+# the training collator's translation augmentation, and the tiling seed.
+IMAGE_TEXT_DATA_KEYS = ("num_digits", "train_rows", "eval_rows", "test_rows", "max_shift", "seed")
+IMAGE_TEXT_DATA_DEFAULTS = {
+    "num_digits": 2, "train_rows": 8000, "eval_rows": 500, "test_rows": 500, "max_shift": 2, "seed": 0,
+}  # fmt: skip
+HUB_KEYS = ("model_name", "repo_id")
+# TrainingArguments fields that the command sets itself: what it writes, where, and how it reports.
+RESERVED_TRAINING_KEYS = {
+    "output_dir": "set the top-level `output_dir:` or pass --output-dir",
+    "report_to": "the command reports to the console and training_metrics.json",
+    "disable_tqdm": "the progress bar is always shown",
+    "use_cpu": "chosen automatically (CPU when no CUDA device is available)",
+    "prediction_loss_only": "evaluation computes the loss only",
+    "load_best_model_at_end": "the folder holds the model after the last step; checkpoints stay in checkpoint-N",
+    "push_to_hub": "upload the finished folder with `slam-hf push --model DIR --repo ORG/NAME`",
+    "resume_from_checkpoint": "pass --resume-from-checkpoint PATH (or `latest`) to `slam-hf train`",
+    "do_train": "implied by `slam-hf train`",
+    "do_eval": "implied by `slam-hf train`",
+    "eval_on_start": "the command always scores the model before training (the `before` numbers)",
+}
+
+
+def _unknown_key_error(section: str, key, allowed) -> ConfigError:
+    where = f"{section}.{key}" if section else str(key)
+    message = f"unknown key `{where}`"
+    close = difflib.get_close_matches(str(key), list(allowed), n=1)
+    if close:
+        message += f"; did you mean `{close[0]}`?"
+    else:
+        message += f"; allowed keys{' in `' + section + '`' if section else ''}: {', '.join(sorted(allowed))}"
+    return ConfigError(message)
+
+
+def _section(raw: dict, name: str) -> dict:
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"`{name}` must be a mapping of keys to values, got {type(value).__name__}")
+    return dict(value)
+
+
+def _optional_positive_int(value, where: str):
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"`{where}` must be a positive integer or null, got {value!r}")
+    return value
+
+
+def _non_negative_int(value, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"`{where}` must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _image_text_data(data: dict) -> dict:
+    """Validate the `data` section of an image-text (SLAM v3) config; returns it with defaults filled in."""
+    from .data import _digit_range
+
+    for key in data:
+        if key not in IMAGE_TEXT_DATA_KEYS:
+            raise _unknown_key_error("data", key, IMAGE_TEXT_DATA_KEYS)
+    data = {**IMAGE_TEXT_DATA_DEFAULTS, **data}
+    try:
+        lo, hi = _digit_range(data["num_digits"])
+    except ValueError as err:
+        raise ConfigError(f"`data.num_digits`: {err} (e.g. 2, or [2, 4])") from err
+    data["num_digits"] = lo if lo == hi else [lo, hi]
+    for key in ("train_rows", "eval_rows", "test_rows"):
+        if _optional_positive_int(data[key], f"data.{key}") is None:
+            raise ConfigError(f"`data.{key}` must be a positive integer, got null")
+    _non_negative_int(data["max_shift"], "data.max_shift")
+    _non_negative_int(data["seed"], "data.seed")
+    return data
+
+
+def _config_parameters(config_class) -> set[str]:
+    import inspect
+
+    params = inspect.signature(config_class.__init__).parameters
+    return {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def _training_fields() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def load_run_config(path) -> dict:
+    """Read and validate a training YAML; returns {model, variant, data, training, output_dir, hub, torch_threads}.
+
+    `torch_threads` (optional, top level): torch intra-op threads for the run (null: torch's default). Tiny models
+    train faster on 1 thread, and on a busy machine OpenMP spin-waiting made 2 threads ~25-50x slower.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping with the sections {', '.join(TOP_LEVEL_KEYS)}")
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise _unknown_key_error("", key, TOP_LEVEL_KEYS)
+
+    model = _section(raw, "model")
+    known = variants()
+    variant = model.pop("variant", None)
+    if variant not in known:
+        raise ConfigError(f"`model.variant` must be one of {', '.join(known)}; got {variant!r}")
+    allowed_model = _config_parameters(known[variant].config_class)
+    for key in model:
+        if key not in allowed_model:
+            raise _unknown_key_error("model", key, allowed_model)
+    sub_configs = getattr(known[variant].config_class, "sub_configs", {})
+    for key, sub_class in sub_configs.items():  # SLAM v3: model.vision_config
+        if model.get(key) is None:
+            continue
+        if not isinstance(model[key], dict):
+            raise ConfigError(f"`model.{key}` must be a mapping of keys to values, got {type(model[key]).__name__}")
+        allowed_sub = _config_parameters(sub_class)
+        for sub_key in model[key]:
+            if sub_key not in allowed_sub:
+                raise _unknown_key_error(f"model.{key}", sub_key, allowed_sub)
+
+    data = _section(raw, "data")
+    if known[variant].task == IMAGE_TEXT_TASK:
+        data = _image_text_data(data)
+    else:
+        for key in data:
+            if key not in DATA_KEYS:
+                raise _unknown_key_error("data", key, DATA_KEYS)
+        data.setdefault("block_size", 128)
+        if not isinstance(data["block_size"], int) or isinstance(data["block_size"], bool) or data["block_size"] < 2:
+            raise ConfigError(f"`data.block_size` must be an integer >= 2, got {data['block_size']!r}")
+        for key in ("max_train_rows", "max_eval_rows"):
+            data[key] = _optional_positive_int(data.get(key), f"data.{key}")
+
+    training = _section(raw, "training")
+    allowed_training = _training_fields() - RESERVED_TRAINING_KEYS.keys()
+    for key in training:
+        if key in RESERVED_TRAINING_KEYS:
+            raise ConfigError(f"`training.{key}` cannot be set in the YAML: {RESERVED_TRAINING_KEYS[key]}")
+        if key not in allowed_training:
+            raise _unknown_key_error("training", key, allowed_training)
+
+    hub = _section(raw, "hub")
+    for key in hub:
+        if key not in HUB_KEYS:
+            raise _unknown_key_error("hub", key, HUB_KEYS)
+
+    output_dir = raw.get("output_dir")
+    if output_dir is not None and not isinstance(output_dir, str):
+        raise ConfigError(f"`output_dir` must be a path string, got {output_dir!r}")
+    torch_threads = _optional_positive_int(raw.get("torch_threads"), "torch_threads")
+    return {
+        "variant": variant, "model": model, "data": data, "training": training, "output_dir": output_dir, "hub": hub,
+        "torch_threads": torch_threads,
+    }  # fmt: skip
+
+
+
+
+def template_path(name: str = TEMPLATE_NAME) -> Path:
+    """`hub_templates/<name>` (default `modelcard_template.md`), inside the package or next to it in a source
+    checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "hub_templates" / name, here.parent / "hub_templates" / name):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"model card template hub_templates/{name} not found in {here} or {here.parent}; "
+        "run from a source checkout of slam_hf or install a build that ships the template"
+    )
+
+
+def lora_targets(config) -> list[str]:
+    mlp = ["gate_proj", "up_proj", "down_proj"] if config.mlp_type in GATED_MLP_TYPES else ["up_proj", "down_proj"]
+    return LORA_ATTENTION_MODULES + mlp
+
+
