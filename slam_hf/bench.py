@@ -18,6 +18,7 @@ Not part of the remote code: this module may import anything.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -437,8 +438,24 @@ MEASURED = (
 )  # fmt: skip
 
 
+def _worker_paths(kind, work_dir: Path, tag: str) -> tuple[Path, Path]:
+    return work_dir / f"{tag}-{kind}.spec.json", work_dir / f"{tag}-{kind}.out.json"
+
+
+def _finished_result(kind, spec, work_dir: Path, tag: str):
+    """The result of an earlier worker run with exactly this spec (same data, settings and software), if it finished."""
+    spec_path, out_path = _worker_paths(kind, work_dir, tag)
+    if not (spec_path.is_file() and out_path.is_file()):
+        return None
+    if json.loads(spec_path.read_text(encoding="utf-8")) != json.loads(json.dumps(spec)):
+        return None
+    result = json.loads(out_path.read_text(encoding="utf-8"))
+    return None if "error" in result else result
+
+
 def _run_worker(kind, spec, work_dir: Path, tag: str, log) -> dict:
-    spec_path, out_path = work_dir / f"{tag}-{kind}.spec.json", work_dir / f"{tag}-{kind}.out.json"
+    spec_path, out_path = _worker_paths(kind, work_dir, tag)
+    out_path.unlink(missing_ok=True)  # a result on disk always belongs to the spec beside it
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     env = dict(os.environ)
     if spec.get("torch_threads"):
@@ -535,8 +552,13 @@ def _software() -> dict:
             "slam_hf": __version__}  # fmt: skip
 
 
-def run_bench(config: dict, output_dir, *, command: str = "", log=print) -> dict:
-    """Run the whole benchmark; writes results.json, leaderboard.md and the plots into output_dir."""
+def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume: bool = False) -> dict:
+    """Run the whole benchmark; writes results.json, leaderboard.md and the plots into output_dir.
+
+    With ``resume``, a (model, seed) whose train and inference workers already finished in output_dir/work with the
+    same spec (the same rows, settings and software versions) is reported from those results instead of retrained:
+    an interrupted multi-hour run, or one that adds seeds, redoes only what is missing.
+    """
     import torch
 
     from .bench_models import COMMON_NOTES
@@ -548,6 +570,8 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print) -> dict
     work_dir.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = prepare_data(config, work_dir)
+    rows_sha256 = hashlib.sha256((work_dir / "rows.pt").read_bytes()).hexdigest()
+    software, machine = _software(), _machine(device, config["torch_threads"])
     steps = planned_steps(config, data)
     tokens_per_step = config["batch_size"] * config["sequence_length"]
     log(f"[slam-hf bench] {data['description']}; {steps} steps × {tokens_per_step} tokens per model and seed")
@@ -566,8 +590,14 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print) -> dict
                 "max_grad_norm": config["max_grad_norm"], "max_train_seconds": config["max_train_seconds"],
                 "eval_every_steps": config["eval_every_steps"], "generation": config["generation"],
                 "latency_repeats": config["latency_repeats"], "torch_threads": config["torch_threads"],
-                "compile": name in config["compile"],
+                "compile": name in config["compile"], "rows_sha256": rows_sha256, "software": software,
+                "machine": machine,
             }  # fmt: skip
+            finished = [_finished_result(kind, spec, work_dir, tag) for kind in ("train", "infer")] if resume else []
+            if finished and None not in finished:
+                log(f"{tag}: reusing the finished train and inference results in {work_dir}")
+                runs[seed] = {"train": finished[0], "infer": finished[1]}
+                continue
             train = _run_worker("train", spec, work_dir, tag, log)
             infer = (
                 _run_worker("infer", spec, work_dir, tag, log)
@@ -585,8 +615,8 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print) -> dict
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "duration_seconds": time.perf_counter() - t_start,
-        "machine": _machine(device, config["torch_threads"]),
-        "software": _software(),
+        "machine": machine,
+        "software": software,
         "settings": {
             "shape": config["shape"], "vocab_size": data["tokenizer_size"], "batch_size": config["batch_size"],
             "sequence_length": config["sequence_length"], "learning_rate": config["learning_rate"],

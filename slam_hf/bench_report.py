@@ -10,6 +10,7 @@ The results schema ("slam_hf.bench/1"), checked by `validate_results`:
     {
       "schema": "slam_hf.bench/1",
       "title": str, "created": ISO-8601 time str, "command": str (reproduces the run), "duration_seconds": float,
+      "caveats": [str, ...] (optional: what a reader must know about how the run went),
       "machine": {"description": str, "device": "cpu" | "cuda", "torch_threads": int, ...},
       "software": {"python": str, "torch": str, "transformers": str, "slam_hf": str, ...},
       "settings": {
@@ -344,6 +345,9 @@ def validate_results(results) -> None:
         _fail("created", f"is {created!r}, expected an ISO-8601 time string")
     _require(results, "command", "", lambda v: isinstance(v, str), "a string (the command that reproduces the run)")
     _require(results, "duration_seconds", "", lambda v: _is_number(v) and v >= 0, "a non-negative number")
+    if "caveats" in results:
+        _require(results, "caveats", "", lambda v: isinstance(v, list) and all(map(_nonempty_str, v)),
+                 "a list of non-empty strings (what a reader must know about how the run went)")  # fmt: skip
 
     machine = _require(results, "machine", "", lambda v: isinstance(v, Mapping), "a dict")
     _require(machine, "description", "machine", _nonempty_str, "a non-empty string")
@@ -626,6 +630,8 @@ def render_markdown(results: Mapping, *, figures: Mapping[str, str] | None = Non
     rows += [(f"`{key}`", _plain(value)) for key, value in settings.items() if key not in listed]  # beyond the schema
     rows.append(("Run", f"{results['created']}, took {_duration(results['duration_seconds'])}"))
     out += ["| | |", "|---|---|"] + [f"| **{_md(k)}** | {_md(v)} |" for k, v in rows] + [""]
+    if results.get("caveats"):
+        out += ["**Caveats:**", ""] + [f"- {_md(caveat)}" for caveat in results["caveats"]] + [""]
     if results["command"]:
         out += ["Reproduce with:", "", "```bash", results["command"], "```", ""]
 
@@ -1308,12 +1314,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("results", help="results.json written by slam-hf bench")
     parser.add_argument("--output-dir", help="where to write (default: the folder of results.json)")
     parser.add_argument("--linear-y", action="store_true", help="linear instead of log y axis for the loss curves")
+    parser.add_argument(
+        "--caveat",
+        action="append",
+        default=[],
+        help="add a caveat to the written results.json and report, e.g. that other work shared the machine; repeatable",
+    )
     args = parser.parse_args(argv)
     try:
         results = load_results(args.results)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if args.caveat:
+        results["caveats"] = [*results.get("caveats", []), *args.caveat]
     paths = write_reports(results, args.output_dir or os.path.dirname(os.path.abspath(args.results)),
                           log_y=not args.linear_y)  # fmt: skip
     print("\n".join(paths.values()))

@@ -111,3 +111,34 @@ def test_config_errors_name_the_key(tmp_path, capsys, change, fragment):
         main(["bench", "--config", str(path), "--output-dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_resume_reuses_finished_runs_and_only_those(tmp_path, capsys):
+    """--resume reports a finished (model, seed) from its worker results and runs only what is missing; a changed
+    setting makes the old results unusable."""
+    from slam_hf.bench import _finished_result
+
+    out = tmp_path / "bench"
+    base = ["bench", "--config", str(SMOKE), "--output-dir", str(out), "--models", "slam_v1", "--steps", "2"]
+    assert main([*base, "--seeds", "0"]) == 0
+    first = json.loads((out / "results.json").read_text())
+    work = out / "work"
+    seed0_out = work / "slam_v1-seed0-train.out.json"
+    stamp = seed0_out.stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert main([*base, "--seeds", "0,1", "--resume"]) == 0
+    log = capsys.readouterr().out
+    assert "slam_v1-seed0: reusing the finished train and inference results" in log
+    assert "slam_v1-seed1 train:" in log and "slam_v1-seed0 train:" not in log
+    assert seed0_out.stat().st_mtime_ns == stamp
+    second = json.loads((out / "results.json").read_text())
+    (row1,), (row2,) = first["models"], second["models"]
+    assert row2["curves"]["0"] == row1["curves"]["0"]
+    loss = row2["metrics"]["heldout_loss"]
+    assert loss["n"] == 2 and loss["values"][0] == row1["metrics"]["heldout_loss"]["values"][0]
+
+    spec = json.loads((work / "slam_v1-seed0-train.spec.json").read_text())
+    assert _finished_result("train", spec, work, "slam_v1-seed0") is not None
+    assert _finished_result("train", {**spec, "steps": 3}, work, "slam_v1-seed0") is None
+    assert _finished_result("train", {**spec, "software": {**spec["software"], "torch": "0"}}, work, "slam_v1-seed0") is None

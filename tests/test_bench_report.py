@@ -238,3 +238,21 @@ def test_inputs_are_not_modified(results, tmp_path):
     before = copy.deepcopy(results)
     write_reports(results, tmp_path)
     assert results == before
+
+
+def test_caveats_are_validated_rendered_and_added_on_re_render(results, tmp_path):
+    from slam_hf.bench_report import main as report_main
+
+    bad = copy.deepcopy(results)
+    bad["caveats"] = ["ok", ""]
+    with pytest.raises(ValueError, match="caveats"):
+        validate_results(bad)
+    source = tmp_path / "run"
+    write_reports(results, source)
+    assert "Caveats" not in (source / "leaderboard.md").read_text(encoding="utf-8")
+    out = tmp_path / "annotated"
+    note = "Throughput columns were measured while other work shared the CPU."
+    assert report_main([str(source / "results.json"), "--output-dir", str(out), "--caveat", note]) == 0
+    annotated = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert annotated["caveats"] == [note] and annotated["models"] == results["models"]
+    assert f"- {note}" in (out / "leaderboard.md").read_text(encoding="utf-8")
