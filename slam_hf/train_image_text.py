@@ -15,9 +15,9 @@ from .run_config import (
     v3_cache_bytes_per_token, variants,
 )
 from .training import (
-    count_parameters_per_process, distributed_label, enable_cpu_fsdp, enum_value, format_seconds,
-    hardware_description, model_config_from_yaml, prepare_run, render_model_card, save_model_folder,
-    software_versions, train_and_evaluate, unsharded_model,
+    CpuFsdpMixin, count_parameters_per_process, distributed_label, enum_value, format_seconds, hardware_description,
+    model_config_from_yaml, prepare_run, render_model_card, run_description, save_model_folder, software_versions,
+    train_and_evaluate, unsharded_model,
 )
 
 
@@ -137,16 +137,12 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
     n_params_vision = sum(p.numel() for p in model.get_encoder().vision_tower.parameters())
     say(f"{run['variant']}: {n_params:,} parameters ({n_params_vision:,} in the vision tower)")
 
-    class ImageTextTrainer(Trainer):
+    class ImageTextTrainer(CpuFsdpMixin, Trainer):
         """Trains through `train_collator` (translation augmentation) and evaluates through `data_collator`."""
 
         def __init__(self, *args, train_collator=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.train_collator = train_collator
-
-        def create_accelerator_and_postprocess(self):
-            super().create_accelerator_and_postprocess()
-            enable_cpu_fsdp(self)
 
         def get_train_dataloader(self):
             eval_collator, self.data_collator = self.data_collator, self.train_collator or self.data_collator
@@ -240,15 +236,7 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         "exact_match_seconds": match_seconds,
         "decoder_cache_bytes_per_token": latent_bytes,
         "decoder_cache_bytes_per_token_without_mla": full_bytes,
-        "wall_seconds": wall_seconds,
-        "process_cpu_seconds": time.process_time(),  # the main process's
-        "hardware": hardware,
-        "processes": processes,
-        "distributed": distributed_label(trainer),
-        "global_batch_rows": rows_per_step,
-        "parameters_per_process": parameters_per_process,
-        "resumed_from_checkpoint": resume[0] if resume else None,
-        "resumed_at_step": start_step if resume else None,
+        **run_description(trainer, job, trained, parameters_per_process, wall_seconds),
         "torch_threads": torch.get_num_threads(),
         "seed": training_args.seed,
         "eval_curve": eval_curve,

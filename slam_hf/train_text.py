@@ -13,9 +13,9 @@ from pathlib import Path
 
 from .run_config import CARD_TAGS, ConfigError, lora_targets, template_path, variants
 from .training import (
-    config_rows, count_parameters_per_process, distributed_label, enable_cpu_fsdp, enum_value, eval_perplexity,
+    CpuFsdpMixin, config_rows, count_parameters_per_process, distributed_label, enum_value, eval_perplexity,
     evenly_spaced, format_seconds, hardware_description, lm_loss_only, model_config_from_yaml, prepare_run,
-    render_model_card, save_model_folder, software_versions, train_and_evaluate, unsharded_model,
+    render_model_card, run_description, save_model_folder, software_versions, train_and_evaluate, unsharded_model,
 )
 
 
@@ -71,7 +71,7 @@ def train_text(args, run: dict, t_start: float) -> dict:
     n_params_no_emb = model.num_parameters(exclude_embeddings=True)
     say(f"{run['variant']}: {n_params:,} parameters ({n_params_no_emb:,} without embeddings)")
 
-    class PerplexityTrainer(Trainer):
+    class PerplexityTrainer(CpuFsdpMixin, Trainer):
         """Scores the LM loss alone, and logs the auxiliary (MoA load-balancing) loss next to the training loss.
 
         A model with `router_aux_loss_coef` (SLAM v2) adds coef * aux_loss to its loss whenever labels are given:
@@ -82,10 +82,6 @@ def train_text(args, run: dict, t_start: float) -> dict:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.aux_losses = []  # training micro-batches since the last log
-
-        def create_accelerator_and_postprocess(self):
-            super().create_accelerator_and_postprocess()
-            enable_cpu_fsdp(self)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss, outputs = super().compute_loss(
@@ -183,15 +179,7 @@ def train_text(args, run: dict, t_start: float) -> dict:
         "train_seconds_excluding_eval": optim_seconds,
         # this invocation's steps (a resumed run: those after its checkpoint) over its optimisation time
         "train_tokens_per_second": run_tokens / optim_seconds,
-        "wall_seconds": wall_seconds,
-        "process_cpu_seconds": time.process_time(),  # the main process's
-        "hardware": hardware,
-        "processes": processes,
-        "distributed": distributed_label(trainer),
-        "global_batch_rows": rows_per_step,
-        "parameters_per_process": parameters_per_process,
-        "resumed_from_checkpoint": resume[0] if resume else None,
-        "resumed_at_step": start_step if resume else None,
+        **run_description(trainer, job, trained, parameters_per_process, wall_seconds),
         "block_size": block_size,
         "seed": training_args.seed,
         "eval_curve": eval_curve,

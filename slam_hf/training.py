@@ -196,6 +196,14 @@ def enable_cpu_fsdp(trainer) -> None:
     trainer.is_fsdp_enabled = True
 
 
+class CpuFsdpMixin:
+    """Mixed into both training paths' Trainer subclasses (before `Trainer`): FSDP2 on CPU (`enable_cpu_fsdp`)."""
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        enable_cpu_fsdp(self)
+
+
 def distributed_label(trainer) -> str:
     """How the processes of this run worked together, e.g. "DDP, gloo" or "FSDP2, gloo"."""
     state = trainer.accelerator.state
@@ -368,6 +376,24 @@ def train_and_evaluate(trainer, run: TrainingRun) -> TrainedRun:
         history.append(final_eval)
     optim_seconds = max(float(output.metrics["train_runtime"]) - eval_seconds, 1e-9)
     return TrainedRun(output, steps, start_step, history, before, final_eval, optim_seconds)
+
+
+def run_description(trainer, job: TrainingRun, trained: TrainedRun, parameters_per_process: list[int],
+                    wall_seconds: float) -> dict:
+    """The training_metrics.json fields that say how a run was executed (time, hardware, processes, resume)."""
+    import time
+
+    return {
+        "wall_seconds": wall_seconds,
+        "process_cpu_seconds": time.process_time(),  # the main process's
+        "hardware": hardware_description(job.processes, distributed_label(trainer)),
+        "processes": job.processes,
+        "distributed": distributed_label(trainer),
+        "global_batch_rows": job.rows_per_step,
+        "parameters_per_process": parameters_per_process,
+        "resumed_from_checkpoint": job.resume[0] if job.resume else None,
+        "resumed_at_step": trained.start_step if job.resume else None,
+    }
 
 
 def save_model_folder(model, output_dir: Path, use_cache: bool) -> None:
