@@ -556,8 +556,9 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume:
     """Run the whole benchmark; writes results.json, leaderboard.md and the plots into output_dir.
 
     With ``resume``, a (model, seed) whose train and inference workers already finished in output_dir/work with the
-    same spec (the same rows, settings and software versions) is reported from those results instead of retrained:
-    an interrupted multi-hour run, or one that adds seeds, redoes only what is missing.
+    same spec (the same rows, settings, software versions and machine) is reported from those results instead of
+    retrained: an interrupted multi-hour run, or one that adds seeds, redoes only what is missing. The report then
+    says how many runs were reused (its duration covers this invocation only).
     """
     import torch
 
@@ -575,7 +576,7 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume:
     steps = planned_steps(config, data)
     tokens_per_step = config["batch_size"] * config["sequence_length"]
     log(f"[slam-hf bench] {data['description']}; {steps} steps × {tokens_per_step} tokens per model and seed")
-    models = []
+    models, reused = [], 0
     for name in config["models"]:
         runs = {}
         for seed in config["seeds"]:
@@ -597,6 +598,7 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume:
             if finished and None not in finished:
                 log(f"{tag}: reusing the finished train and inference results in {work_dir}")
                 runs[seed] = {"train": finished[0], "infer": finished[1]}
+                reused += 1
                 continue
             train = _run_worker("train", spec, work_dir, tag, log)
             infer = (
@@ -629,6 +631,12 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume:
         },  # fmt: skip
         "models": models,
     }
+    if reused:
+        total = len(config["models"]) * len(config["seeds"])
+        results["caveats"] = [
+            f"{reused} of {total} (model, seed) runs were reused from an earlier invocation (--resume) with the same "
+            "settings, software and machine; the duration covers this invocation only."
+        ]
     paths = write_reports(results, output_dir)
     log(f"[slam-hf bench] wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - t_start:.0f} s")
     return results

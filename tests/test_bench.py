@@ -133,6 +133,8 @@ def test_resume_reuses_finished_runs_and_only_those(tmp_path, capsys):
     assert "slam_v1-seed1 train:" in log and "slam_v1-seed0 train:" not in log
     assert seed0_out.stat().st_mtime_ns == stamp
     second = json.loads((out / "results.json").read_text())
+    assert "caveats" not in first
+    assert second["caveats"][0].startswith("1 of 2 (model, seed) runs were reused")
     (row1,), (row2,) = first["models"], second["models"]
     assert row2["curves"]["0"] == row1["curves"]["0"]
     loss = row2["metrics"]["heldout_loss"]
