@@ -206,7 +206,8 @@ class SVFConfig(PeftConfig):
             Other modules to train and save in full, e.g. a freshly initialised classification head.
         requires_import (`str`):
             Recorded in adapter_config.json for whoever loads the adapter: the module whose import registers SVF
-            with PEFT. Without that import, `PeftModel.from_pretrained` fails with `KeyError: 'SVF'`.
+            with PEFT (`import slam_hf` imports it too). Without it, `PeftModel.from_pretrained` fails with
+            `KeyError: 'SVF'`.
     """
 
     target_modules: Optional[Union[list[str], str]] = field(

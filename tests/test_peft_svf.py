@@ -3,8 +3,8 @@
 Covers: the PeftType extension and the registrations it enables; the adapted model equals the base model bit for
 bit at initialisation (both published forms); the layer matches the published formulas (float64 reference) and
 gets gradients at the start; the trainable parameters are exactly the singular-value counts; the adapter file
-holds the z vectors and nothing else; save -> load in a fresh process (which must `import slam_hf.peft_svf`; the
-error without it is pinned) reproduces the logits; merge/unmerge/merge_and_unload; named adapters and
+holds the z vectors and nothing else; save -> load in a fresh process (which must `import slam_hf`, or slam_hf.peft_svf;
+the error without it is pinned) reproduces the logits; merge/unmerge/merge_and_unload; named adapters and
 set_adapter; the z-vector API; Trainer on real text changes only z; push_to_hub and load by repo id; the bad
 inputs (a non-Linear target, a wrong-length z in an adapter file, an adapter of another base model, bad z
 vectors, bad configs) fail naming the module or argument; the remote-code model files never import peft.
@@ -264,8 +264,9 @@ FRESH_LOADER = textwrap.dedent(
     except Exception as err:
         results["unregistered_error"] = f"{type(err).__name__}: {err}"
 
-    import slam_hf.peft_svf  # registers SVF with PEFT
+    import slam_hf  # its __init__ registers SVF with PEFT: nothing else is needed to load
     peft_model = PeftModel.from_pretrained(base, args["adapter"]).eval()
+    import slam_hf.peft_svf
     input_ids = torch.tensor(args["input_ids"])
     with torch.no_grad():
         results["logits"] = peft_model(input_ids=input_ids).logits
@@ -321,7 +322,7 @@ def test_save_and_load_in_fresh_process(tmp_path):
                                                          adapter=str(tmp_path / "adapter"),
                                                          input_ids=input_ids.tolist()))
     assert out["base_module"].startswith("transformers_modules.") and out["slam_hf_before"] == []
-    # Without `import slam_hf.peft_svf`, PEFT cannot know the type named in adapter_config.json.
+    # Without `import slam_hf` (or slam_hf.peft_svf), PEFT cannot know the type named in adapter_config.json.
     assert out["unregistered_error"] == "KeyError: 'SVF'", out["unregistered_error"]
     assert torch.equal(out["logits"], logits), max_diff(out["logits"], logits)
     assert out["rebuild_error"] < 1e-5, out["rebuild_error"]
