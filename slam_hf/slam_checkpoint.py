@@ -65,16 +65,19 @@ def write_checksums(save_directory) -> dict:
     return manifest
 
 
-def _files_to_load(manifest_files: dict, resolve, variant) -> list[str]:
-    """The recorded weight files that from_pretrained will read: the single file, or the index and its shards."""
+def _weight_files(locate, variant) -> list[str]:
+    """The weight files from_pretrained reads: the single file, else the index and then its shards.
+
+    `locate(name)` returns the local path of `name`, or None where the checkpoint lacks it.
+    """
     single, index = _with_variant(WEIGHTS_NAME, variant), _with_variant(WEIGHTS_INDEX_NAME, variant)
-    if single in manifest_files:
+    if locate(single) is not None:
         return [single]
-    if index in manifest_files:
-        with open(resolve(index), encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        return [index] + [shard for shard in shards if shard in manifest_files]
-    return []
+    index_path = locate(index)
+    if index_path is None:
+        return []
+    with open(index_path, encoding="utf-8") as f:
+        return [index] + sorted(set(json.load(f)["weight_map"].values()))
 
 
 def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
@@ -107,7 +110,9 @@ def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
             )
         return path
 
-    names = _files_to_load(recorded, resolve, kwargs.get("variant"))
+    # Only what the manifest records is checked (a shard it does not list is transformers' to report).
+    names = [name for name in _weight_files(lambda name: resolve(name) if name in recorded else None,
+                                            kwargs.get("variant")) if name in recorded]
     for name in names:
         path = resolve(name)
         expected = recorded[name]
@@ -132,16 +137,12 @@ def _check_safetensors_layout(source, hub_kwargs: dict, where: str, variant) -> 
     """Without a manifest: each safetensors file must be exactly as long as its header says (catches truncation,
     which safetensors reports without naming the file). Returns how many files were checked."""
     missing_ok = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
-    single = cached_file(source, _with_variant(WEIGHTS_NAME, variant), **hub_kwargs, **missing_ok)
-    if single is not None:
-        files = {_with_variant(WEIGHTS_NAME, variant): single}
-    else:
-        index = cached_file(source, _with_variant(WEIGHTS_INDEX_NAME, variant), **hub_kwargs, **missing_ok)
-        if index is None:
-            return 0  # other formats: transformers reports them
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        files = {name: cached_file(source, name, **hub_kwargs, **missing_ok) for name in shards}
+
+    def locate(name):
+        return cached_file(source, name, **hub_kwargs, **missing_ok)
+
+    # Other formats (no safetensors file or index): transformers reports them.
+    files = {name: locate(name) for name in _weight_files(locate, variant) if name.endswith(".safetensors")}
     for name, path in files.items():
         if path is None:
             continue  # transformers names a missing shard itself
