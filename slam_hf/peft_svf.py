@@ -20,12 +20,14 @@ Usage::
     peft_model = get_peft_model(model, SVFConfig(task_type="CAUSAL_LM"))  # MLP projections by default
     peft_model.save_pretrained("expert")  # adapter_model.safetensors holds only the z vectors
     # ... in another process:
-    import slam_hf.peft_svf
+    import slam_hf  # or slam_hf.peft_svf: registers SVF with PEFT
     peft_model = PeftModel.from_pretrained(base_model, "expert")
 
 Design notes:
 
-* The layer computes `base(x) + x ΔWᵀ` with ΔW = U diag(Δσ) Vᵀ, where Δσ is the change of every singular value.
+* The layer computes its output with W + ΔW, ΔW = U diag(Δσ) Vᵀ, where Δσ is the change of every singular value
+  (one matmul per token with the adapted weight; few tokens, as in decoding, or a base layer that is not a plain
+  nn.Linear: base(x) plus x ΔWᵀ through the factors).
   Δσ is written so that it is exactly zero (not merely close) at the start (sigmoid form: whenever all z of a
   layer are equal; plain form: z = 1), so the adapted model starts out bit-identical to the base model. Merging
   adds the same ΔW to the weight and unmerging subtracts it.
@@ -392,7 +394,7 @@ def _not_linear_message(module_name: str, module: nn.Module) -> str:
 
 
 class SVFLinear(nn.Module, SVFLayer):
-    """An `nn.Linear` with SVF adapters: `base(x) + x ΔWᵀ` for each active adapter."""
+    """An `nn.Linear` with SVF adapters: its output with W' = W + ΔW of the active adapters."""
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: SVFConfig, module_name: str = "", **kwargs):
         super().__init__()
@@ -411,17 +413,34 @@ class SVFLinear(nn.Module, SVFLayer):
             return ((x @ vh.T) * change) @ u.T
         return F.linear(x, (u * change) @ vh)  # ΔW once, then one matmul
 
+    def _adapted_weight_output(self, x: torch.Tensor, adapter_names: list[str]) -> Optional[torch.Tensor]:
+        """F.linear(x, W + ΔW, b): one matmul per token forward and two backward, where base(x) + x ΔWᵀ takes two
+        and three. Only for a plain nn.Linear without hooks (anything else may do more than F.linear) and enough
+        tokens to pay for building ΔW; None otherwise. While every Δσ is 0, W + ΔW is W bit for bit."""
+        base = self.get_base_layer()
+        if (type(base) is not nn.Linear or base._forward_hooks or base._forward_pre_hooks
+                or x.numel() // self.in_features < self.rank or not base.weight.dtype.is_floating_point):
+            return None
+        weight = base.weight
+        for adapter_name in adapter_names:
+            weight = weight + self.get_delta_weight(adapter_name).to(weight.dtype)
+        return F.linear(x.to(weight.dtype), weight, base.bias)
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
         if self.merged:
-            return result
-        for adapter_name in self.active_adapters:
-            if adapter_name in self.svf_z:
-                result = result + self._delta_output(x, adapter_name).to(result.dtype)
+            return self.base_layer(x, *args, **kwargs)
+        adapter_names = [name for name in self.active_adapters if name in self.svf_z]
+        if adapter_names and not args and not kwargs:
+            result = self._adapted_weight_output(x, adapter_names)
+            if result is not None:
+                return result
+        result = self.base_layer(x, *args, **kwargs)
+        for adapter_name in adapter_names:
+            result = result + self._delta_output(x, adapter_name).to(result.dtype)
         return result
 
     @torch.no_grad()
