@@ -58,7 +58,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext, redirect_stdout
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -293,24 +293,31 @@ def _greedy_sums(generate, tokenizer, pairs, batch_size=32) -> list[Optional[int
 
 # ------------------------------------------------------------------------------------------------- run ----
 def run(output_dir=None, *, scale: str = "full", seed: int = 0, num_threads: Optional[int] = None,
-        verbose: bool = False) -> dict:
+        expert_steps: Optional[int] = None, verbose: bool = False) -> dict:
     """Run every stage and return the results (JSON-able). With `output_dir`, also save results.json, report.md,
     the base model with its tokenizer (`base/`) and the adapters (`adapters/<label>/`).
 
     `scale`: "full" (the reported run) or "tiny" (seconds, for tests). `seed` fixes the model's initialisation, the
     data order, the arithmetic operand split (and with it the doctest pairs) and the CEM search. `num_threads`: torch
-    intra-op threads for the run (None: leave torch's setting). `verbose` prints stage times and Trainer logs.
+    intra-op threads for the run (None: leave torch's setting). `expert_steps` replaces the scale's training steps
+    of each domain expert (the README's longer-training run: 600). `verbose` prints stage times and Trainer logs.
     """
     _check_arguments(scale, seed, num_threads)
+    if expert_steps is not None and not (isinstance(expert_steps, int) and not isinstance(expert_steps, bool)
+                                         and expert_steps >= 1):
+        raise ValueError(f"expert_steps={expert_steps!r} must be an integer >= 1 (or None: the scale's setting).")
+    settings = SCALE_SETTINGS[scale]
+    if expert_steps is not None:
+        settings = replace(settings, expert_steps=expert_steps)
     if output_dir is None:
         with tempfile.TemporaryDirectory(prefix="demo_domain_experts_") as scratch:
-            return _run(Path(scratch), False, scale, seed, num_threads, verbose)
+            return _run(Path(scratch), False, scale, settings, seed, num_threads, verbose)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    return _run(output_dir, True, scale, seed, num_threads, verbose)
+    return _run(output_dir, True, scale, settings, seed, num_threads, verbose)
 
 
-def _run(folder: Path, keep: bool, scale_name: str, seed: int, num_threads, verbose: bool) -> dict:
+def _run(folder: Path, keep: bool, scale_name: str, scale: Scale, seed: int, num_threads, verbose: bool) -> dict:
     from transformers.utils import logging as transformers_logging
 
     previous_verbosity = transformers_logging.get_verbosity()
@@ -318,7 +325,7 @@ def _run(folder: Path, keep: bool, scale_name: str, seed: int, num_threads, verb
     try:
         # Trainer wants an output_dir even with saving off; keep its (empty) folders out of the results folder.
         with _torch_threads(num_threads), tempfile.TemporaryDirectory(prefix="trainer_") as scratch:
-            results = _stages(folder, Path(scratch), scale_name, seed, verbose)
+            results = _stages(folder, Path(scratch), scale_name, scale, seed, verbose)
     finally:
         transformers_logging.set_verbosity(previous_verbosity)
     if keep:
@@ -327,7 +334,7 @@ def _run(folder: Path, keep: bool, scale_name: str, seed: int, num_threads, verb
     return results
 
 
-def _stages(folder: Path, scratch: Path, scale_name: str, seed: int, verbose: bool) -> dict:
+def _stages(folder: Path, scratch: Path, scale_name: str, scale: Scale, seed: int, verbose: bool) -> dict:
     from peft import PeftModel
     from transformers import Trainer, default_data_collator
 
@@ -344,7 +351,6 @@ def _stages(folder: Path, scratch: Path, scale_name: str, seed: int, verbose: bo
     def quiet():  # Trainer prints every log entry when tqdm is off; show them only when verbose
         return nullcontext() if verbose else redirect_stdout(io.StringIO())
 
-    scale = SCALE_SETTINGS[scale_name]
     clock = _Stopwatch()
     started = time.perf_counter()
     random.seed(seed)
@@ -671,8 +677,11 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", choices=SCALES, default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--expert-steps", type=int, default=None, help="training steps per domain expert "
+                        "(default: the scale's, 200 at full scale)")
     args = parser.parse_args(argv)
-    results = run(args.output, scale=args.scale, seed=args.seed, num_threads=args.threads, verbose=True)
+    results = run(args.output, scale=args.scale, seed=args.seed, num_threads=args.threads,
+                  expert_steps=args.expert_steps, verbose=True)
     print(render_markdown(results))
     return 0
 

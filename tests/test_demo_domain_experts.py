@@ -26,7 +26,8 @@ LABELS = [*DOMAINS, "other"]
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("demo")
-    assert main(["--output", str(output), "--scale", "tiny", "--threads", "1"]) == 0
+    # --expert-steps overrides the scale's 6 (the README's longer-training run uses it)
+    assert main(["--output", str(output), "--scale", "tiny", "--threads", "1", "--expert-steps", "5"]) == 0
     return output, json.loads((output / "results.json").read_text())
 
 
@@ -73,6 +74,7 @@ def test_every_measurement_is_reported(tiny_run):
         assert entry["best_single_expert"] == min(singles, key=lambda d: entry["loss"][d])
     spec = results["spec"]
     assert spec["scale"] == "tiny" and spec["torch_threads"] == 1 and spec["parameters"] > 0
+    assert spec["settings"]["expert_steps"] == 5 != SCALE_SETTINGS["tiny"].expert_steps
     assert all(finite(seconds) for seconds in spec["seconds"].values())
     assert {"transformers", "torch", "peft", "python"} <= set(spec["software"])
 
@@ -132,4 +134,6 @@ def test_bad_arguments_are_named(tmp_path):
         run(tmp_path, scale="tiny", seed=-1)
     with pytest.raises(ValueError, match=r"num_threads=0 must be an integer >= 1"):
         run(tmp_path, scale="tiny", num_threads=0)
+    with pytest.raises(ValueError, match=r"expert_steps=0 must be an integer >= 1"):
+        run(tmp_path, scale="tiny", expert_steps=0)
     assert not any(tmp_path.iterdir())  # rejected before anything was written
