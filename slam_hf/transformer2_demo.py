@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -43,12 +42,9 @@ def run(output_dir, *, scale: str = "full", parts: Sequence[str] = tuple(PARTS))
         module = importlib.import_module(PARTS[part])
         part_dir = output_dir / part
         start = time.perf_counter()
-        results[part] = module.run(part_dir, scale=scale)
+        results[part] = module.run(part_dir, scale=scale)  # writes part_dir/results.json and report.md
         seconds = time.perf_counter() - start
         markdown = module.render_markdown(results[part])
-        part_dir.mkdir(parents=True, exist_ok=True)
-        (part_dir / "results.json").write_text(json.dumps(results[part], indent=2) + "\n")
-        (part_dir / "report.md").write_text(markdown)
         sections.append(f"<!-- {part}: {seconds:.0f} s wall, scale {scale} -->\n{markdown.strip()}\n")
     (output_dir / "report.md").write_text("\n\n".join(sections))
     return results
