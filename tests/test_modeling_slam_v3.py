@@ -20,7 +20,14 @@ import torch
 from torch import nn
 from transformers.cache_utils import EncoderDecoderCache
 
-from slam_common import SlamModelTesterMixin, assert_close, count_calls, rows_of, single_threaded_torch
+from slam_common import (
+    SlamModelTesterMixin,
+    assert_close,
+    count_calls,
+    output_cache,
+    rows_of,
+    single_threaded_torch,
+)
 from slam_hf import SlamImageProcessor, SlamProcessor, SlamV3Config, SlamV3VisionConfig
 from slam_hf.configuration_slam import ENCODER_PATHS
 from slam_hf.modeling_slam import memory_padding_mask
@@ -90,7 +97,7 @@ def test_generate_cache_holds_compressed_latent_and_cross_kv(tester, model):
     config = model.config
     inputs = tester.generation_inputs()
     out = model.generate(**inputs, **fixed_length(6), return_dict_in_generate=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert type(cache) is EncoderDecoderCache
     batch, length = out.sequences.shape
     assert (batch, length) == (2, 7)
@@ -442,7 +449,7 @@ def test_latent_bottleneck(tester):
     assert outputs.encoder_last_hidden_state.shape == (2, 3, config.hidden_size)  # memory = the latents
     generated = model.generate(**tester.encoder_part(inputs), **fixed_length(5), return_dict_in_generate=True)
     assert generated.sequences.shape == (2, 6)
-    for layer in generated.past_key_values.cross_attention_cache.layers:
+    for layer in output_cache(generated).cross_attention_cache.layers:
         assert layer.keys.shape[2] == 3
 
     # The prompt's padding mask does not apply to the latents (all real): padded rows equal unpadded ones, and

@@ -2,8 +2,9 @@
 
 Every class of every variant (SLAM v1, v2, v3) is saved (with the tokenizer) into its own folder; ONE clean
 subprocess (fresh HF_HOME, other cwd, empty PYTHONPATH, `import slam_hf` made to fail) loads them all
-through the Auto classes and writes back logits and greedy tokens, which must equal the in-process
-reference bit for bit. SLAM v3's generation head is loaded through both of its factories
+through the Auto classes and writes back logits and greedy tokens (with the KV cache, as `generate()` passes it
+under the running transformers, and without), which must equal the in-process reference bit for bit; the
+models are context-sensitive (slam_common.assert_context_sensitive), so a cache that drops the history fails. SLAM v3's generation head is loaded through both of its factories
 (AutoModelForImageTextToText and AutoModelForSeq2SeqLM) from one folder, with image + prompt inputs.
 """
 
@@ -21,7 +22,7 @@ import slam_hf
 from slam_hf import MODEL_FAMILIES
 from transformers import AutoModel
 from slam_hf.data import load_default_tokenizer
-from slam_common import single_threaded_torch
+from slam_common import assert_context_sensitive, single_threaded_torch
 from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(slam_hf.__file__))
@@ -72,7 +73,10 @@ LOADER = textwrap.dedent(
             "output": outputs.logits if hasattr(outputs, "logits") else outputs.last_hidden_state,
         }
         if entry["generate"]:
-            tensors[key]["generated"] = model.generate(**variant_inputs["generate"], **spec["generate_kwargs"])
+            for use_cache in (True, False):
+                tensors[key][f"generated_cache={use_cache}"] = model.generate(
+                    **variant_inputs["generate"], use_cache=use_cache, **spec["generate_kwargs"]
+                )
         report[key] = {
             "class": type(model).__name__,
             "module_file": module.__file__,
@@ -123,6 +127,7 @@ def saved_folders(tmp_path_factory):
             model_class = getattr(tester, role)
             if model_class is None:
                 continue
+            torch.manual_seed(0)
             model = model_class(tester.get_config()).eval()
             folder = str(root / model_class.__name__)
             model.save_pretrained(folder)
@@ -131,7 +136,8 @@ def saved_folders(tmp_path_factory):
                 expected = tester.logits_of(model, **forward_inputs)
             generated = None
             if role in GENERATING_ROLES:
-                generated = model.generate(**inputs[variant]["generate"], **generate_kwargs)
+                generated = model.generate(**inputs[variant]["generate"], use_cache=False, **generate_kwargs)
+                assert_context_sensitive(model, inputs[variant]["generate"], generated, tester, model_class.__name__)
             for auto_class in auto_classes:
                 saved[f"{folder}::{auto_class}"] = dict(
                     folder=folder,
@@ -262,4 +268,6 @@ def test_remote_code_loads_every_class_without_slam_hf(remote_run):
         if info["tied"]:
             assert loaded["tied"], f"{name}: lm_head is not tied to the embeddings after remote load"
         if info["generated"] is not None:
-            assert torch.equal(tensors[key]["generated"], info["generated"]), f"{name}: greedy tokens differ"
+            for use_cache in (True, False):
+                remote = tensors[key][f"generated_cache={use_cache}"]
+                assert torch.equal(remote, info["generated"]), f"{name}: greedy tokens differ (use_cache={use_cache})"
