@@ -190,7 +190,7 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
     """
 
     model_type = "slam_v1"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
         self,
@@ -314,7 +314,7 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
 
     model_type = "slam_v2"
     # Trainer.predict returns only the logits (not the balancing loss or router logits), as for other heads.
-    keys_to_ignore_at_inference = ["past_key_values", "aux_loss", "router_logits"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values", "aux_loss", "router_logits"]
 
     def __init__(
         self,
@@ -565,7 +565,7 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
 
     model_type = "slam_v3"
     sub_configs = {"vision_config": SlamV3VisionConfig}
-    keys_to_ignore_at_inference = ["past_key_values", "encoder_last_hidden_state"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values", "encoder_last_hidden_state"]
 
     def __init__(
         self,

@@ -36,7 +36,17 @@ from transformers.modeling_outputs import (
 from .configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config, auto_map_entries
 from .slam_blocks import SlamCyclicFusion, SlamEncoderFusionCycle, SlamLayer, SlamMoALayer, SlamWindowedLayer
 from .slam_checkpoint import check_loading_info, verify_checkpoint_files, write_checksums
-from .slam_compat import DynamicCache, EncoderDecoderCache, create_bidirectional_mask, create_causal_mask, init
+from .slam_compat import (
+    DynamicCache,
+    EncoderDecoderCache,
+    cache_output,
+    create_bidirectional_mask,
+    create_causal_mask,
+    forward_arguments,
+    init,
+    is_tracing,
+    output_cache,
+)
 from .slam_decoder import SlamLatentBottleneck, SlamV3DecoderLayer
 from .slam_fusion import SlamFusionNode, SlamParallelPaths, path_masks
 from .slam_layers import SlamRotaryEmbedding, make_norm
@@ -46,7 +56,12 @@ from .slam_windows import padding_offsets, plan_segments, plan_windows
 
 
 def validate_inputs(config, input_ids, inputs_embeds, attention_mask, past_length, ids_name="input_ids"):
-    """Clear errors for bad forward inputs, before they turn into index errors deep in the model."""
+    """Clear errors for bad forward inputs, before they turn into index errors deep in the model.
+
+    Checks that read tensor values (id range, mask layout) run in eager mode only: under torch.compile or
+    torch.export they would be data-dependent branches, and a traced graph is fed the inputs it was traced for.
+    """
+    values = not is_tracing()
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError(f"Pass exactly one of `{ids_name}` or `inputs_embeds`.")
     if input_ids is not None:
@@ -54,7 +69,7 @@ def validate_inputs(config, input_ids, inputs_embeds, attention_mask, past_lengt
             raise ValueError(f"`{ids_name}` must have shape (batch, sequence), got {tuple(input_ids.shape)}.")
         if input_ids.dtype.is_floating_point:
             raise TypeError(f"`{ids_name}` must hold integer token ids, got dtype {input_ids.dtype}.")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+        if values and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
             raise ValueError(
                 f"`{ids_name}` holds ids outside the vocabulary [0, {config.vocab_size}) "
                 f"(min {int(input_ids.min())}, max {int(input_ids.max())}); use the tokenizer that matches this model."
@@ -75,6 +90,8 @@ def validate_inputs(config, input_ids, inputs_embeds, attention_mask, past_lengt
                 f"`attention_mask` must have shape (batch, past + new tokens) = {expected}, got "
                 f"{tuple(attention_mask.shape)}."
             )
+        if not values:
+            return
         first, real = padding_offsets(attention_mask, *expected, attention_mask.device)
         positions = torch.arange(expected[1], device=attention_mask.device)
         span = (positions >= first[:, None]) & (positions < (first + real)[:, None])
@@ -115,7 +132,7 @@ class SlamPreTrainedModel(PreTrainedModel):
 
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]  # the cache argument before and after 5.24
     _supports_sdpa = True
     _supports_flash_attn = False  # windows and segments build boolean masks; not tested with flash kernels
     _supports_flex_attn = False
@@ -177,9 +194,9 @@ class SlamPreTrainedModel(PreTrainedModel):
             self.rotary_emb = SlamRotaryEmbedding(config.head_dim, config.rope_theta)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def _prepare_inputs(self, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache):
+    def _prepare_inputs(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache):
         """Validate inputs, embed them, set up the cache, positions and the full-attention mask."""
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         validate_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
@@ -189,10 +206,10 @@ class SlamPreTrainedModel(PreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if not self.is_causal or (self.gradient_checkpointing and self.training):
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if not use_cache:
-            past_key_values = None if past_length == 0 else past_key_values
+            cache = None if past_length == 0 else cache
         total = past_length + length
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
@@ -215,7 +232,7 @@ class SlamPreTrainedModel(PreTrainedModel):
             position_embeddings = self.rotary_emb(position_ids, hidden_states.dtype)
 
         if self.is_causal:
-            full_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values)
+            full_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache)
         else:
             full_mask = create_bidirectional_mask(self.config, inputs_embeds, attention_mask)
         return PreparedInputs(
@@ -223,7 +240,7 @@ class SlamPreTrainedModel(PreTrainedModel):
             position_embeddings=position_embeddings,
             full_mask=full_mask,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             past_length=past_length,
             use_cache=use_cache,
         )
@@ -240,17 +257,20 @@ class PreparedInputs:
     position_embeddings: tuple | None  # RoPE (cos, sin) or None
     full_mask: torch.Tensor | None  # mask of the full-attention layers
     attention_mask: torch.Tensor | None  # the 2D padding mask, on the model's device
-    past_key_values: object
+    cache: object
     past_length: int
     use_cache: bool
 
 
-def raise_if_output_attentions(output_attentions):
+def raise_if_output_attentions(output_attentions, reason="SLAM blocks attend inside windows or segments"):
     if output_attentions:
         raise ValueError(
-            "`output_attentions=True` is not supported: SLAM blocks attend inside windows or segments, so there is "
-            "no (L, L) attention map per layer. Use `output_hidden_states=True` instead."
+            f"`output_attentions=True` is not supported: {reason}, so there is no (L, L) attention map per layer. "
+            "Use `output_hidden_states=True` instead."
         )
+
+
+V3_ATTENTIONS = "SLAM v3 runs four masked paths per encoder layer and an absorbed latent attention in the decoder"
 
 
 # --------------------------------------------------------------------------------------------------- heads ----
@@ -296,7 +316,7 @@ class SlamHeadMixin:
             inputs["output_router_logits"] = True  # the balancing loss needs them even when not returned
         elif output_router_logits:
             raise ValueError(f"{type(self).__name__} has no router; `output_router_logits` is for SLAM v2.")
-        return self.model(**inputs)
+        return self.model(**inputs, return_dict=True)
 
     def _finish_loss(self, loss, outputs, attention_mask, labelled=None, num_items_in_batch=None):
         """(loss with the weighted balancing loss added, the extra output fields of a routed model)."""
@@ -309,10 +329,14 @@ class SlamHeadMixin:
             loss = loss + weight * aux_loss.to(loss.device)
         return loss, {"aux_loss": aux_loss, "router_logits": outputs.router_logits}
 
-    def _router_fields(self, fields, output_router_logits):
+    def _router_fields(self, fields, output_router_logits, labels):
+        """The routing fields to return: the router logits on request; the balancing loss on request or with
+        labels (it is then part of `loss`), None otherwise, as transformers' MoE models do (a 0-dim tensor in
+        every output would break row-wise consumers such as batched pipelines)."""
         if "router_logits" in fields:
             wanted = self.config.output_router_logits if output_router_logits is None else output_router_logits
             fields["router_logits"] = fields["router_logits"] if wanted else None
+            fields["aux_loss"] = fields["aux_loss"] if wanted or labels is not None else None
         return fields
 
 
@@ -334,16 +358,18 @@ class SlamLMHeadMixin(SlamHeadMixin):
 class SlamForCausalLMMixin(SlamLMHeadMixin):
     """Causal LM (`GenerationMixin`: greedy, sampling, beams, KV cache)."""
 
+    @forward_arguments
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_router_logits: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
@@ -353,11 +379,11 @@ class SlamForCausalLMMixin(SlamLMHeadMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
-            output_attentions=kwargs.pop("output_attentions", None),
+            output_attentions=output_attentions,
         )
         hidden_states = outputs.last_hidden_state
         validate_labels(labels, hidden_states.shape[:2])
@@ -371,9 +397,9 @@ class SlamForCausalLMMixin(SlamLMHeadMixin):
         return self.output_class(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_output(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
-            **self._router_fields(extra, output_router_logits),
+            **self._router_fields(extra, output_router_logits, labels),
         )
 
 
@@ -382,6 +408,7 @@ class SlamForMaskedLMMixin(SlamLMHeadMixin):
 
     head_is_causal = False
 
+    @forward_arguments
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -390,6 +417,7 @@ class SlamForMaskedLMMixin(SlamLMHeadMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_router_logits: bool | None = None,
         **kwargs,
     ):
@@ -400,7 +428,7 @@ class SlamForMaskedLMMixin(SlamLMHeadMixin):
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
-            output_attentions=kwargs.pop("output_attentions", None),
+            output_attentions=output_attentions,
         )
         hidden_states = outputs.last_hidden_state
         validate_labels(labels, hidden_states.shape[:2])
@@ -411,7 +439,7 @@ class SlamForMaskedLMMixin(SlamLMHeadMixin):
         labelled = None if labels is None else (labels != -100).sum()
         loss, extra = self._finish_loss(loss, outputs, attention_mask, labelled, kwargs.get("num_items_in_batch"))
         return self.output_class(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **self._router_fields(extra, output_router_logits)
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **self._router_fields(extra, output_router_logits, labels)
         )
 
 
@@ -426,6 +454,7 @@ class SlamForSequenceClassificationMixin(SlamHeadMixin):
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
+    @forward_arguments
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -434,6 +463,7 @@ class SlamForSequenceClassificationMixin(SlamHeadMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_router_logits: bool | None = None,
         **kwargs,
     ):
@@ -444,7 +474,7 @@ class SlamForSequenceClassificationMixin(SlamHeadMixin):
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
-            output_attentions=kwargs.pop("output_attentions", None),
+            output_attentions=output_attentions,
         )
         logits = self.score(mean_pool(outputs.last_hidden_state, attention_mask))
         loss = None
@@ -453,7 +483,7 @@ class SlamForSequenceClassificationMixin(SlamHeadMixin):
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
         loss, extra = self._finish_loss(loss, outputs, attention_mask)
         return self.output_class(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **self._router_fields(extra, output_router_logits)
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **self._router_fields(extra, output_router_logits, labels)
         )
 
 
@@ -485,12 +515,13 @@ class SlamV1Model(SlamV1PreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @forward_arguments
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -498,8 +529,8 @@ class SlamV1Model(SlamV1PreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         raise_if_output_attentions(output_attentions)
-        inputs = self._prepare_inputs(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
-        hidden_states, past_key_values = inputs.hidden_states, inputs.past_key_values
+        inputs = self._prepare_inputs(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache)
+        hidden_states, cache = inputs.hidden_states, inputs.cache
         window_plans = plan_windows(
             inputs.attention_mask,
             hidden_states.shape[0],
@@ -519,14 +550,14 @@ class SlamV1Model(SlamV1PreTrainedModel):
                 inputs.position_embeddings,
                 attention_mask=inputs.full_mask,
                 window_plans=window_plans,
-                past_key_values=past_key_values,
+                cache=cache,
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if inputs.use_cache else None,
+            **cache_output(cache if inputs.use_cache else None),
             hidden_states=all_hidden_states,
         )
 
@@ -590,12 +621,13 @@ class SlamV2Model(SlamV2PreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @forward_arguments
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -606,8 +638,8 @@ class SlamV2Model(SlamV2PreTrainedModel):
         raise_if_output_attentions(output_attentions)
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
-        inputs = self._prepare_inputs(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
-        hidden_states, past_key_values = inputs.hidden_states, inputs.past_key_values
+        inputs = self._prepare_inputs(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache)
+        hidden_states, cache = inputs.hidden_states, inputs.cache
         segment_plan = plan_segments(
             inputs.attention_mask,
             hidden_states.shape[0],
@@ -624,7 +656,7 @@ class SlamV2Model(SlamV2PreTrainedModel):
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         hidden_states = self.input_layer(
-            hidden_states, inputs.position_embeddings, attention_mask=inputs.full_mask, past_key_values=past_key_values
+            hidden_states, inputs.position_embeddings, attention_mask=inputs.full_mask, cache=cache
         )
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
@@ -636,19 +668,19 @@ class SlamV2Model(SlamV2PreTrainedModel):
                 cycle=cycle,
                 segment_plan=segment_plan,
                 stacked_layers=stacked_layers,
-                past_key_values=past_key_values,
+                cache=cache,
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         hidden_states, router_logits = self.moa_layer(
-            hidden_states, inputs.position_embeddings, attention_mask=inputs.full_mask, past_key_values=past_key_values
+            hidden_states, inputs.position_embeddings, attention_mask=inputs.full_mask, cache=cache
         )
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         hidden_states = self.norm(hidden_states)
         return MoeModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if inputs.use_cache else None,
+            **cache_output(cache if inputs.use_cache else None),
             hidden_states=all_hidden_states,
             router_logits=(router_logits.flatten(0, 1),) if output_router_logits else None,
         )
@@ -776,6 +808,7 @@ class SlamV3Encoder(nn.Module):
         inputs_embeds = inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.dtype))
         return inputs_embeds, is_image
 
+    @forward_arguments
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -785,8 +818,10 @@ class SlamV3Encoder(nn.Module):
         aux_values: torch.FloatTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> BaseModelOutput:
+        raise_if_output_attentions(output_attentions, V3_ATTENTIONS)
         validate_inputs(self.config, input_ids, inputs_embeds, attention_mask, 0)
         hidden_states, is_image = self.embed(input_ids, inputs_embeds, pixel_values, image_grid_hw)
         batch, length = hidden_states.shape[:2]
@@ -830,8 +865,8 @@ class SlamV3Decoder(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.gradient_checkpointing = False
 
-    def forward(self, inputs_embeds, attention_mask, memory, memory_mask, past_key_values, output_hidden_states=False):
-        self_cache = None if past_key_values is None else past_key_values.self_attention_cache
+    def forward(self, inputs_embeds, attention_mask, memory, memory_mask, cache, output_hidden_states=False):
+        self_cache = None if cache is None else cache.self_attention_cache
         past_length = 0 if self_cache is None else self_cache.get_seq_length()
         length = inputs_embeds.shape[1]
         if attention_mask is not None and attention_mask.shape[1] != past_length + length:
@@ -846,7 +881,7 @@ class SlamV3Decoder(nn.Module):
         hidden_states = self.dropout(inputs_embeds)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, position_embeddings, causal_mask, memory, memory_mask, past_key_values)
+            hidden_states = layer(hidden_states, position_embeddings, causal_mask, memory, memory_mask, cache)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         return self.norm(hidden_states), all_hidden_states
@@ -861,6 +896,7 @@ class SlamV3Model(SlamV3PreTrainedModel):
         self.decoder = SlamV3Decoder(config)
         self.post_init()
 
+    @forward_arguments
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -871,7 +907,7 @@ class SlamV3Model(SlamV3PreTrainedModel):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         decoder_inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
@@ -879,11 +915,7 @@ class SlamV3Model(SlamV3PreTrainedModel):
         output_attentions: bool | None = None,
         **kwargs,
     ) -> Seq2SeqModelOutput:
-        if output_attentions:
-            raise ValueError(
-                "`output_attentions=True` is not supported by SLAM v3 (four masked paths per encoder layer and an "
-                "absorbed latent attention in the decoder); use `output_hidden_states=True`."
-            )
+        raise_if_output_attentions(output_attentions, V3_ATTENTIONS)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids,
@@ -893,6 +925,7 @@ class SlamV3Model(SlamV3PreTrainedModel):
                 aux_values=aux_values,
                 inputs_embeds=inputs_embeds,
                 output_hidden_states=output_hidden_states,
+                return_dict=True,
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
@@ -910,18 +943,18 @@ class SlamV3Model(SlamV3PreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.decoder.gradient_checkpointing and self.training:
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        elif use_cache and not isinstance(past_key_values, EncoderDecoderCache):
-            past_key_values = EncoderDecoderCache(past_key_values, DynamicCache(config=self.config))
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        elif use_cache and not isinstance(cache, EncoderDecoderCache):
+            cache = EncoderDecoderCache(cache, DynamicCache(config=self.config))
         elif not use_cache:
-            past_key_values = None
+            cache = None
         hidden_states, decoder_hidden_states = self.decoder(
-            decoder_inputs_embeds, decoder_attention_mask, memory, memory_mask, past_key_values, output_hidden_states
+            decoder_inputs_embeds, decoder_attention_mask, memory, memory_mask, cache, output_hidden_states
         )
         return Seq2SeqModelOutput(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values,
+            **cache_output(cache),
             decoder_hidden_states=decoder_hidden_states,
             encoder_last_hidden_state=memory,
             encoder_hidden_states=encoder_outputs.hidden_states,
@@ -951,6 +984,7 @@ class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    @forward_arguments
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -961,12 +995,13 @@ class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         decoder_inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> Seq2SeqLMOutput:
@@ -985,12 +1020,13 @@ class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
-            output_attentions=kwargs.pop("output_attentions", None),
+            output_attentions=output_attentions,
+            return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -1005,7 +1041,7 @@ class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_output(output_cache(outputs)),
             decoder_hidden_states=outputs.decoder_hidden_states,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,

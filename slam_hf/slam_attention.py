@@ -82,10 +82,10 @@ class SlamAttention(nn.Module):
         output = output.reshape(*output.shape[:2], -1).contiguous()
         return self.o_proj(output), weights
 
-    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, **kwargs):
         q, k, v = self.project(hidden_states, position_embeddings)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         return self.attend(q, k, v, attention_mask, **kwargs)
 
 

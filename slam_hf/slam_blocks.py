@@ -40,9 +40,9 @@ class SlamLayer(GradientCheckpointingLayer):
         hidden_states = self.attn_norm(hidden_states)
         return self.mlp_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
 
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
         attn_output, _ = self.self_attn(
-            self.attention_input(hidden_states), position_embeddings, attention_mask, past_key_values
+            self.attention_input(hidden_states), position_embeddings, attention_mask, cache
         )
         return self.finish(hidden_states, attn_output)
 
@@ -54,18 +54,19 @@ class SlamWindowedLayer(SlamLayer):
     (batch * windows) short sequences and projected there. With a cache, Q/K/V are projected once per new
     token (they do not depend on the window: RoPE uses absolute positions), K/V go to this layer's cache
     slot, and each window gathers its keys from it. o_proj and the MLP run only on window slots that hold
-    a real token. Returns per-token sums of the window outputs and how many windows covered each token;
-    the caller averages over all blocks of the cycle.
+    a real token. Returns per-token sums of the window outputs; the caller averages over all blocks of the
+    cycle with the plans' `coverage`. (Only tensors computed here are returned: under reentrant gradient
+    checkpointing an output that is a plan's own tensor never gets its backward replay.)
     """
 
-    def forward(self, hidden_states, position_embeddings=None, window_plan: WindowPlan = None, past_key_values=None):
+    def forward(self, hidden_states, position_embeddings=None, window_plan: WindowPlan = None, cache=None):
         plan = window_plan
         normed = self.attention_input(hidden_states)
 
         def gather(states, index):  # (B, L, ...) -> (B * windows, window tokens, ...)
             return states[plan.batch_index, index].flatten(0, 1)
 
-        if past_key_values is None:
+        if cache is None:
             if plan.num_windows == 0:
                 return self._no_windows(hidden_states)
             window_positions = None
@@ -74,7 +75,7 @@ class SlamWindowedLayer(SlamLayer):
             q, k, v = self.self_attn.project(gather(normed, plan.query_slots), window_positions)
         else:
             q, k, v = self.self_attn.project(normed, position_embeddings)
-            k, v = past_key_values.update(k, v, self.layer_idx)
+            k, v = cache.update(k, v, self.layer_idx)
             if plan.num_windows == 0:  # the cache still holds this block's K/V of every token
                 return self._no_windows(hidden_states)
             # (B, heads, L, D) -> (B * windows, heads, window tokens, D)
@@ -85,12 +86,11 @@ class SlamWindowedLayer(SlamLayer):
         rows = plan.valid_rows
         residual = gather(hidden_states, plan.query_slots).flatten(0, 1)[rows]
         window_out = self.finish(residual, attn_output.flatten(0, 1)[rows])  # (real window slots, hidden)
-        return plan.scatter_sum(window_out, hidden_states.shape[:2]), plan.coverage.to(window_out.dtype)
+        return plan.scatter_sum(window_out, hidden_states.shape[:2])
 
     @staticmethod
     def _no_windows(hidden_states):  # e.g. block B of a sequence that fits in the first window
-        zeros = torch.zeros_like(hidden_states)
-        return zeros, zeros[..., :1]
+        return torch.zeros_like(hidden_states)
 
 
 class SlamEncoderFusionCycle(nn.Module):
@@ -103,14 +103,11 @@ class SlamEncoderFusionCycle(nn.Module):
             [SlamWindowedLayer(config, first_layer_idx + b, is_causal=is_causal) for b in range(2)]
         )
 
-    def forward(self, hidden_states, position_embeddings=None, window_plans=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, window_plans=None, cache=None, **kwargs):
         total = torch.zeros_like(hidden_states)
-        count = hidden_states.new_zeros(hidden_states.shape[:2] + (1,))
         for block, plan in zip(self.blocks, window_plans):
-            block_sum, block_count = block(
-                hidden_states, position_embeddings, window_plan=plan, past_key_values=past_key_values
-            )
-            total, count = total + block_sum, count + block_count
+            total = total + block(hidden_states, position_embeddings, window_plan=plan, cache=cache)
+        count = sum(plan.coverage for plan in window_plans).to(hidden_states.dtype)  # (B, L, 1)
         # Tokens no window covers are padding: pass them through unchanged instead of dividing by zero.
         return torch.where(count > 0, total / count.clamp(min=1), hidden_states)
 
@@ -121,9 +118,9 @@ class SlamMoALayer(SlamLayer):
 
     attention_class = SlamMixtureOfAttention
 
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
         attn_output, router_logits = self.self_attn(
-            self.attention_input(hidden_states), position_embeddings, attention_mask, past_key_values
+            self.attention_input(hidden_states), position_embeddings, attention_mask, cache
         )
         return self.finish(hidden_states, attn_output), router_logits
 
@@ -177,7 +174,7 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
         cycle: int = 0,
         segment_plan: SegmentPlan = None,
         stacked_layers: StackedLayers | None = None,
-        past_key_values=None,
+        cache=None,
     ):
         plan = segment_plan
         num_blocks = len(self.blocks)
@@ -189,8 +186,8 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
             groups = [([slot], ModuleLayers([self.block_of_slot(slot, cycle)])) for slot in plan.active_slots]
         inputs = hidden_states + original_inputs  # h_s + x_s
         groups = [self._project(plan, slots, layers, inputs, position_embeddings) for slots, layers in groups]
-        if past_key_values is not None:
-            self._use_cache(plan, groups, hidden_states, past_key_values, self.first_layer_idx + cycle)
+        if cache is not None:
+            self._use_cache(plan, groups, hidden_states, cache, self.first_layer_idx + cycle)
         output = hidden_states  # padding sits in no segment and passes through unchanged
         for group in groups:
             output = plan.scatter(self._attend_and_finish(plan, group), group.slots, output)
@@ -211,7 +208,7 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
         return _SlotGroup(slots, layers, rows, q, k, v)
 
     @staticmethod
-    def _use_cache(plan, groups, hidden_states, past_key_values, layer_idx):
+    def _use_cache(plan, groups, hidden_states, cache, layer_idx):
         """Store this cycle's new K/V in token order (each token's from the one slot holding it), then give
         every segment its keys: the cached past of the segment plus its new tokens."""
         new_keys = hidden_states.new_zeros(*hidden_states.shape[:2], *groups[0].k.shape[2:])  # (B, L, kv, D)
@@ -219,7 +216,7 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
         for group in groups:
             new_keys = plan.scatter(group.k, group.slots, new_keys)
             new_values = plan.scatter(group.v, group.slots, new_values)
-        keys, values = past_key_values.update(new_keys.transpose(1, 2), new_values.transpose(1, 2), layer_idx)
+        keys, values = cache.update(new_keys.transpose(1, 2), new_values.transpose(1, 2), layer_idx)
         for group in groups:  # (B, kv, T, D) -> (g, B * m * k_len, kv, D)
             group.k = plan.gather(keys.transpose(1, 2), group.slots, keys=True)
             group.v = plan.gather(values.transpose(1, 2), group.slots, keys=True)

@@ -37,24 +37,24 @@ class SlamCrossAttention(nn.Module):
         self.v_proj = make_linear(config, hidden, config.num_key_value_heads * self.head_dim, bias)
         self.o_proj = make_linear(config, config.num_attention_heads * self.head_dim, hidden, bias)
 
-    def memory_key_values(self, memory, past_key_values=None):
+    def memory_key_values(self, memory, cache=None):
         """(B, S, hidden) -> K, V (B, kv_heads, S, D), projected once per generation when a cache is given."""
-        if past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
-            layer = past_key_values.cross_attention_cache.layers[self.layer_idx]
+        if cache is not None and cache.is_updated.get(self.layer_idx):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
             return layer.keys, layer.values
         batch, length, _ = memory.shape
         key = self.k_proj(memory).view(batch, length, -1, self.head_dim).transpose(1, 2)
         value = self.v_proj(memory).view(batch, length, -1, self.head_dim).transpose(1, 2)
-        if past_key_values is not None:
-            key, value = past_key_values.cross_attention_cache.update(key, value, self.layer_idx)
-            past_key_values.is_updated[self.layer_idx] = True
+        if cache is not None:
+            key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+            cache.is_updated[self.layer_idx] = True
         return key, value
 
-    def forward(self, hidden_states, memory, memory_mask=None, past_key_values=None):
+    def forward(self, hidden_states, memory, memory_mask=None, cache=None):
         """hidden_states (B, L, hidden), memory (B, S, hidden), memory_mask (B, 1, 1, S) bool or None."""
         batch, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
-        key, value = self.memory_key_values(memory, past_key_values)
+        key, value = self.memory_key_values(memory, cache)
         attention_fn = get_attention_function(self.config._attn_implementation, eager_attention_forward)
         output, _ = attention_fn(
             self, query, key, value, memory_mask, scaling=self.scaling,
@@ -90,16 +90,16 @@ class SlamV3DecoderLayer(GradientCheckpointingLayer):
         attention_mask=None,
         memory=None,
         memory_mask=None,
-        past_key_values=None,
+        cache=None,
     ):
-        self_cache = None if past_key_values is None else past_key_values.self_attention_cache
+        self_cache = None if cache is None else cache.self_attention_cache
         hidden_states = self._residual(
             self.attn_norm,
             hidden_states,
             lambda x: self.self_attn(x, position_embeddings, attention_mask, self_cache)[0],
         )
         hidden_states = self._residual(
-            self.cross_attn_norm, hidden_states, lambda x: self.cross_attn(x, memory, memory_mask, past_key_values)
+            self.cross_attn_norm, hidden_states, lambda x: self.cross_attn(x, memory, memory_mask, cache)
         )
         return self._residual(self.mlp_norm, hidden_states, self.mlp)
 

@@ -186,13 +186,13 @@ class SlamLatentAttention(nn.Module):
             output = output + v_bias  # softmax weights sum to one, so the bias passes through unchanged
         return output.reshape(batch, q_len, -1)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, cache=None, **kwargs):
         """hidden_states (B, L, H), position_embeddings (cos, sin) of width qk_rope_head_dim, attention_mask a
         4D float/bool mask as transformers builds it (None = plain causal) -> ((B, L, H), None)."""
         q_nope, q_rope, c_kv, k_rope = self.project(hidden_states, position_embeddings)
-        if past_key_values is not None:
+        if cache is not None:
             # the cache stores and returns the compressed latent: keys (B, 1, S, r), values (B, 1, S, rope)
-            c_kv, k_rope = past_key_values.update(c_kv, k_rope, self.layer_idx)
+            c_kv, k_rope = cache.update(c_kv, k_rope, self.layer_idx)
         attention_fn = get_attention_function(self.config._attn_implementation, eager_attention_forward)
         attend = self.attend_absorbed if self.use_absorption(q_nope.shape[2]) else self.attend_expanded
         output = attend(q_nope, q_rope, c_kv, k_rope, attention_mask, attention_fn, **kwargs)

@@ -64,7 +64,7 @@ class SlamMixtureOfAttention(nn.Module):
         gates = gates / gates.sum(-1, keepdim=True)
         return router_logits, experts, gates.to(hidden_states.dtype)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, **kwargs):
         batch, length, _ = hidden_states.shape
         k, kv_heads, groups, head_dim = self.top_k, self.num_key_value_heads, self.kv_groups, self.head_dim
         router_logits, experts, gates = self.route(hidden_states)
@@ -85,8 +85,8 @@ class SlamMixtureOfAttention(nn.Module):
         value = self.v_proj(hidden_states).view(batch, length, kv_heads, head_dim).transpose(1, 2)
         if self.use_rope:
             q, key = apply_rotary_pos_emb(q, key, *position_embeddings)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
 
         attention_fn = get_attention_function(self.config._attn_implementation, eager_attention_forward)
         output, _ = attention_fn(

@@ -57,7 +57,7 @@ def decode(layer, x, mask, positions):
     cache, outs = DynamicCache(), []
     for t in range(x.shape[1]):
         step_mask = None if mask is None else mask[:, :, t : t + 1, : t + 1]
-        out, _ = layer(x[:, t : t + 1], rope(layer, positions[:, t : t + 1]), step_mask, past_key_values=cache)
+        out, _ = layer(x[:, t : t + 1], rope(layer, positions[:, t : t + 1]), step_mask, cache=cache)
         outs.append(out)
     return torch.cat(outs, dim=1), cache
 
@@ -66,8 +66,8 @@ def test_cache_holds_compressed_latent():
     layer = make_layer()
     x = torch.randn(B, L, 32)
     cache = DynamicCache()
-    layer(x, rope(layer, torch.arange(L).expand(B, L)), None, past_key_values=cache)
-    layer(x[:, :1], rope(layer, torch.full((B, 1), L)), None, past_key_values=cache)
+    layer(x, rope(layer, torch.arange(L).expand(B, L)), None, cache=cache)
+    layer(x[:, :1], rope(layer, torch.full((B, 1), L)), None, cache=cache)
     keys, values = cache.layers[0].keys, cache.layers[0].values
     assert keys.shape == (B, 1, L + 1, 12) and values.shape == (B, 1, L + 1, 4)
 
