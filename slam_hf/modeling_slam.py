@@ -102,6 +102,24 @@ def validate_inputs(config, input_ids, inputs_embeds, attention_mask, past_lengt
             )
 
 
+def refuse_static_cache(cache):
+    """SLAM decodes with a growing (dynamic) cache only; a static one is refused before anything runs on it.
+
+    A static cache (`cache_implementation="static"`, any compileable cache) holds fixed-size buffers and makes
+    `generate()` replace the 2D padding mask by a 4D one. SLAM v1/v2 place their windows and segments by counting
+    the real tokens of the 2D mask and gather keys by position from the cache, and SLAM v3's cross-attention
+    cache must hold exactly the encoder memory, not a padded buffer; torch.compile, the reason for a static cache,
+    would also break its graph on the data-dependent window plans.
+    """
+    layers = getattr(cache, "self_attention_cache", cache)
+    if getattr(layers, "is_compileable", False):
+        raise ValueError(
+            f"SLAM models do not support a static cache ({type(layers).__name__}, e.g. cache_implementation="
+            "'static'): windows and segments are placed from the 2D padding mask and a growing cache. Use the default "
+            "dynamic cache: drop `cache_implementation` (or pass cache_implementation='dynamic')."
+        )
+
+
 def validate_labels(labels, expected_shape, name="labels"):
     if labels is not None and tuple(labels.shape) != tuple(expected_shape):
         raise ValueError(f"`{name}` must have shape {tuple(expected_shape)}, got {tuple(labels.shape)}.")
@@ -196,6 +214,7 @@ class SlamPreTrainedModel(PreTrainedModel):
 
     def _prepare_inputs(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache):
         """Validate inputs, embed them, set up the cache, positions and the full-attention mask."""
+        refuse_static_cache(cache)
         past_length = cache.get_seq_length() if cache is not None else 0
         validate_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
         if inputs_embeds is None:
@@ -916,6 +935,7 @@ class SlamV3Model(SlamV3PreTrainedModel):
         **kwargs,
     ) -> Seq2SeqModelOutput:
         raise_if_output_attentions(output_attentions, V3_ATTENTIONS)
+        refuse_static_cache(cache)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids,

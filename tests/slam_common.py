@@ -122,11 +122,12 @@ def expected_inv_freq(head_dim, theta):
     return (1.0 / theta**exponents).float()
 
 
-def enable_checkpointing(model):
+def enable_checkpointing(model, use_reentrant=False):
+    kwargs = {"use_reentrant": use_reentrant}
     if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable()
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:  # transformers < 5.23
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def is_checkpointing(model):
@@ -367,6 +368,53 @@ class SlamModelTesterMixin:
                 what=model_class.__name__,
             )
 
+    def test_return_dict_and_config_defaults(self, tester):
+        """`return_dict=False` (argument or config) returns the output's fields as a tuple; `output_hidden_states`
+        set in the config applies when the argument is not given, as in transformers' own models."""
+        inputs = tester.model_inputs()
+        hidden_field = "decoder_hidden_states" if tester.is_encoder_decoder else "hidden_states"
+        for model_class in tester.all_model_classes:
+            model = self.fresh_model(model_class, tester.get_config())
+            expected = model(**inputs)
+            by_argument = model(**inputs, return_dict=False)
+            model.config.return_dict = False
+            by_config = model(**inputs)
+            assert type(model(**inputs, return_dict=True)) is type(expected)  # the argument wins
+            for as_tuple in (by_argument, by_config):
+                assert type(as_tuple) is tuple, f"{model_class.__name__}: {type(as_tuple).__name__}"
+                assert len(as_tuple) == len(expected.to_tuple())
+                for got, want in zip(as_tuple, expected.to_tuple()):
+                    if isinstance(want, torch.Tensor):
+                        assert torch.equal(got, want), model_class.__name__
+
+            model.config.return_dict = True
+            assert getattr(expected, hidden_field) is None
+            model.config.output_hidden_states = True
+            from_config = getattr(model(**inputs), hidden_field)
+            assert from_config is not None, f"{model_class.__name__} ignores config.output_hidden_states"
+            assert getattr(model(**inputs, output_hidden_states=False), hidden_field) is None
+
+    def test_unknown_keyword_arguments_raise(self, tester):
+        """A keyword argument no layer consumes is an error naming it, never silently dropped (a renamed cache
+        argument once went unnoticed that way); the cache under both names at once is an error too."""
+        inputs = tester.model_inputs()
+        for model_class in tester.all_model_classes:
+            model = self.fresh_model(model_class, tester.get_config())
+            with pytest.raises(TypeError, match="cache_params"):
+                model(**inputs, cache_params=None)
+            with pytest.raises(TypeError, match="token_typ_ids"):
+                model(**inputs, token_typ_ids=None)
+            if model_class is tester.generative_class:
+                cache = output_cache(model(**inputs, use_cache=True))
+                with pytest.raises(TypeError, match="both `cache` and `past_key_values`"):
+                    model(**inputs, cache=cache, past_key_values=cache)
+            if model_class in tester.classes_with_labels:  # Trainer's loss kwarg is consumed by the loss
+                labelled = tester.training_inputs(model_class, inputs)
+                assert torch.isfinite(model(**labelled, num_items_in_batch=torch.tensor(7)).loss)
+            else:
+                with pytest.raises(TypeError, match="num_items_in_batch"):
+                    model(**inputs, num_items_in_batch=torch.tensor(7))
+
     def test_hidden_states_output(self, tester):
         if tester.is_encoder_decoder:
             return self.check_encoder_decoder_hidden_states(tester)
@@ -445,6 +493,7 @@ class SlamModelTesterMixin:
                 assert_close(eager_out, sdpa_out, what=f"{model_class.__name__} eager vs sdpa, {name}")
 
     # ---------------------------------------------------------------- causal LM and cache ----
+    @pytest.mark.contract
     @pytest.mark.parametrize("cache_argument", CACHE_ARGUMENTS)
     def test_past_key_values_equivalence(self, tester, saved_models, cache_argument):
         """Decoding in steps through a cache passed by hand (under either argument name) equals one full forward."""
@@ -674,6 +723,7 @@ class SlamModelTesterMixin:
         # Suppress EOS so every run has exactly `new_tokens` tokens and runs are comparable.
         return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=model.config.pad_token_id)
 
+    @pytest.mark.contract
     def test_generate_greedy(self, tester, saved_models):
         self.require(tester.generative_class, "generation head")
         _, model = saved_models[tester.generative_class]
@@ -694,6 +744,20 @@ class SlamModelTesterMixin:
             sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
         assert torch.equal(with_cache, sequence)
 
+    @pytest.mark.contract
+    def test_generate_cache_implementations(self, tester, saved_models):
+        """The dynamic cache by name equals uncached decoding; a static cache is refused at the first forward with
+        an error that says why and what to use (README, Compatibility)."""
+        self.require(tester.generative_class, "generation head")
+        _, model = saved_models[tester.generative_class]
+        inputs = tester.generation_inputs(seq_length=9)
+        kwargs = dict(do_sample=False, **self.generation_kwargs(model, 6))
+        without_cache = model.generate(**inputs, use_cache=False, **kwargs)
+        assert torch.equal(model.generate(**inputs, cache_implementation="dynamic", **kwargs), without_cache)
+        with pytest.raises(ValueError, match="do not support a static cache.*cache_implementation='dynamic'"):
+            model.generate(**inputs, cache_implementation="static", **kwargs)
+
+    @pytest.mark.contract
     def test_generate_sample(self, tester, saved_models):
         self.require(tester.generative_class, "generation head")
         _, model = saved_models[tester.generative_class]
@@ -711,6 +775,7 @@ class SlamModelTesterMixin:
         prompt = tester.prompt_sequence(inputs)
         assert torch.equal(with_cache[:, : prompt.shape[1]], prompt)
 
+    @pytest.mark.contract
     def test_generate_beam_search(self, tester, saved_models):
         self.require(tester.generative_class, "generation head")
         _, model = saved_models[tester.generative_class]
@@ -743,10 +808,12 @@ class SlamModelTesterMixin:
         assert (scores[:, 0] >= scores[:, 1]).all()
         assert not torch.equal(sequences[0], sequences[1])
 
+    @pytest.mark.contract
     def test_generate_left_padded_batch(self, tester, saved_models):
         self.require(tester.generative_class, "generation head")
         self.check_left_padded_generation(tester, saved_models[tester.generative_class][1])
 
+    @pytest.mark.contract
     def test_generate_from_inputs_embeds(self, tester, saved_models):
         self.require(tester.generative_class, "generation head")
         _, model = saved_models[tester.generative_class]
@@ -763,6 +830,7 @@ class SlamModelTesterMixin:
         assert torch.equal(from_embeds[:, : embeds_prompt.shape[1]], embeds_prompt)
         assert torch.equal(from_embeds[:, embeds_prompt.shape[1] :], from_ids[:, prompt_ids.shape[1] :])
 
+    @pytest.mark.contract
     def test_prompt_lookup_decoding_matches_greedy_search(self, tester, saved_models):
         """Candidate tokens are verified in chunks and rejected ones cropped from the cache."""
         self.require(tester.generative_class, "generation head")
@@ -779,13 +847,16 @@ class SlamModelTesterMixin:
         loss.backward()
         return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
-    def test_training_gradient_checkpointing(self, tester):
+    @pytest.mark.parametrize("use_reentrant", [False, True])
+    def test_training_gradient_checkpointing(self, tester, use_reentrant):
+        """Both of torch's checkpoint implementations (reentrant: every output of a checkpointed layer must be a
+        tensor it computed, or the backward replay never runs) give the plain model's loss and gradients."""
         model_inputs = tester.model_inputs()
         for model_class in tester.classes_with_labels:
             plain = model_class(tester.get_config()).train()
             checkpointed = model_class(tester.get_config()).train()  # own config: enabling must not leak
             checkpointed.load_state_dict(plain.state_dict())
-            enable_checkpointing(checkpointed)
+            enable_checkpointing(checkpointed, use_reentrant)
             assert is_checkpointing(checkpointed)
 
             inputs = tester.training_inputs(model_class, model_inputs)

@@ -23,6 +23,7 @@ from transformers.cache_utils import EncoderDecoderCache
 from slam_common import (
     SlamModelTesterMixin,
     assert_close,
+    assert_context_sensitive,
     count_calls,
     output_cache,
     rows_of,
@@ -670,6 +671,7 @@ def test_lora_on_decoder_save_reload_merge(tester, tmp_path, task_type):
 
 
 # -------------------------------------------------------------------------------------- 6. pipeline ----
+@pytest.mark.contract
 def test_image_text_to_text_pipeline(tester, tmp_path):
     from PIL import Image
     from transformers import pipeline
@@ -687,17 +689,21 @@ def test_image_text_to_text_pipeline(tester, tmp_path):
     generate_kwargs = fixed_length(5)
 
     expected = []
-    for image, text in zip(images, texts):  # one by one: processor -> generate -> decode the answer
+    for image, text in zip(images, texts):  # one by one, without the cache: processor -> generate -> decode
         encoded = processor(images=[image], text=[text], return_tensors="pt")
         assert int((encoded["input_ids"] == tester.image_token_id).sum()) == 4  # one placeholder per patch
-        answer = model.generate(**encoded, **generate_kwargs)[0]
+        answer = model.generate(**encoded, use_cache=False, **generate_kwargs)
+        assert_context_sensitive(model, dict(encoded), answer, tester, what=text)
+        answer = answer[0]
         assert answer.shape == (6,) and int(answer[0]) == model.config.decoder_start_token_id
         expected.append(tokenizer.decode(answer, skip_special_tokens=True))
     assert expected[0] != expected[1]
 
     pipe = pipeline("image-text-to-text", model=model, processor=processor)
-    results = pipe(images=images, text=texts, return_full_text=False, generate_kwargs=generate_kwargs)
-    assert [result["generated_text"] for result in results] == expected
+    for batch_size in (1, 2):  # the pipeline generates with the cache (as `generate()` passes it), padded batches
+        results = pipe(images=images, text=texts, return_full_text=False, generate_kwargs=generate_kwargs,
+                       batch_size=batch_size)  # fmt: skip
+        assert [result["generated_text"] for result in results] == expected, f"batch_size={batch_size}"
     assert [result["input_text"] for result in results] == texts
     full = pipe(images=images[0], text=texts[0], generate_kwargs=generate_kwargs)  # prompt + answer
     assert full[0]["generated_text"] == texts[0] + expected[0]

@@ -31,6 +31,7 @@ NEW_TOKENS = 6
 TESTERS = (SlamV1ModelTester(), SlamV2ModelTester(), SlamV3ModelTester())
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
+pytestmark = pytest.mark.contract  # the remote-code path is part of the fast contract job (README, Compatibility)
 
 AUTO_CLASSES_BY_ROLE = {
     "base_model_class": ("AutoModel",),
