@@ -607,6 +607,11 @@ def _tensors_held(obj, found: dict, seen: set, depth: int = 0):
         return
     seen.add(id(obj))
     if isinstance(obj, torch.Tensor):
+        # A 0-dim tensor is bookkeeping, not state (cache state has a batch dimension): a position counter that
+        # does not grow with the tokens, e.g. the int64 `cumulative_length_linear` every LinearAttentionLayer
+        # (Jamba's Mamba layers) holds in newer transformers (5.25; not 5.10.1), StaticLayer.cumulative_length.
+        if obj.dim() == 0:
+            return
         storage = obj.untyped_storage()
         key = (obj.device, storage.data_ptr()) if storage.data_ptr() else ("empty", id(obj))
         found[key] = max(found.get(key, 0), storage.nbytes())
@@ -630,7 +635,7 @@ def _tensors_held(obj, found: dict, seen: set, depth: int = 0):
 
 
 def cache_nbytes(cache) -> int:
-    """Bytes of every distinct tensor storage a cache object holds."""
+    """Bytes of every distinct tensor storage a cache object holds (its state tensors; 0-dim counters excluded)."""
     found = {}
     _tensors_held(cache, found, set())
     return sum(found.values())
@@ -644,6 +649,8 @@ def cache_bytes(model, name, input_ids) -> dict:
     fixed = bytes(L1) - per_token * L1, both divided by the batch size. `fixed` holds what does not grow with the
     tokens processed: Jamba's Mamba conv/SSM states, SLAM v3's cross-attention K/V over the encoder memory (which
     grow with the prompt, not the generated length). Returns {"per_token", "fixed", "lengths", "bytes"}."""
+    from .slam_compat import output_cache  # `cache` or `past_key_values`, whichever the running release uses
+
     spec = _check_name(name)
     half = _split(input_ids)
     batch = input_ids.shape[0]
@@ -670,7 +677,7 @@ def cache_bytes(model, name, input_ids) -> dict:
             lengths = (n // 2, n)
             measured = []
             for length in lengths:
-                cache = run(length).past_key_values
+                cache = output_cache(run(length))
                 if cache is None:
                     raise RuntimeError(f"{name} returned no cache with use_cache=True.")
                 measured.append(cache_nbytes(cache))

@@ -354,7 +354,7 @@ def tiny_slam_v1(vocab_size):
     return SlamV1ForCausalLM(config).eval()
 
 
-PROMPTS = ["up 3 =", "the cat sat on a mat", "down 7 =", "hello world"]
+PROMPTS = ["up 3 =", "the cat sat on a mat", "down 7 =", "hello cat world"]  # "other" rows: 3-5 filler words, as in pretraining
 GREEDY = dict(do_sample=False, max_new_tokens=6)
 
 
