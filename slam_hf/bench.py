@@ -9,8 +9,8 @@ resident set above the process's own baseline taken just before the model is bui
 A metric that cannot be measured is reported as `{"not_measured": reason}`, never as a zero. A model stopped by
 the per-model time cap keeps its row, marked with the budget it actually got.
 
-    slam-hf bench --config configs/bench/smoke.yaml --output-dir runs/bench-smoke
-    slam-hf bench --config configs/bench/published.yaml --output-dir runs/bench-published
+    slam-hf bench --config configs/bench/smoke.yaml --output-dir outputs/bench-smoke
+    slam-hf bench --config configs/bench/published.yaml --output-dir outputs/bench-published
 
 Not part of the remote code: this module may import anything.
 """

@@ -3,7 +3,7 @@
 `slam_hf.bench` measures; this module only reads what it measured. Everything here works from the results dict
 alone (or a `results.json` written by `write_reports`), so a run can be re-rendered without re-running it:
 
-    python -m slam_hf.bench_report runs/bench/results.json --output-dir runs/bench
+    python -m slam_hf.bench_report outputs/bench/results.json --output-dir outputs/bench
 
 The results schema ("slam_hf.bench/1"), checked by `validate_results`:
 

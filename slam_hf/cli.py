@@ -1,22 +1,26 @@
 """`slam-hf`: train a SLAM model from a YAML file and write a Hub-ready folder, or generate from one.
 
-    slam-hf train --config configs/slam-v1-tiny.yaml --output-dir out/slam-v1-tiny
-    slam-hf train --config configs/slam-v2-tiny.yaml --output-dir out/slam-v2-tiny
-    slam-hf train --config configs/slam-v3-tiny.yaml --output-dir out/slam-v3-tiny
-    slam-hf generate --model out/slam-v1-tiny --input "To be, or not to be"
-    slam-hf generate --model out/slam-v3-tiny --image digits.png --input "what number is shown?"
-    slam-hf push --model out/slam-v1-tiny --repo your-name/slam-v1-tiny
+    slam-hf train --config configs/slam-v1-tiny.yaml --output-dir outputs/slam-v1-tiny
+    slam-hf train --config configs/slam-v2-tiny.yaml --output-dir outputs/slam-v2-tiny
+    slam-hf train --config configs/slam-v3-tiny.yaml --output-dir outputs/slam-v3-tiny
+    slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be"
+    slam-hf generate --model outputs/slam-v3-tiny --image digits.png --input "what number is shown?"
+    slam-hf push --model outputs/slam-v1-tiny --repo your-name/slam-v1-tiny
 
-`train` reads three YAML sections (`model`, `data`, `training`; plus optional `output_dir` and `hub`).
+`train` reads three YAML sections (`model`, `data`, `training`; plus optional `generation`, `output_dir`, `hub` and
+`torch_threads`); the output folder defaults to `outputs/<config name>`.
 Text variants (SLAM v1, v2): trains `AutoModelForCausalLM.from_config(config)` with the transformers `Trainer`
 on the Shakespeare corpus shipped with `slam_hf.data` (whole works held out for validation), measures
 held-out perplexity before and after training (the LM loss alone: auxiliary losses such as SLAM v2's MoA load
 balancing are trained with but not scored), and saves weights (safetensors), config with `auto_map`, remote
-code, tokenizer, a model card (README.md) and `training_metrics.json`.
+code, tokenizer, a model card (README.md), `training_metrics.json` and generation_config.json holding the YAML's
+`generation` section (the configs ship sampling for the text models, greedy decoding for SLAM v3).
 Image-text variant (SLAM v3): trains `AutoModelForImageTextToText.from_config(config)` on MNIST digit tiles
 ("what number is shown?" -> the digit string; validation and test tiles are built from digit images never
 seen in training), reports held-out exact match of greedy generation against chance, and saves the processor
 (tokenizer + image processor, with their remote code) next to the model.
+`generate` decodes with the folder's generation_config.json; flags override single fields (`--greedy`,
+`--do-sample`, `--temperature`, `--top-k`, `--top-p`, `--max-new-tokens`), `--no-cache` turns the KV cache off.
 Every folder loads with `trust_remote_code=True` where slam_hf is not installed; `push` checks a folder and
 uploads it to the Hub (slam_hf.hub); `bench` runs the leaderboard (slam_hf.bench).
 
@@ -55,21 +59,26 @@ def train(args) -> dict:
 # generate
 
 
+# When neither the flag nor the folder's generation_config sets a length (transformers would stop at 20 tokens in
+# all, prompt included).
+DEFAULT_MAX_NEW_TOKENS = 50
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p")
+
+
 def generate(args) -> str:
     """`slam-hf generate`: prints and returns prompt + continuation (text models), or the answer (image-text
-    models such as SLAM v3, with or without `--image`)."""
+    models such as SLAM v3, with or without `--image`). Decodes with the folder's generation_config.json; the
+    flags given override its fields."""
     if not Path(args.model).is_dir() and not _looks_like_repo_id(args.model):
         raise ConfigError(f"model folder not found: {args.model}")
     image = getattr(args, "image", None)
     if image is not None and not Path(image).is_file() and not image.startswith(("http://", "https://")):
         raise ConfigError(f"image file not found: {image}")
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep the output to the generated text
-    if args.seed is not None:
-        set_seed(args.seed)
     config = AutoConfig.from_pretrained(args.model, trust_remote_code=True)
     image_text = getattr(config, "vision_config", None) is not None
     if image is not None and not image_text:
@@ -78,25 +87,20 @@ def generate(args) -> str:
             f"`{config.model_type}` model; drop --image to continue text with it"
         )
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen_kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample}
-    if args.do_sample:
-        gen_kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if image_text:
-        return _generate_image_text(args, image, device, gen_kwargs)
+        return _generate_image_text(args, image, device)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
     model.to(device).eval()
     inputs = tokenizer(args.input, return_tensors="pt").to(device)
-    with torch.no_grad():
-        output = model.generate(**inputs, **gen_kwargs)
+    output = _run_generate(args, model, inputs)
     text = tokenizer.decode(output[0], skip_special_tokens=True)
     print(text)
     return text
 
 
-def _generate_image_text(args, image, device, gen_kwargs) -> str:
+def _generate_image_text(args, image, device) -> str:
     """Encoder-decoder generation: the processor encodes the prompt (and image), the answer alone is printed."""
-    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.image_utils import load_image
 
@@ -118,12 +122,61 @@ def _generate_image_text(args, image, device, gen_kwargs) -> str:
         if token in args.input:
             raise ConfigError(f"--input holds {token} but no --image was given; pass --image FILE")
         inputs = processor(text=args.input, return_tensors="pt")
-    inputs = inputs.to(device)
-    with torch.no_grad():
-        output = model.generate(**inputs, **gen_kwargs)
+    output = _run_generate(args, model, inputs.to(device))
     text = processor.decode(output[0], skip_special_tokens=True)
     print(text)
     return text
+
+
+def _run_generate(args, model, inputs):
+    """model.generate with the folder's generation_config and the flags' overrides; says how it decodes (stderr)."""
+    import torch
+    from transformers import set_seed
+
+    kwargs = _generation_overrides(args, model.generation_config)
+    effective = model.generation_config.to_dict() | kwargs
+    if effective["do_sample"]:
+        knobs = ", ".join(f"{name} {effective[name]}" for name in SAMPLING_FLAGS if effective[name] is not None)
+        mode = f"sampling ({knobs})" if knobs else "sampling"
+    else:
+        mode = "beam search" if (effective["num_beams"] or 1) > 1 else "greedy"
+    cache = "on" if kwargs["use_cache"] else "off"
+    print(
+        f"[slam-hf] decoding (generation_config.json + flags): {mode}, at most {effective['max_new_tokens']} new "
+        f"tokens, KV cache {cache}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if args.seed is not None:
+        set_seed(args.seed)  # just before sampling, so loading cannot move the random state
+    with torch.no_grad():
+        return model.generate(**inputs, **kwargs)
+
+
+def _generation_overrides(args, defaults) -> dict:
+    """The generate() keyword arguments that override the folder's generation_config `defaults`: the flags given,
+    the KV cache switch, and a length when neither sets one."""
+    kwargs = {"use_cache": not args.no_cache}
+    given = {name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None}
+    flags = ", ".join("--" + name.replace("_", "-") for name in given)
+    if args.greedy:
+        if given:
+            raise ConfigError(f"--greedy does not sample; drop {flags} or --greedy")
+        # The folder's sampling settings go too: greedy ignores them and transformers would warn about each.
+        kwargs.update(do_sample=False, **dict.fromkeys(SAMPLING_FLAGS))
+    elif args.do_sample:
+        kwargs["do_sample"] = True
+    if given and not kwargs.get("do_sample", defaults.do_sample):
+        raise ConfigError(
+            f"{flags} only apply when sampling, and the generation_config.json of {args.model} decodes greedily; "
+            "add --do-sample"
+        )
+    kwargs.update(given)
+    if args.max_new_tokens is not None:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    elif defaults.max_new_tokens is None:
+        kwargs["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
+    return kwargs
 
 
 def _looks_like_repo_id(name: str) -> bool:
@@ -143,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  slam-hf train --config configs/slam-v2-tiny.yaml --output-dir outputs/slam-v2-tiny\n"
         "  slam-hf train --config configs/slam-v3-tiny.yaml --output-dir outputs/slam-v3-tiny\n"
         '  slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --max-new-tokens 40\n'
+        '  slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --greedy --no-cache\n'
         '  slam-hf generate --model outputs/slam-v3-tiny --image digits.png --input "what number is shown?"\n'
         "  slam-hf push --model outputs/slam-v1-tiny --repo your-name/slam-v1-tiny",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -184,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a prompt (or answer about an image) with a trained model",
         description="Load a folder written by `slam-hf train` (or a Hub repo) with trust_remote_code=True. "
         "Text models (SLAM v1, v2) print the prompt followed by its continuation; image-text models (SLAM v3) "
-        "load their processor too and print the answer to the prompt about --image (or to the prompt alone).",
+        "load their processor too and print the answer to the prompt about --image (or to the prompt alone). "
+        "Decoding follows the folder's generation_config.json (what `slam-hf train` wrote: sampling for the "
+        "text models, greedy for SLAM v3); the flags below override single fields.",
     )
     g.add_argument("--model", required=True, help="model folder or Hub repo id")
     g.add_argument("--input", required=True, help="prompt text")
@@ -193,12 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="image file (or URL) for an image-text model (slam_v3); its <image> placeholder goes before the "
         "prompt unless the prompt holds one",
     )
-    g.add_argument("--max-new-tokens", type=_positive_int, default=50)
-    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=_positive_float, default=0.8, help="with --do-sample")
-    g.add_argument("--top-k", type=_positive_int, default=50, help="with --do-sample")
-    g.add_argument("--top-p", type=_positive_float, default=1.0, help="with --do-sample")
+    g.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        help=f"default: the folder's generation_config, else {DEFAULT_MAX_NEW_TOKENS}",
+    )
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", action="store_true", help="greedy decoding, whatever generation_config says")
+    mode.add_argument("--do-sample", action="store_true", help="sample, even where generation_config is greedy")
+    for flag, cast in (("--temperature", _positive_float), ("--top-k", _positive_int), ("--top-p", _positive_float)):
+        g.add_argument(flag, type=cast, help="override generation_config's value (sampling only)")
     g.add_argument("--seed", type=int, help="random seed for sampling")
+    g.add_argument("--no-cache", action="store_true", help="generate without the KV cache (use_cache=False)")
     g.set_defaults(func=generate)
 
     h = sub.add_parser(

@@ -26,7 +26,7 @@ GENERIC_TEMPLATE_NAME = "modelcard_template_generic.md"
 # Never uploaded: Trainer checkpoints and logs, caches. upload_folder already skips .git/ and .cache/huggingface/.
 PUSH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "**/__pycache__/**", "*.pyc"]
 # The transformers versions CI runs the whole suite on (the oldest pin in ci/oldest.txt, the newest resolved).
-TESTED_TRANSFORMERS = ("5.10.1", "5.23.0")
+TESTED_TRANSFORMERS = ("5.10.1", "5.25.0")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 

@@ -38,12 +38,24 @@ Remote code: this file imports only numpy, PIL and public transformers names (pr
 """
 
 import numpy as np
-from PIL import Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import ChannelDimension, PILImageResampling, is_torch_tensor, load_image
+from transformers.image_utils import ChannelDimension, is_torch_tensor, load_image
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging
+
+# Pillow is imported inside `try`: transformers' remote-code loader skips imports in try blocks when it checks a
+# folder's requirements; a top-level import failed there, before this file ran, with "Run `pip install PIL`" (not
+# the package's name). Without Pillow the module loads and SlamImageProcessor() raises PILLOW_MISSING.
+try:
+    from PIL import Image
+    from transformers.image_utils import PILImageResampling  # defined only where Pillow imports
+except ImportError:
+    Image = PILImageResampling = None
+PILLOW_MISSING = (
+    "SlamImageProcessor needs Pillow (the Python Imaging Library) to read and resize images, and it is not "
+    "installed: run `pip install pillow`."
+)
 
 logger = logging.get_logger(__name__)
 
@@ -79,7 +91,7 @@ class SlamImageProcessor(PilBackend):
     do_convert_rgb = True
     do_resize = True
     size = {"height": 224, "width": 224}
-    resample = PILImageResampling.BICUBIC
+    resample = PILImageResampling.BICUBIC if PILImageResampling is not None else None
     do_rescale = True
     rescale_factor = 1 / 255
     do_normalize = True
@@ -88,6 +100,8 @@ class SlamImageProcessor(PilBackend):
     patch_size = 16
 
     def __init__(self, **kwargs):
+        if Image is None:
+            raise ImportError(PILLOW_MISSING)
         super().__init__(**kwargs)
         # Fail at construction (and at from_pretrained) rather than on the first call.
         self._check_settings(
@@ -302,7 +316,7 @@ class SlamImageProcessor(PilBackend):
 
 
 # ---------------------------------------------------------------------- helpers
-def _pil_to_rgb(image: Image.Image) -> Image.Image:
+def _pil_to_rgb(image: "Image.Image") -> "Image.Image":
     """PIL image of any mode -> RGB; transparent pixels become white."""
     if image.mode == "RGB":
         return image

@@ -35,7 +35,7 @@ from transformers.modeling_outputs import (
 
 from .configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config, auto_map_entries
 from .slam_blocks import SlamCyclicFusion, SlamEncoderFusionCycle, SlamLayer, SlamMoALayer, SlamWindowedLayer
-from .slam_checkpoint import check_loading_info, verify_checkpoint_files, write_checksums
+from .slam_checkpoint import check_loading_info, make_weights_readable, verify_checkpoint_files, write_checksums
 from .slam_compat import (
     DynamicCache,
     EncoderDecoderCache,
@@ -179,6 +179,7 @@ class SlamPreTrainedModel(PreTrainedModel):
         result = super().save_pretrained(save_directory, *args, **kwargs)
         is_main_process = args[0] if args else kwargs.get("is_main_process", True)
         if is_main_process and os.path.isdir(save_directory):
+            make_weights_readable(save_directory)
             write_checksums(save_directory)
         return result
 

@@ -221,7 +221,7 @@ def variants() -> dict[str, Variant]:
 # --------------------------------------------------------------------------------------------------------------
 # YAML config
 
-TOP_LEVEL_KEYS = ("model", "data", "training", "output_dir", "hub", "torch_threads")
+TOP_LEVEL_KEYS = ("model", "data", "training", "generation", "output_dir", "hub", "torch_threads")
 DATA_KEYS = ("block_size", "max_train_rows", "max_eval_rows")
 # SLAM v3 (digit tiles): rows per split (validation scores the loss, test the exact match), digits per tile,
 # the training collator's translation augmentation, and the tiling seed.
@@ -230,6 +230,8 @@ IMAGE_TEXT_DATA_DEFAULTS = {
     "num_digits": 2, "train_rows": 8000, "eval_rows": 500, "test_rows": 500, "max_shift": 2, "seed": 0,
 }  # fmt: skip
 HUB_KEYS = ("model_name", "repo_id")
+# GenerationConfig fields the command fills in from the tokenizer.
+TOKENIZER_GENERATION_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
 # TrainingArguments fields that the command sets itself: what it writes, where, and how it reports.
 RESERVED_TRAINING_KEYS = {
     "output_dir": "set the top-level `output_dir:` or pass --output-dir",
@@ -301,6 +303,25 @@ def _image_text_data(data: dict) -> dict:
     return data
 
 
+def _generation(section: dict) -> dict:
+    """Validate the `generation` section: GenerationConfig fields that `slam-hf train` writes to
+    generation_config.json, so they are the defaults of `model.generate()` and `slam-hf generate`."""
+    from transformers import GenerationConfig
+
+    allowed = {k for k in GenerationConfig().to_dict() if not k.startswith("_") and k != "transformers_version"}
+    for key in section:
+        if key in TOKENIZER_GENERATION_KEYS:
+            raise ConfigError(f"`generation.{key}` cannot be set in the YAML: it comes from the tokenizer")
+        if key not in allowed:
+            raise _unknown_key_error("generation", key, allowed - set(TOKENIZER_GENERATION_KEYS))
+    try:
+        # strict: a setting the chosen mode ignores (temperature without do_sample) is an error, not a warning
+        GenerationConfig(**section).validate(strict=True)
+    except ValueError as err:
+        raise ConfigError(f"invalid `generation` section: {err}") from err
+    return section
+
+
 def _config_parameters(config_class) -> set[str]:
     import inspect
 
@@ -315,10 +336,13 @@ def _training_fields() -> set[str]:
 
 
 def load_run_config(path) -> dict:
-    """Read and validate a training YAML; returns {model, variant, data, training, output_dir, hub, torch_threads}.
+    """Read and validate a training YAML; returns {model, variant, data, training, generation, output_dir, hub,
+    torch_threads}.
 
     `torch_threads` (optional, top level): torch intra-op threads for the run (null: torch's default). Tiny models
     train faster on 1 thread, and on a busy machine OpenMP spin-waiting made 2 threads ~25-50x slower.
+    `generation` (optional, top level): GenerationConfig fields saved in generation_config.json, the decoding a user
+    of the folder gets by default (without it: transformers' defaults, i.e. greedy, at most 20 tokens in all).
     """
     path = Path(path)
     if not path.is_file():
@@ -374,6 +398,8 @@ def load_run_config(path) -> dict:
         if key not in allowed_training:
             raise _unknown_key_error("training", key, allowed_training)
 
+    generation = _generation(_section(raw, "generation"))
+
     hub = _section(raw, "hub")
     for key in hub:
         if key not in HUB_KEYS:
@@ -384,8 +410,8 @@ def load_run_config(path) -> dict:
         raise ConfigError(f"`output_dir` must be a path string, got {output_dir!r}")
     torch_threads = _optional_positive_int(raw.get("torch_threads"), "torch_threads")
     return {
-        "variant": variant, "model": model, "data": data, "training": training, "output_dir": output_dir, "hub": hub,
-        "torch_threads": torch_threads,
+        "variant": variant, "model": model, "data": data, "training": training, "generation": generation,
+        "output_dir": output_dir, "hub": hub, "torch_threads": torch_threads,
     }  # fmt: skip
 
 

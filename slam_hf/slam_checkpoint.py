@@ -51,6 +51,20 @@ def file_digest(path) -> tuple[int, str]:
     return size, sha.hexdigest()
 
 
+def make_weights_readable(save_directory) -> None:
+    """Give the weight files the mode any newly created file gets (0o666 minus the umask), like config.json.
+
+    safetensors >= 0.8 writes through a temporary file (always 0o600) renamed into place, so model.safetensors
+    came out readable by its owner only (safetensors 0.6 wrote 0o644): a shared cache or a served folder then
+    cannot read the weights next to a readable config.
+    """
+    umask = os.umask(0)  # reading the umask means setting it; restored at once
+    os.umask(umask)
+    for name in os.listdir(save_directory):
+        if name.startswith("model") and name.endswith(".safetensors"):
+            os.chmod(os.path.join(save_directory, name), 0o666 & ~umask)
+
+
 def write_checksums(save_directory) -> dict:
     """Record size and sha256 of every weight file in `save_directory` in `checksums.json`; returns the manifest."""
     names = sorted(name for name in os.listdir(save_directory) if _is_weight_file(name))

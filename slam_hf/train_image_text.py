@@ -15,9 +15,9 @@ from .run_config import (
     v3_cache_bytes_per_token, variants,
 )
 from .training import (
-    CpuFsdpMixin, count_parameters_per_process, distributed_label, enum_value, format_seconds, hardware_description,
-    model_config_from_yaml, prepare_run, render_model_card, run_description, save_model_folder, software_versions,
-    train_and_evaluate, unsharded_model,
+    CpuFsdpMixin, count_parameters_per_process, distributed_label, enum_value, format_seconds, generation_summary,
+    hardware_description, model_config_from_yaml, prepare_run, render_model_card, run_description, save_model_folder,
+    software_versions, train_and_evaluate, unsharded_model,
 )
 
 
@@ -197,7 +197,7 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
     generation = model.generation_config
     generation.pad_token_id, generation.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
     generation.eos_token_id, generation.decoder_start_token_id = tokenizer.eos_token_id, config.decoder_start_token_id
-    save_model_folder(model, output_dir, use_cache)
+    save_model_folder(model, output_dir, use_cache, run["generation"])
     processor.save_pretrained(output_dir)
 
     wall_seconds = time.perf_counter() - t_start
@@ -295,6 +295,7 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         train_samples=f"{train_samples:,}",
         tokens_per_second=f"{run_samples * tokens_per_row / optim_seconds:,.0f}",
         config_file=Path(args.config).as_posix(),
+        generation_defaults=generation_summary(run["generation"]),
     )
     card.save(output_dir / "README.md")
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from .run_config import CARD_TAGS, ConfigError, lora_targets, template_path, variants
 from .training import (
     CpuFsdpMixin, config_rows, count_parameters_per_process, distributed_label, enum_value, eval_perplexity,
-    evenly_spaced, format_seconds, hardware_description, lm_loss_only, model_config_from_yaml, prepare_run,
-    render_model_card, run_description, save_model_folder, software_versions, train_and_evaluate, unsharded_model,
+    evenly_spaced, format_seconds, generation_summary, hardware_description, lm_loss_only, model_config_from_yaml,
+    prepare_run, render_model_card, run_description, save_model_folder, software_versions, train_and_evaluate,
+    unsharded_model,
 )
 
 
@@ -149,7 +150,7 @@ def train_text(args, run: dict, t_start: float) -> dict:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    save_model_folder(model, output_dir, use_cache)
+    save_model_folder(model, output_dir, use_cache, run["generation"])
     tokenizer.save_pretrained(output_dir)
 
     wall_seconds = time.perf_counter() - t_start
@@ -229,6 +230,7 @@ def train_text(args, run: dict, t_start: float) -> dict:
         train_time=format_seconds(optim_seconds),
         tokens_per_second=f"{run_tokens / optim_seconds:,.0f}",
         config_file=Path(args.config).as_posix(),
+        generation_defaults=generation_summary(run["generation"]),
         resumed_step=start_step,
     )
     card.save(output_dir / "README.md")

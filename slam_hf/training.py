@@ -396,14 +396,24 @@ def run_description(trainer, job: TrainingRun, trained: TrainedRun, parameters_p
     }
 
 
-def save_model_folder(model, output_dir: Path, use_cache: bool) -> None:
-    """Weights, config (save_pretrained writes the full auto_map) and remote code into the Hub folder."""
+def save_model_folder(model, output_dir: Path, use_cache: bool, generation: dict) -> None:
+    """Weights, config (save_pretrained writes the full auto_map), generation config (the YAML's `generation`
+    section over the token ids already set) and remote code into the Hub folder."""
     output_dir.mkdir(parents=True, exist_ok=True)
     stale = output_dir / "pytorch_model.bin"
     if stale.exists():
         stale.unlink()
     model.config.use_cache = use_cache  # Trainer switched it off for training
+    model.generation_config.update(**generation)
     model.save_pretrained(output_dir)
+
+
+def generation_summary(generation: dict) -> str:
+    """The YAML's `generation` section as the model card states it."""
+    if not generation:
+        return "transformers' defaults: greedy, at most 20 tokens in all"
+    return ", ".join(f"`{key}={value!r}`" for key, value in generation.items())
+
 
 
 @contextlib.contextmanager

@@ -230,6 +230,9 @@ class SlamModelTesterMixin:
             files = set(os.listdir(folder))
             assert "model.safetensors" in files and "config.json" in files, files
             assert not [name for name in files if name.endswith(".bin")], f"pickle weights written: {files}"
+            # weights readable like the config next to them (safetensors >= 0.8 alone writes 0o600)
+            modes = {name: os.stat(os.path.join(folder, name)).st_mode & 0o777 for name in files}
+            assert modes["model.safetensors"] == modes["config.json"], modes
 
             reference = tester.logits_of(model, **inputs)
             reloaded, info = model_class.from_pretrained(folder, output_loading_info=True)
@@ -744,6 +747,7 @@ class SlamModelTesterMixin:
             sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
         assert torch.equal(with_cache, sequence)
 
+    @pytest.mark.contract
     @pytest.mark.contract
     def test_generate_cache_implementations(self, tester, saved_models):
         """The dynamic cache by name equals uncached decoding; a static cache is refused at the first forward with

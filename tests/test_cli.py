@@ -104,6 +104,110 @@ def test_generate_sampling_is_seeded(trained, capsys):
     assert capsys.readouterr().out == first
 
 
+def _generated(capsys, argv) -> str:
+    capsys.readouterr()
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+def test_generate_defaults_to_the_folders_generation_config(trained, capsys):
+    """train writes the YAML's `generation` section; generate without flags samples with it; --greedy is one flag."""
+    saved = json.loads((trained / "generation_config.json").read_text())
+    wanted = _tiny_doc()["generation"]
+    assert wanted["do_sample"] is True and {key: saved[key] for key in wanted} == wanted
+    assert "`do_sample=True`, `temperature=0.8`, `top_k=50`" in (trained / "README.md").read_text()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    base = ["generate", "--model", str(trained), "--input", "To be"]
+    printed = _generated(capsys, base + ["--seed", "0"])
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    model = AutoModelForCausalLM.from_pretrained(trained).eval()
+    ids = tokenizer("To be", return_tensors="pt").input_ids
+    set_seed(0)
+    with torch.no_grad():
+        sampled = model.generate(ids)[0, ids.shape[1]:]  # no arguments: the folder's generation_config
+    assert len(sampled) == wanted["max_new_tokens"]
+    assert printed.strip() == tokenizer.decode(torch.cat([ids[0], sampled]), skip_special_tokens=True)
+
+    greedy = model.generate(ids, do_sample=False, max_new_tokens=wanted["max_new_tokens"])[0, ids.shape[1]:]
+    assert _generated(capsys, base + ["--greedy"]).strip() == tokenizer.decode(
+        torch.cat([ids[0], greedy]), skip_special_tokens=True
+    )
+    # What the default is for: greedy decoding of a barely trained model repeats a few tokens, sampling does not.
+    assert len(set(sampled.tolist())) > 2 * len(set(greedy.tolist())), (sampled.tolist(), greedy.tolist())
+
+
+def test_generate_without_cache_prints_the_same_text(trained, capsys):
+    """--no-cache changes nothing, greedy or seeded sampling, on a model whose next token depends on the context
+    (so a cache that dropped the history would show)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    model = AutoModelForCausalLM.from_pretrained(trained).eval()
+    ids = tokenizer("To be, or not to be", return_tensors="pt").input_ids
+    changed = ids.clone()
+    changed[0, 0] = (ids[0, 0] + 1) % model.config.vocab_size
+    with torch.no_grad():
+        last, last_changed = model(ids).logits[0, -1], model(changed).logits[0, -1]
+    assert (last - last_changed).abs().max() > 1e-3  # an early token moves the last logits
+
+    base = ["generate", "--model", str(trained), "--input", "To be, or not to be", "--max-new-tokens", "12"]
+    for flags in (["--greedy"], ["--seed", "3"], ["--do-sample", "--temperature", "1.5", "--top-p", "0.9", "--seed", "5"]):
+        cached = _generated(capsys, base + flags)
+        assert _generated(capsys, base + flags + ["--no-cache"]) == cached, flags
+        assert len(cached.strip()) > len("To be, or not to be"), flags
+
+
+def test_generate_flag_conflicts(trained, trained_v3, capsys):
+    base = ["generate", "--model", str(trained), "--input", "To be"]
+    with pytest.raises(SystemExit) as exc:
+        main(base + ["--greedy", "--top-k", "5"])
+    assert exc.value.code == 2 and "--greedy does not sample; drop --top-k" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(base + ["--greedy", "--do-sample"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # SLAM v3 decodes greedily by default
+        main(["generate", "--model", str(trained_v3), "--input", "what number is shown?", "--temperature", "2"])
+    assert exc.value.code == 2 and "decodes greedily; add --do-sample" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fixture_name", ["trained", "trained_v2", "trained_v3"])
+def test_saved_files_are_readable_like_every_other_file(fixture_name, request):
+    """model.safetensors gets the mode config.json gets (safetensors >= 0.8 alone would leave it 0o600)."""
+    folder = request.getfixturevalue(fixture_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir() if path.is_file()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o666 & ~umask
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_tiny_configs_run_on_one_thread():
+    """The README states the set-up timings with one torch thread: every tiny config sets it."""
+    from slam_hf.run_config import load_run_config
+
+    for name in ("slam-v1-tiny", "slam-v2-tiny", "slam-v3-tiny"):
+        assert load_run_config(REPO / "configs" / f"{name}.yaml")["torch_threads"] == 1, name
+    assert "`torch_threads: 1`" in (REPO / "README.md").read_text()
+
+
+def test_generation_section_errors(tmp_path, capsys):
+    for generation, fragment in (
+        ({"eos_token_id": 5}, "`generation.eos_token_id` cannot be set in the YAML: it comes from the tokenizer"),
+        ({"do_sample": False, "temperature": 0.8}, "invalid `generation` section"),
+    ):
+        doc = _tiny_doc()
+        doc["generation"] = generation
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--config", _write(tmp_path, doc), "--output-dir", str(tmp_path / "out")])
+        assert exc.value.code == 2
+        assert fragment in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def _write(tmp_path, doc):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -120,6 +224,7 @@ def _tiny_doc():
         ("model", "hiden_size", ["`model.hiden_size`", "did you mean `hidden_size`"]),
         ("data", "blok_size", ["`data.blok_size`", "`block_size`"]),
         ("training", "learning_rat", ["`training.learning_rat`", "`learning_rate`"]),
+        ("generation", "temprature", ["`generation.temprature`", "`temperature`"]),
         (None, "trainer", ["unknown key `trainer`", "`training`"]),
     ],
 )
@@ -334,6 +439,7 @@ def test_v3_train_writes_hub_folder_and_card(trained_v3):
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_slam.SlamProcessor"
     generation = json.loads((trained_v3 / "generation_config.json").read_text())
     assert (generation["decoder_start_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (1, 2, 0)
+    assert (generation["do_sample"], generation["max_new_tokens"]) == (False, 8)  # the YAML's `generation`
 
     metrics = json.loads((trained_v3 / "training_metrics.json").read_text())
     assert metrics["variant"] == "slam_v3" and metrics["task"] == "image-text-to-text"
@@ -398,6 +504,11 @@ def test_v3_generate_with_image(trained_v3, digit_png, capsys):
     inputs = processor(images=Image.open(path), text="<image>what number is shown?", return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert answer == processor.decode(output[0], skip_special_tokens=True)
+
+    # Without flags: the folder's generation_config (greedy, at most 8 new tokens).
+    argv = ["generate", "--model", str(trained_v3), "--image", str(path), "--input", "what number is shown?"]
+    default = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert _last_line(_generated(capsys, argv)) == processor.decode(default[0], skip_special_tokens=True)
 
     # A placeholder written into the prompt is used as is.
     capsys.readouterr()
@@ -531,5 +642,9 @@ def test_trained_folders_are_push_ready(fixture_name, request):
 def test_tested_transformers_range_matches_ci_pins():
     from slam_hf.hub import TESTED_TRANSFORMERS
 
-    pins = (Path(__file__).resolve().parent.parent / "ci" / "oldest.txt").read_text()
-    assert f"transformers=={TESTED_TRANSFORMERS[0]}" in pins
+    root = Path(__file__).resolve().parent.parent
+    assert f"transformers=={TESTED_TRANSFORMERS[0]}" in (root / "ci" / "oldest.txt").read_text()
+    # the README's Compatibility table names the same two versions the model cards render
+    assert f"| {TESTED_TRANSFORMERS[0]} and {TESTED_TRANSFORMERS[1]} (newest at the last green CI) |" in (
+        root / "README.md"
+    ).read_text()

@@ -294,3 +294,43 @@ def test_remote_code_load_in_clean_process(tmp_path, tokenizer, monkeypatch):
     for key in expected:
         assert np.array_equal(got[key], expected[key]), key
     assert (got["input_ids"] == IMAGE_ID).sum(axis=1).tolist() == [8, 16]
+
+
+NO_PILLOW_LOADER = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["slam_hf"] = None
+    sys.modules["PIL"] = None  # Pillow missing: `import PIL` raises ImportError
+    from transformers import AutoProcessor
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+    errors = []
+    for auto in (AutoProcessor, AutoImageProcessor):
+        try:
+            auto.from_pretrained(sys.argv[1], trust_remote_code=True)
+            errors.append(None)
+        except Exception as err:
+            errors.append([type(err).__name__, str(err)])
+    print(json.dumps(errors))
+    """
+)
+
+
+def test_remote_code_without_pillow_names_the_package(tmp_path, tokenizer, monkeypatch):
+    """Without Pillow, loading the processor raises an ImportError that says `pip install pillow`, not PIL's name."""
+    for cls in (SlamProcessor, SlamImageProcessor):
+        monkeypatch.setattr(cls, "_auto_class", None)
+    SlamProcessor.register_for_auto_class("AutoProcessor")
+    SlamImageProcessor.register_for_auto_class("AutoImageProcessor")
+    make_processor(tokenizer).save_pretrained(tmp_path / "saved")
+    (tmp_path / "loader.py").write_text(NO_PILLOW_LOADER)
+    env = {**os.environ, "PYTHONPATH": "", "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "loader.py"), str(tmp_path / "saved")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    for error in json.loads(result.stdout.strip().splitlines()[-1]):
+        assert error is not None and error[0] == "ImportError", error
+        assert "`pip install pillow`" in error[1], error
