@@ -73,6 +73,11 @@ LOADER = textwrap.dedent(
         tensors[key] = {
             "output": outputs.logits if hasattr(outputs, "logits") else outputs.last_hidden_state,
         }
+        try:  # the copied code refuses an argument it would not use, as the installed package does
+            model(**variant_inputs["forward"], not_an_argument=1)
+            unknown_kwarg_error = None
+        except TypeError as error:
+            unknown_kwarg_error = str(error)
         if entry["generate"]:
             for use_cache in (True, False):
                 tensors[key][f"generated_cache={use_cache}"] = model.generate(
@@ -85,6 +90,7 @@ LOADER = textwrap.dedent(
             "tied": model.get_output_embeddings() is not None
             and model.get_output_embeddings().weight is model.get_input_embeddings().weight,
             "token_ids": tokenizer(spec["text"])["input_ids"],
+            "unknown_kwarg_error": unknown_kwarg_error,
         }
     loaded = [name for name, module in sys.modules.items() if name.startswith("slam_hf") and module is not None]
     report["slam_hf_modules"] = sorted(loaded)
@@ -266,6 +272,7 @@ def test_remote_code_loads_every_class_without_slam_hf(remote_run):
         assert loaded["module_file"].startswith(os.path.join(hf_home, "modules", "transformers_modules")), loaded
         assert torch.equal(tensors[key]["output"], info["output"]), f"{name}: outputs differ after remote load"
         assert loaded["token_ids"] == expected_token_ids
+        assert "not_an_argument" in (loaded["unknown_kwarg_error"] or ""), f"{name}: an unknown argument was accepted"
         if info["tied"]:
             assert loaded["tied"], f"{name}: lm_head is not tied to the embeddings after remote load"
         if info["generated"] is not None:
