@@ -240,7 +240,8 @@ class SlamPreTrainedModel(PreTrainedModel):
             position_ids = (torch.arange(past_length, total, device=device)[None] - offsets[:, None]).clamp(min=0)
         hidden_states = inputs_embeds
         if self.embed_positions is not None:
-            if int(position_ids.max()) >= self.config.max_position_embeddings:
+            # A check of values: eager only (see validate_inputs); a traced graph would break on it.
+            if not is_tracing() and int(position_ids.max()) >= self.config.max_position_embeddings:
                 raise ValueError(
                     f"Sequence of {int(position_ids.max()) + 1} positions exceeds max_position_embeddings="
                     f"{self.config.max_position_embeddings} of the learned position table; shorten `input_ids` "
@@ -777,7 +778,8 @@ class SlamV3Encoder(nn.Module):
 
     The encoder `generate` runs once (`get_encoder()`): `forward(input_ids, attention_mask, pixel_values, ...)`
     embeds the prompt, puts the vision tower's patch features at the `<image>` placeholders (row-major, one per
-    patch, as `SlamProcessor` expands them) and appends the projected `aux_values`.
+    patch, as `SlamProcessor` expands them) and appends the projected `aux_values`. Given `inputs_embeds` instead of
+    `input_ids`, the placeholders are the positions holding the embedding of `image_token_id` (`placeholder_mask`).
     """
 
     main_input_name = "input_ids"
@@ -797,31 +799,41 @@ class SlamV3Encoder(nn.Module):
         self.norm = make_norm(config)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
+    def placeholder_mask(self, input_ids, inputs_embeds):
+        """(B, L) bool: where the `<image>` placeholders are. The one place that locates them: from `input_ids` when
+        given, else (as transformers' image-text models do) where `inputs_embeds` equal the embedding of
+        `image_token_id` in every hidden dim."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_token = torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+        return (inputs_embeds == self.embed_tokens(image_token).to(inputs_embeds.dtype)).all(-1)
+
     def embed(self, input_ids, inputs_embeds, pixel_values, image_grid_hw):
         """(B, L, hidden) embeddings with image features at the placeholders, and the image-token mask (B, L)."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-            is_image = input_ids == self.config.image_token_id
-        else:
-            is_image = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
-        placeholders = int(is_image.sum())
+        is_image = self.placeholder_mask(input_ids, inputs_embeds)
+        # Counting placeholders reads values: eager only (see validate_inputs); a traced graph is fed matching inputs.
+        checks = not is_tracing()
+        placeholders = int(is_image.sum()) if checks else None
+        found = "`input_ids` hold {} image placeholder tokens"  # the placeholders, as the error messages name them
+        if input_ids is None:
+            found = "`inputs_embeds` hold {} embeddings of the image placeholder token"
         if pixel_values is None:
-            if placeholders:
+            if checks and placeholders:
                 raise ValueError(
-                    f"`input_ids` hold {placeholders} image placeholder tokens (id {self.config.image_token_id}) but no "
-                    "`pixel_values` were given; pass the images (SlamProcessor returns both)."
+                    f"{found.format(placeholders)} (id {self.config.image_token_id}) but no `pixel_values` were given; "
+                    "pass the images (SlamProcessor returns both)."
                 )
             return inputs_embeds, is_image
-        if input_ids is None:
-            raise ValueError("`pixel_values` need `input_ids` with image placeholders; `inputs_embeds` cannot place them.")
         # The tower's layers read the vision sub-config, which transformers does not keep in step with the
         # model's attention backend (the tower is not a PreTrainedModel of its own): follow the model's.
         self.config.vision_config._attn_implementation_internal = self.config._attn_implementation
         features = self.vision_tower(pixel_values, image_grid_hw)  # (N, patches, hidden)
-        if placeholders != features.shape[0] * features.shape[1]:
+        if checks and placeholders != features.shape[0] * features.shape[1]:
             raise ValueError(
-                f"`input_ids` hold {placeholders} image placeholder tokens, but `pixel_values` give {features.shape[0]} "
-                f"image(s) x {features.shape[1]} patches = {features.shape[0] * features.shape[1]} features; expand each "
+                f"{found.format(placeholders)}, but `pixel_values` give {features.shape[0]} image(s) x "
+                f"{features.shape[1]} patches = {features.shape[0] * features.shape[1]} features; expand each "
                 "`<image>` with SlamProcessor so that every patch has one placeholder."
             )
         mask = is_image[..., None].expand_as(inputs_embeds)
@@ -873,6 +885,23 @@ class SlamV3Encoder(nn.Module):
         return BaseModelOutput(last_hidden_state=memory, hidden_states=all_hidden_states)
 
 
+class CausalConfigView:
+    """A config as transformers' mask helpers must read it for the SLAM v3 decoder: causal.
+
+    The v3 config says `is_causal=False` (its encoder is bidirectional), and `create_causal_mask` then builds a
+    bidirectional mask. Unpadded eager inputs hid this (the helper returns None and the decoder's attention applies
+    causality itself), but a padded `decoder_attention_mask`, or torch.export (which always materialises the mask),
+    gave the decoder a mask without causality. Every other attribute is the config's own, read at call time."""
+
+    is_causal = True
+
+    def __init__(self, config):
+        self._config = config
+
+    def __getattr__(self, name):
+        return getattr(self._config, name)
+
+
 class SlamV3Decoder(nn.Module):
     """`decoder_layers` x (causal MLA self-attention, cross-attention to the memory, MLP) and a final norm."""
 
@@ -896,7 +925,7 @@ class SlamV3Decoder(nn.Module):
             )
         position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device)[None]
         position_embeddings = self.rotary_emb(position_ids, inputs_embeds.dtype)
-        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, self_cache)
+        causal_mask = create_causal_mask(CausalConfigView(self.config), inputs_embeds, attention_mask, self_cache)
         memory_mask = None if memory_mask is None else memory_mask[:, None, None, :].to(inputs_embeds.device)
         hidden_states = self.dropout(inputs_embeds)
         all_hidden_states = (hidden_states,) if output_hidden_states else None

@@ -19,7 +19,7 @@ from torch import nn
 from .configuration_slam import ENCODER_PATHS
 from .slam_attention import eager_attention_forward
 from .slam_blocks import SlamLayer
-from .slam_compat import GradientCheckpointingLayer, get_attention_function
+from .slam_compat import GradientCheckpointingLayer, get_attention_function, is_tracing
 from .slam_grouped import ModuleLayers, StackedLayers, finish_grouped
 from .slam_layers import apply_rotary_pos_emb, make_linear
 
@@ -63,9 +63,12 @@ class SlamParallelPaths(nn.Module):
         """hidden_states (B, L, H) -> (4, B, L, H); rows without keys in a path are zero.
 
         A path that gives no token of the batch a key (the image and cross-modal paths of a text-only batch) would
-        return only zeros, so it is not run: same output, half the work for text-only input.
+        return only zeros, so it is not run: same output, half the work for text-only input. Under torch.compile /
+        torch.export that choice would read tensor values, so every path runs (the masking below zeroes the same rows).
         """
-        active = [p for p in range(len(ENCODER_PATHS)) if bool(has_key[p].any())]
+        active = list(range(len(ENCODER_PATHS)))
+        if not is_tracing():
+            active = [p for p in active if bool(has_key[p].any())]
         allowed = allowed[active]
         if self.batch_paths:
             states = hidden_states.expand(len(active), *hidden_states.shape)

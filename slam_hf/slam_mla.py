@@ -98,7 +98,9 @@ class SlamLatentAttention(nn.Module):
         decoding step, short prefills, never a long prompt. Training stays expanded (the reference path)."""
         if self.absorb != "auto":
             return bool(self.absorb)
-        if self.training:
+        if self.training or not isinstance(q_len, int):
+            # A symbolic length (torch.export with a dynamic decoder length) cannot pick a path without a guard
+            # that would pin its range: the expanded path is right for every length.
             return False
         r, nope, v = self.kv_lora_rank, self.qk_nope_head_dim, self.v_head_dim
         return q_len * (2 * r - nope - v) < r * (nope + v)

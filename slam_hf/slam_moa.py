@@ -5,6 +5,10 @@ A router sends each token to its top-k experts; the token's output is the gate-w
 experts' attention outputs. Because K/V are shared, the k routed queries of a token are simply extra
 query heads over the same keys: one dense attention call serves all experts, and only the q/o
 projections are sparse (each token passes through exactly k of them).
+
+Under torch.compile / torch.export (`is_tracing()`) the per-expert token counts cannot size the dispatch (they are
+data), so every expert projects every routed slot and each slot keeps its own expert's result: the same values
+for num_experts times the q/o projection work.
 """
 
 import torch
@@ -12,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .slam_attention import eager_attention_forward
-from .slam_compat import get_attention_function
+from .slam_compat import get_attention_function, is_tracing
 from .slam_layers import apply_rotary_pos_emb, make_linear
 
 
@@ -69,17 +73,22 @@ class SlamMixtureOfAttention(nn.Module):
         k, kv_heads, groups, head_dim = self.top_k, self.num_key_value_heads, self.kv_groups, self.head_dim
         router_logits, experts, gates = self.route(hidden_states)
 
-        # Sort the (token, slot) assignments by expert, so each expert runs one matmul on its tokens.
         assignment = experts.flatten()  # (B * L * k,)
-        order = assignment.argsort(stable=True)
-        restore = order.argsort()
-        counts = torch.bincount(assignment, minlength=self.num_experts).tolist()
-        used = [e for e, count in enumerate(counts) if count]  # skip idle experts (most of them while decoding)
-        tokens = hidden_states.flatten(0, 1)[order // k].split(counts)
-        queries = torch.cat([self.experts[e].q_proj(tokens[e]) for e in used])
+        tracing = is_tracing()
+        if tracing:  # no data-dependent split: all experts on every slot, in (token, slot) order
+            slot_inputs = hidden_states[:, :, None].expand(-1, -1, k, -1).flatten(0, 2)  # (B * L * k, hidden)
+            queries = self._every_expert("q_proj", slot_inputs, assignment)
+        else:
+            # Sort the (token, slot) assignments by expert, so each expert runs one matmul on its tokens.
+            order = assignment.argsort(stable=True)
+            restore = order.argsort()
+            counts = torch.bincount(assignment, minlength=self.num_experts).tolist()
+            used = [e for e, count in enumerate(counts) if count]  # skip idle experts (most of them while decoding)
+            tokens = hidden_states.flatten(0, 1)[order // k].split(counts)
+            queries = torch.cat([self.experts[e].q_proj(tokens[e]) for e in used])[restore]
         # (B * L * k, heads * D) -> (B, kv_heads * k * groups, L, D): the k routed queries of a token become
         # query heads, ordered so that attention kernels pair each with its shared K/V head.
-        q = queries[restore].view(batch, length, k, kv_heads, groups, head_dim)
+        q = queries.view(batch, length, k, kv_heads, groups, head_dim)
         q = q.permute(0, 3, 2, 4, 1, 5).reshape(batch, kv_heads * k * groups, length, head_dim)
         key = self.k_proj(hidden_states).view(batch, length, kv_heads, head_dim).transpose(1, 2)
         value = self.v_proj(hidden_states).view(batch, length, kv_heads, head_dim).transpose(1, 2)
@@ -100,9 +109,22 @@ class SlamMixtureOfAttention(nn.Module):
         )
         # (B, L, kv_heads * k * groups, D) -> (B * L * k, expert width), back in (token, slot) order
         output = output.reshape(batch, length, kv_heads, k, groups, head_dim).permute(0, 1, 3, 2, 4, 5)
-        output = output.reshape(batch * length * k, -1)[order].split(counts)
-        expert_outputs = torch.cat([self.experts[e].o_proj(output[e]) for e in used])[restore].view(batch, length, k, -1)
+        output = output.reshape(batch * length * k, -1)
+        if tracing:
+            expert_outputs = self._every_expert("o_proj", output, assignment)
+        else:
+            output = output[order].split(counts)
+            expert_outputs = torch.cat([self.experts[e].o_proj(output[e]) for e in used])[restore]
+        expert_outputs = expert_outputs.view(batch, length, k, -1)
         return (expert_outputs * gates[..., None]).sum(2), router_logits
+
+    def _every_expert(self, name, rows, assignment):
+        """rows (N, in) -> (N, out): row i through `name` of expert assignment[i], with static shapes (tracing).
+
+        Every expert projects every row and each row keeps its expert's result: the values of the dispatch in
+        `forward`, without sizes that depend on the routing."""
+        outputs = torch.stack([getattr(expert, name)(rows) for expert in self.experts])  # (E, N, out)
+        return outputs[assignment, torch.arange(rows.shape[0], device=rows.device)]
 
 
 def load_balancing_loss(router_logits: torch.Tensor, top_k: int, token_mask: torch.Tensor | None = None):
@@ -111,6 +133,8 @@ def load_balancing_loss(router_logits: torch.Tensor, top_k: int, token_mask: tor
     router_logits: (N, E); token_mask: (N,) bool, True for real tokens (padding does not count).
     It equals 1 for perfectly balanced routing and grows as routing concentrates on a few experts.
     """
+    if token_mask is not None and is_tracing():
+        return _masked_load_balancing_loss(router_logits, top_k, token_mask)
     if token_mask is not None:
         router_logits = router_logits[token_mask]
     num_experts = router_logits.shape[-1]
@@ -120,6 +144,20 @@ def load_balancing_loss(router_logits: torch.Tensor, top_k: int, token_mask: tor
     chosen = probabilities.topk(top_k, dim=-1).indices
     routed_share = F.one_hot(chosen, num_experts).float().sum(1).mean(0) / top_k  # (E,), sums to 1
     return num_experts * (routed_share * probabilities.mean(0)).sum()
+
+
+def _masked_load_balancing_loss(router_logits, top_k, token_mask):
+    """`load_balancing_loss` with padding weighted out instead of removed (a boolean index has a data-dependent
+    size, which torch.compile / torch.export cannot trace): means over the real tokens, 0 when there are none."""
+    num_experts = router_logits.shape[-1]
+    weights = token_mask.float()[:, None]  # (N, 1)
+    count = weights.sum()
+    probabilities = F.softmax(router_logits, dim=-1, dtype=torch.float32)
+    chosen = F.one_hot(probabilities.topk(top_k, dim=-1).indices, num_experts).float().sum(1)  # (N, E)
+    routed_share = (chosen * weights).sum(0) / (count.clamp(min=1) * top_k)
+    mean_probability = (probabilities * weights).sum(0) / count.clamp(min=1)
+    loss = num_experts * (routed_share * mean_probability).sum()
+    return torch.where(count > 0, loss, loss.new_zeros(()))
 
 
 __all__ = ["SlamAttentionExpert", "SlamMixtureOfAttention", "load_balancing_loss"]

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .slam_blocks import SlamLayer
+from .slam_compat import is_tracing
 from .slam_layers import SlamRotaryEmbedding, make_linear, make_norm, rope_inverse_frequencies
 
 
@@ -178,7 +179,7 @@ class SlamVisionTower(nn.Module):
         """pixel_values (B, C, H, W) -> (B, H/p * W/p, text_hidden_size). `image_grid_hw` (B, 2), when given,
         is checked against the grid of `pixel_values`."""
         grid_h, grid_w = self.patch_embed.grid_size(pixel_values)
-        if image_grid_hw is not None:
+        if image_grid_hw is not None and not is_tracing():  # a check of values: eager only (see validate_inputs)
             expected = torch.tensor([grid_h, grid_w], device=image_grid_hw.device)
             if image_grid_hw.shape != (pixel_values.shape[0], 2) or not bool((image_grid_hw == expected).all()):
                 raise ValueError(

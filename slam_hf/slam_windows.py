@@ -7,11 +7,18 @@ earlier tokens: the KV cache stays valid. Window i covers logical positions [i *
 A plan is built once per forward and shared by every EF cycle (they all have the same geometry).
 It turns windowed attention into ordinary batched attention over (batch * windows) short sequences,
 so compute and memory grow as O(L * w) instead of O(L^2).
+
+Under torch.compile / torch.export (`is_tracing()`) shapes may not depend on tensor values, so the plans take a
+shape-static form with the same math: the window (segment) range covers every window that can start before the
+end, windows are as long as `window_length`, every slot is kept, and the slots that hold no real token are
+masked (their outputs are dropped or zeroed) instead of removed. Eager mode keeps the compact plans.
 """
 
 from dataclasses import dataclass, field
 
 import torch
+
+from .slam_compat import is_tracing
 
 
 @dataclass
@@ -25,6 +32,7 @@ class WindowPlan:
     valid_rows: torch.Tensor  # (R,): flat (B * n * q_len) slots that hold a real token
     valid_tokens: torch.Tensor  # (R,): flat (B * new tokens) index of that token
     coverage: torch.Tensor  # (B, new tokens, 1) float: how many of this plan's windows hold each token
+    row_valid: torch.Tensor | None = None  # (R,) bool when the rows include slots of no real token (tracing)
 
     @property
     def num_windows(self) -> int:
@@ -33,6 +41,8 @@ class WindowPlan:
     def scatter_sum(self, rows: torch.Tensor, shape) -> torch.Tensor:
         """(R, D) outputs of the real window slots -> (B, L, D) per-token sums over windows."""
         batch, length = shape
+        if self.row_valid is not None:  # traced plans keep every slot: drop the ones holding no real token
+            rows = torch.where(self.row_valid[:, None], rows, 0)
         out = rows.new_zeros(batch * length, rows.shape[-1]).index_add_(0, self.valid_tokens, rows)
         return out.view(batch, length, -1)
 
@@ -64,8 +74,11 @@ def _window_slots(ids, offsets, real, past_length, new_length, window_length, st
     """
     device = ids.device
     total = past_length + new_length
-    query_length = min(window_length, new_length)
-    key_length = min(window_length, total)
+    if is_tracing():  # min() with a symbolic length would guard on it: full-length windows, the rest masked
+        query_length = key_length = window_length
+    else:
+        query_length = min(window_length, new_length)
+        key_length = min(window_length, total)
     starts = ids * stride  # (n,)
     exists = torch.ones(offsets.shape[0], ids.numel(), dtype=torch.bool, device=device)
     if not is_causal and stride < window_length:  # a trailing window inside its predecessor does not exist
@@ -96,8 +109,28 @@ def _window_slots(ids, offsets, real, past_length, new_length, window_length, st
 
 
 def _is_plain_causal(is_causal, past_length, real, total, implementation):
-    """No past, no padding: every window's mask is the lower triangle, which sdpa applies by itself."""
+    """No past, no padding: every window's mask is the lower triangle, which sdpa applies by itself.
+
+    Under tracing the padding cannot be read, and traced windows may overhang the end: always build the mask."""
+    if is_tracing():
+        return False
     return is_causal and past_length == 0 and implementation != "eager" and bool((real == total).all())
+
+
+def _real_slots(query_valid, token_index, num_tokens):
+    """The window slots that hold a real token: (rows, their flat token index, coverage per token, row mask).
+
+    Eager: only those rows (nonzero), and row mask None. Traced: nonzero and bincount have data-dependent sizes,
+    so every row is kept, the row mask marks the real ones and the coverage counts them only.
+    """
+    tokens = token_index.flatten()
+    if is_tracing():
+        row_valid = query_valid.flatten()
+        coverage = torch.zeros(num_tokens, device=tokens.device).index_add_(0, tokens, row_valid.float())
+        return torch.arange(tokens.numel(), device=tokens.device), tokens, coverage, row_valid
+    valid_rows = query_valid.flatten().nonzero().squeeze(1)
+    valid_tokens = tokens[valid_rows]
+    return valid_rows, valid_tokens, torch.bincount(valid_tokens, minlength=num_tokens).float(), None
 
 
 def plan_windows(
@@ -124,7 +157,13 @@ def plan_windows(
 
     # Windows must intersect the range of real new tokens of some row.
     rows = hi >= lo
-    if rows.any():
+    tracing = is_tracing()
+    if tracing:
+        # The range from shapes alone: whole rounds of blocks over every start before the end, plus one spare
+        # (empty) round, so that no length gives a block a single window: torch.export would otherwise guard on
+        # that count being 1 or not (size-1 dims are special) and pin the range of a dynamic length.
+        windows = torch.arange(((total - 1) // (stride * num_blocks) + 2) * num_blocks, device=device)
+    elif rows.any():
         first = torch.div(lo[rows] - window_length + stride, stride, rounding_mode="floor").clamp(min=0)
         last = hi[rows] // stride
         if not is_causal:  # the first window reaching the end is the last one that exists
@@ -133,19 +172,23 @@ def plan_windows(
         first_window, last_window = int(first.min()), int(last.max())
     else:  # nothing but padding: one window keeps shapes valid, every query is masked out
         first_window = last_window = 0
-    windows = torch.arange(first_window, last_window + 1, device=device)
+    if not tracing:
+        windows = torch.arange(first_window, last_window + 1, device=device)
 
     plain_causal = _is_plain_causal(is_causal, past_length, real, total, implementation)
     batch_index = torch.arange(batch_size, device=device)[:, None, None]
     plans = []
     for block in range(num_blocks):
-        ids = windows[(windows + block_offset) % num_blocks == block]
+        if tracing:  # every block gets the same number of windows, a shape known from the length
+            ids = windows[(block - block_offset) % num_blocks :: num_blocks]
+        else:
+            ids = windows[(windows + block_offset) % num_blocks == block]
         query_slots, query_valid, key_index, mask = _window_slots(
             ids, offsets, real, past_length, new_length, window_length, stride, is_causal, plain_causal
         )
-        valid_rows = query_valid.flatten().nonzero().squeeze(1)
-        valid_tokens = (batch_index * new_length + query_slots).flatten()[valid_rows]
-        coverage = torch.bincount(valid_tokens, minlength=batch_size * new_length).view(batch_size, new_length, 1)
+        valid_rows, valid_tokens, coverage, row_valid = _real_slots(
+            query_valid, batch_index * new_length + query_slots, batch_size * new_length
+        )
         plans.append(
             WindowPlan(
                 batch_index=batch_index,
@@ -156,7 +199,8 @@ def plan_windows(
                 implementation=implementation,
                 valid_rows=valid_rows,
                 valid_tokens=valid_tokens,
-                coverage=coverage.float(),
+                coverage=coverage.view(batch_size, new_length, 1),
+                row_valid=row_valid,
             )
         )
     return plans
@@ -190,6 +234,13 @@ class SegmentPlan:
 
     def scatter(self, rows: torch.Tensor, slots, into: torch.Tensor) -> torch.Tensor:
         """Write the rows of real tokens of `slots` back into a copy of the per-token tensor `into`."""
+        if is_tracing():
+            # nonzero() has a data-dependent size: write every slot, those of no real token into a spare row past
+            # the end that is then dropped (each real token still sits in exactly one slot).
+            spare = into.shape[0] * into.shape[1]
+            tokens = torch.where(self.query_valid[slots].flatten(), self.token_index[slots].flatten(), spare)
+            padded = torch.cat([into.flatten(0, 1), into.new_zeros(1, *into.shape[2:])])
+            return padded.index_copy(0, tokens, rows.flatten(0, 1))[:spare].view_as(into)
         key = tuple(slots)
         if key not in self._real_rows:  # computed once per forward and slot order, not once per call
             valid = self.query_valid[slots].flatten().nonzero().squeeze(1)
@@ -213,7 +264,9 @@ def plan_segments(
     total = past_length + new_length
     offsets, real, lo, hi = _locate_new_tokens(attention_mask, batch_size, past_length, new_length, device)
     rows = hi >= lo
-    if rows.any():
+    if is_tracing():  # from shapes alone: every group that starts before the end, and a spare one (see plan_windows)
+        first_group, last_group = 0, (total - 1) // (segment_length * num_slots) + 1
+    elif rows.any():
         first_group = int((lo[rows] // segment_length).min()) // num_slots
         last_group = int((hi[rows] // segment_length).max()) // num_slots
     else:  # nothing but padding: one group keeps shapes valid, every query is masked out
@@ -231,6 +284,10 @@ def plan_segments(
         return tensor.unflatten(1, (num_slots, -1)).transpose(0, 1)
 
     query_valid = slot_major(query_valid)
+    # Traced, every slot runs (its rows masked where it holds no token): reading the occupancy needs the values.
+    active_slots = list(range(num_slots))
+    if not is_tracing():
+        active_slots = query_valid.flatten(1).any(1).nonzero().flatten().tolist()
     if mask is not None:
         mask = slot_major(mask).flatten(1, 2)[:, :, None]
     return SegmentPlan(
@@ -239,7 +296,7 @@ def plan_segments(
         key_index=slot_major(batch * total + key_index),
         mask=mask,
         implementation=implementation,
-        active_slots=query_valid.flatten(1).any(1).nonzero().flatten().tolist(),
+        active_slots=active_slots,
     )
 
 

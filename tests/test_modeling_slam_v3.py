@@ -531,7 +531,10 @@ def test_bad_inputs(tester, model):
     raises("1 channels, but the vision tower expects num_channels=3", pixel_values=pixels[:, :1])
     raises(r"shape \(batch, channels, height, width\)", pixel_values=pixels[0])
     raises("image_grid_hw", image_grid_hw=torch.tensor([[2, 3], [2, 3]]))
-    raises("`pixel_values` need `input_ids`", input_ids=None, inputs_embeds=model.get_input_embeddings()(ids))
+    raises(  # embedded placeholders are found in `inputs_embeds` (test_inputs_embeds_with_pixel_values) and counted
+        r"`inputs_embeds` hold 6 embeddings of the image placeholder token, but `pixel_values` give 2 image\(s\)",
+        input_ids=None, inputs_embeds=model.get_input_embeddings()(three),
+    )  # fmt: skip
     raises(r"`labels` must have shape \(batch, answer length\)", labels=inputs["decoder_input_ids"][0])
     raises(r"`labels` must have shape \(2, 7\)", labels=inputs["decoder_input_ids"][:, :5])
     decoder_embeds = model.get_input_embeddings()(inputs["decoder_input_ids"])
@@ -715,3 +718,66 @@ def test_image_text_to_text_pipeline(tester, tmp_path):
     assert type(loaded.model) is type(model) and type(loaded.processor) is SlamProcessor
     results = loaded(images=images, text=texts, return_full_text=False, generate_kwargs=generate_kwargs)
     assert [result["generated_text"] for result in results] == expected
+
+
+# ------------------------------------------------------------------------- 7. inputs_embeds + images ----
+def test_inputs_embeds_with_pixel_values(tester, model):
+    """`inputs_embeds` with `pixel_values`: the placeholders are where the embeddings equal the embedding of
+    `image_token_id` (as transformers' image-text models locate them), so embedding the ids first changes nothing:
+    trunk and head (with labels), a left-padded batch of image and text-only rows, and `generate`."""
+    rows = tester.padding_rows((tester.seq_length, 7, 2))  # image, image, text only
+    inputs, _ = tester.pad_rows(rows, "left")
+    embedding = model.get_input_embeddings()
+    with torch.no_grad():
+        embeds = embedding(inputs["input_ids"])
+    embedded = {**{k: v for k, v in inputs.items() if k != "input_ids"}, "inputs_embeds": embeds}
+    labels = tester.labels_for(model.__class__, inputs["decoder_input_ids"], generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    trunk = tester.base_model_class(tester.get_config()).eval()
+    with torch.no_grad():
+        # The comparison can fail: the images move the outputs (placeholders found, features placed).
+        other_images = model(**{**embedded, "pixel_values": inputs["pixel_values"] + 1.0}).logits
+        assert (other_images - model(**embedded).logits).abs().max() > 1e-3
+        for name, run in (("trunk", trunk), ("head", model)):
+            expected, actual = run(**inputs, output_hidden_states=True), run(**embedded, output_hidden_states=True)
+            assert torch.equal(actual.encoder_hidden_states[0], expected.encoder_hidden_states[0]), name
+            main = "last_hidden_state" if name == "trunk" else "logits"
+            assert_close(getattr(actual, main), getattr(expected, main), atol=0, what=f"{name} {main}")
+        # labels: the decoder inputs are the labels shifted right, and the loss is part of the output
+        expected = model(**tester.encoder_part(inputs), labels=labels)
+        actual = model(**tester.encoder_part(embedded), labels=labels)
+        assert torch.equal(actual.loss, expected.loss) and torch.equal(actual.logits, expected.logits)
+    generated = model.generate(**tester.encoder_part(inputs), **fixed_length(4))
+    assert torch.equal(model.generate(**tester.encoder_part(embedded), **fixed_length(4)), generated)
+
+    # Located placeholders that do not match the image features fail as with input_ids, naming `inputs_embeds`.
+    fewer = inputs["input_ids"].clone()
+    fewer[0, -tester.seq_length + tester.image_start] = tester.first_regular_token_id  # row 0: 3 placeholders
+    with pytest.raises(ValueError, match=r"`inputs_embeds` hold 7 embeddings of the image placeholder token, but "
+                                         r"`pixel_values` give 2 image\(s\) x 4 patches = 8 features"):  # fmt: skip
+        model(**{**embedded, "inputs_embeds": embedding(fewer)})
+    with pytest.raises(ValueError, match=r"`inputs_embeds` hold 8 embeddings of the image placeholder token \(id 5\) "
+                                         "but no `pixel_values`"):  # fmt: skip
+        model(**{**embedded, "pixel_values": None})
+
+
+def test_padded_decoder_attention_mask_stays_causal(tester, model):
+    """A `decoder_attention_mask` with padding keeps the decoder causal. (The v3 config says is_causal=False for its
+    bidirectional encoder, and transformers' create_causal_mask then built a bidirectional decoder mask: every answer
+    token saw the future ones as soon as the mask held a zero; torch.export, which always builds the mask, too.)"""
+    from slam_common import different_token
+
+    inputs = tester.model_inputs()
+    answer = inputs["decoder_input_ids"]
+    mask = torch.ones_like(answer)
+    mask[1, -1] = 0  # row 1: the last answer token is padding
+    with torch.no_grad():
+        unpadded = model(**inputs).logits
+        padded = model(**inputs, decoder_attention_mask=mask).logits
+        future = answer.clone()
+        future[:, -2] = different_token(future[:, -2], tester)
+        changed = model(**{**inputs, "decoder_input_ids": future}, decoder_attention_mask=mask).logits
+    assert_close(padded[0], unpadded[0], atol=0, what="row without padding")
+    assert_close(padded[1, :-1], unpadded[1, :-1], what="real positions of the padded row")
+    assert_close(changed[:, :-2], padded[:, :-2], atol=0, what="positions before a changed future token")
+    assert (changed[:, -2] - padded[:, -2]).abs().max() > 1e-3
