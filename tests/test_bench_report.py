@@ -1,4 +1,4 @@
-"""slam_hf.bench_report: results validation, the Markdown leaderboard and the PNG plots, on synthetic results."""
+"""slam_hf.bench.report: results validation, the Markdown leaderboard and the PNG plots, on synthetic results."""
 
 import copy
 import json
@@ -8,8 +8,8 @@ import statistics
 import pytest
 from PIL import Image, ImageStat
 
-from slam_hf import bench_report
-from slam_hf.bench_report import (
+from slam_hf.bench import report as bench_report
+from slam_hf.bench.report import (
     PALETTE,
     plot_loss_curves,
     plot_quality_vs_throughput,
@@ -241,7 +241,7 @@ def test_inputs_are_not_modified(results, tmp_path):
 
 
 def test_caveats_are_validated_rendered_and_added_on_re_render(results, tmp_path):
-    from slam_hf.bench_report import main as report_main
+    from slam_hf.bench.report import main as report_main
 
     bad = copy.deepcopy(results)
     bad["caveats"] = ["ok", ""]

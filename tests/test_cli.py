@@ -187,7 +187,7 @@ def test_saved_files_are_readable_like_every_other_file(fixture_name, request):
 
 def test_tiny_configs_run_on_one_thread():
     """The README states the set-up timings with one torch thread: every tiny config sets it."""
-    from slam_hf.run_config import load_run_config
+    from slam_hf.training.run_config import load_run_config
 
     for name in ("slam-v1-tiny", "slam-v2-tiny", "slam-v3-tiny"):
         assert load_run_config(REPO / "configs" / f"{name}.yaml")["torch_threads"] == 1, name
@@ -330,7 +330,7 @@ def test_v2_evaluation_scores_the_lm_loss_alone():
     import torch
 
     from slam_hf import SlamV2Config, SlamV2ForCausalLM
-    from slam_hf.training import lm_loss_only
+    from slam_hf.training.trainer import lm_loss_only
 
     model = SlamV2ForCausalLM(
         SlamV2Config(vocab_size=64, hidden_size=32, num_attention_heads=4, intermediate_size=32, ef_cycles=1,
@@ -403,7 +403,7 @@ def trained_v3(tmp_path_factory):
 
 
 def test_v3_yaml_is_valid():
-    from slam_hf.run_config import load_run_config
+    from slam_hf.training.run_config import load_run_config
 
     run = load_run_config(TINY_V3)
     assert run["variant"] == "slam_v3" and run["torch_threads"] == 1

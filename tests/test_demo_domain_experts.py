@@ -1,4 +1,4 @@
-"""slam_hf.demo_domain_experts at tiny scale: the one command runs every stage and reports every measurement.
+"""slam_hf.demos.domain_experts at tiny scale: the one command runs every stage and reports every measurement.
 
 The tiny run trains for seconds, so its numbers say nothing about the targets (the README's numbers come from the
 full scale); these tests check structure, finiteness, that the saved files are what was measured (the reloaded
@@ -14,10 +14,10 @@ from transformers import AutoTokenizer
 
 from slam_common import single_threaded_torch
 from slam_hf import SlamV1ForCausalLM
-from slam_hf.demo_domain_experts import MIXTURE_BOUNDS, SCALE_SETTINGS, main, pair_losses, render_markdown, run
-from slam_hf.domain_data import DOMAINS, MIXED_DOMAINS, load_domains
-from slam_hf.peft_svf import get_z_vectors
-from slam_hf.transformer2 import SelfAdaptiveModel
+from slam_hf.demos.domain_experts import MIXTURE_BOUNDS, SCALE_SETTINGS, main, pair_losses, render_markdown, run
+from slam_hf.data.domains import DOMAINS, MIXED_DOMAINS, load_domains
+from slam_hf.adapters.svf import get_z_vectors
+from slam_hf.adapters.transformer2 import SelfAdaptiveModel
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 LABELS = [*DOMAINS, "other"]

@@ -1,4 +1,4 @@
-"""The SVF-vs-LoRA demo (slam_hf/demo_svf_vs_lora.py).
+"""The SVF-vs-LoRA demo (slam_hf/demos/svf_vs_lora.py).
 
 The pipeline runs at `scale="tiny"` on a tiny randomly initialised BERT written to a temporary folder (with its
 own small WordPiece vocabulary), so these tests need neither the 90 MB MiniLM package nor the network. They check
@@ -21,7 +21,7 @@ from peft import get_peft_model
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
 
 from slam_common import single_threaded_torch
-from slam_hf import demo_svf_vs_lora as demo
+from slam_hf.demos import svf_vs_lora as demo
 from slam_hf.data import load_genre_dataset
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)

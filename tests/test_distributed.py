@@ -20,8 +20,8 @@ import yaml
 
 from slam_common import single_threaded_torch
 from slam_hf.cli import main
-from slam_hf.run_config import ConfigError
-from slam_hf.training import _resume_checkpoint, enable_cpu_fsdp
+from slam_hf.training.run_config import ConfigError
+from slam_hf.training.trainer import _resume_checkpoint, enable_cpu_fsdp
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"

@@ -1,4 +1,4 @@
-"""slam_hf.domain_data: fixed, leak-free splits of the verse, code and arithmetic domains and the mixed domains.
+"""slam_hf.data.domains: fixed, leak-free splits of the verse, code and arithmetic domains and the mixed domains.
 
 Checks that can fail: no held-out work, file or operand pair reaches training; every evaluation pair is the verbatim
 text of its held-out source; prompt + continuation tokenize as the text does whole; builds repeat exactly; bad sizes
@@ -10,7 +10,7 @@ import re
 import pytest
 
 from slam_hf.data import VALIDATION_WORKS, play_lines, read_works
-from slam_hf.domain_data import (
+from slam_hf.data.domains import (
     DOMAINS,
     MIXED_DOMAINS,
     arithmetic_corpus,

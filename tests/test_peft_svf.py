@@ -1,9 +1,9 @@
-"""Transformer² SVF as a PEFT method (slam_hf/peft_svf.py), on SLAM v1 and on in-library Llama and BERT models.
+"""Transformer² SVF as a PEFT method (slam_hf/adapters/svf.py), on SLAM v1 and on in-library Llama and BERT models.
 
 Covers: the PeftType extension and the registrations it enables; the adapted model equals the base model bit for
 bit at initialisation (both published forms); the layer matches the published formulas (float64 reference) and
 gets gradients at the start; the trainable parameters are exactly the singular-value counts; the adapter file
-holds the z vectors and nothing else; save -> load in a fresh process (which must `import slam_hf`, or slam_hf.peft_svf;
+holds the z vectors and nothing else; save -> load in a fresh process (which must `import slam_hf`, or slam_hf.adapters.svf;
 the error without it is pinned) reproduces the logits; merge/unmerge/merge_and_unload; named adapters and
 set_adapter; the z-vector API; Trainer on real text changes only z; push_to_hub and load by repo id; the bad
 inputs (a non-Linear target, a wrong-length z in an adapter file, an adapter of another base model, bad z
@@ -44,8 +44,8 @@ from transformers import (
 
 from slam_common import single_threaded_torch
 from slam_hf import SlamV1Config, SlamV1ForCausalLM, data
-from slam_hf import peft_svf
-from slam_hf.peft_svf import (
+from slam_hf.adapters import svf as peft_svf
+from slam_hf.adapters.svf import (
     SVFConfig,
     SVFLinear,
     SVFModel,
@@ -271,15 +271,15 @@ FRESH_LOADER = textwrap.dedent(
 
     import slam_hf  # its __init__ registers SVF with PEFT: nothing else is needed to load
     peft_model = PeftModel.from_pretrained(base, args["adapter"]).eval()
-    import slam_hf.peft_svf
+    import slam_hf.adapters.svf
     input_ids = torch.tensor(args["input_ids"])
     with torch.no_grad():
         results["logits"] = peft_model(input_ids=input_ids).logits
-    layers = slam_hf.peft_svf.svf_layers(peft_model)
+    layers = slam_hf.adapters.svf.svf_layers(peft_model)
     results["rebuild_error"] = max(  # the bases were recomputed from the loaded base weight
         (layer.svf_U.double() @ torch.diag(layer.svf_S.double()) @ layer.svf_Vh.double()
          - layer.get_base_layer().weight.double()).abs().max().item() for layer in layers.values())
-    results["z"] = slam_hf.peft_svf.get_z_vectors(peft_model)
+    results["z"] = slam_hf.adapters.svf.get_z_vectors(peft_model)
     results["trainable"] = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     torch.save(results, args["out"])
     """
@@ -317,7 +317,7 @@ def test_save_and_load_in_fresh_process(tmp_path):
     assert all(weights[f"base_model.model.{name}.svf_z"].shape == (n,) for name, n in lengths.items())
     saved_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved_config["peft_type"] == "SVF" and saved_config["scaling"] == "sigmoid_renorm"
-    assert saved_config["init_z"] == 0.1 and saved_config["requires_import"] == "slam_hf.peft_svf"
+    assert saved_config["init_z"] == 0.1 and saved_config["requires_import"] == "slam_hf.adapters.svf"
     assert sorted(saved_config["target_modules"]) == ["down_proj", "gate_proj", "up_proj"]
     on_disk = load_z_vectors(str(tmp_path / "adapter"))
     assert on_disk.keys() == lengths.keys()
@@ -327,7 +327,7 @@ def test_save_and_load_in_fresh_process(tmp_path):
                                                          adapter=str(tmp_path / "adapter"),
                                                          input_ids=input_ids.tolist()))
     assert out["base_module"].startswith("transformers_modules.") and out["slam_hf_before"] == []
-    # Without `import slam_hf` (or slam_hf.peft_svf), PEFT cannot know the type named in adapter_config.json.
+    # Without `import slam_hf` (or slam_hf.adapters.svf), PEFT cannot know the type named in adapter_config.json.
     assert out["unregistered_error"] == "KeyError: 'SVF'", out["unregistered_error"]
     assert torch.equal(out["logits"], logits), max_diff(out["logits"], logits)
     assert out["rebuild_error"] < 1e-5, out["rebuild_error"]
@@ -575,12 +575,12 @@ def test_remote_code_never_imports_peft():
     for entry in entries:
         path = os.path.join(package, entry)
         remote |= {path, *get_relative_import_files(path)}
-    assert os.path.join(package, "peft_svf.py") not in remote
+    assert not [path for path in remote if os.sep + "adapters" + os.sep in path]
     for path in sorted(remote):
         assert not [name for name in get_imports(path) if name.split(".")[0] == "peft"], path
 
-    # peft_svf itself: torch, transformers and peft, besides the standard library
-    tree = ast.parse(open(os.path.join(package, "peft_svf.py")).read())
+    # adapters/svf.py itself: torch, transformers and peft, besides the standard library
+    tree = ast.parse(open(os.path.join(package, "adapters", "svf.py")).read())
     roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
              for alias in node.names}
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}

@@ -114,6 +114,28 @@ def relative_import_closure(entry_file):
     return found
 
 
+# The Hub remote-code set: the entry files transformers loads and every sibling they import. Flat by necessity
+# (transformers copies an entry file and its single-dot imports into one folder); everything else in slam_hf lives
+# in subpackages or in these three package-only modules, which the remote code must never import.
+ENTRY_FILES = ("configuration_slam.py", "modeling_slam.py", "processing_slam.py", "image_processing_slam.py")
+PACKAGE_ONLY_FLAT_FILES = {"__init__.py", "cli.py", "hub.py", "presets.py"}
+SUBPACKAGE_IMPORT = re.compile(
+    r"^\s*(from\s+\.\.|from\s+\.\w+\.|from\s+\.\s+import|(from|import)\s+slam_hf\b)", re.MULTILINE
+)
+
+
+def test_remote_code_set_is_exactly_the_flat_modules():
+    closure = set().union(*(relative_import_closure(entry) for entry in ENTRY_FILES))
+    flat = {name for name in os.listdir(PACKAGE_DIR) if name.endswith(".py")} - PACKAGE_ONLY_FLAT_FILES
+    assert closure == flat, f"not reached from the entry files: {sorted(flat - closure)}; missing: {sorted(closure - flat)}"
+    for name in sorted(closure):
+        with open(os.path.join(PACKAGE_DIR, name)) as source:
+            found = SUBPACKAGE_IMPORT.search(source.read())
+        assert found is None, f"{name} imports outside the flat remote-code set: {found.group(0).strip()!r}"
+    subpackages = {name for name in os.listdir(PACKAGE_DIR) if os.path.isfile(os.path.join(PACKAGE_DIR, name, "__init__.py"))}
+    assert subpackages == {"adapters", "bench", "data", "demos", "training"}
+
+
 @pytest.fixture(scope="module")
 def saved_folders(tmp_path_factory):
     """Every class of every variant saved with the tokenizer; returns (root, inputs, generate kwargs,

@@ -1,4 +1,4 @@
-"""Transformer² expert training and two-pass inference (slam_hf/transformer2.py) on tiny models built from config.
+"""Transformer² expert training and two-pass inference (slam_hf/adapters/transformer2.py) on tiny models built from config.
 
 The toy world: a word-level tokenizer and a 2-layer Llama (hidden 64) pretrained from scratch for 300 steps on
 * "up d = x" and "down d = x" with x = d + 1 or d - 1 at random: the model learns the format and that the answer
@@ -39,8 +39,8 @@ from transformers.utils import logging as transformers_logging
 
 from slam_common import single_threaded_torch
 from slam_hf import SlamV1ForCausalLM
-from slam_hf.peft_svf import SVFConfig, get_z_vectors, mix_z_vectors, set_z_vectors, svf_target_modules
-from slam_hf.transformer2 import (
+from slam_hf.adapters.svf import SVFConfig, get_z_vectors, mix_z_vectors, set_z_vectors, svf_target_modules
+from slam_hf.adapters.transformer2 import (
     DEFAULT_CLASSIFICATION_TEMPLATE,
     SelfAdaptiveModel,
     SVFReinforceTrainer,
@@ -586,10 +586,10 @@ def test_bad_cem_arguments_are_named():
 
 
 # --------------------------------------------------------------------------------- 7. import hygiene ----
-def test_transformer2_imports_only_torch_transformers_peft_and_peft_svf():
-    tree = ast.parse(open(os.path.join(REPO_ROOT, "slam_hf", "transformer2.py")).read())
+def test_transformer2_imports_only_torch_transformers_peft_and_svf():
+    tree = ast.parse(open(os.path.join(REPO_ROOT, "slam_hf", "adapters", "transformer2.py")).read())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {"." * node.level + (node.module or "") for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom)}
     third_party = {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names}
-    assert third_party <= {"torch", "transformers", "peft", ".peft_svf", "__future__"}, third_party
+    assert third_party <= {"torch", "transformers", "peft", ".svf", "__future__"}, third_party

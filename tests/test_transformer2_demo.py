@@ -1,4 +1,4 @@
-"""The one command that reproduces the Transformer² demonstrations (slam_hf/transformer2_demo.py), at tiny scale.
+"""The one command that reproduces the Transformer² demonstrations (slam_hf/demos/transformer2.py), at tiny scale.
 
 The parts' own tests (test_demo_svf_vs_lora.py, test_demo_domain_experts.py) check their numbers; this checks that
 the front end runs both, writes each part's files, and joins the reports.
@@ -10,7 +10,7 @@ import json
 import pytest
 
 from slam_common import single_threaded_torch
-from slam_hf import demo_domain_experts, demo_svf_vs_lora, transformer2_demo
+from slam_hf.demos import domain_experts as demo_domain_experts, svf_vs_lora as demo_svf_vs_lora, transformer2 as transformer2_demo
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 

@@ -75,7 +75,7 @@ def load_bench_config(path) -> dict:
             config[key] = value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise BenchConfigError(f"{path}: `{key}` must be {getattr(kind, '__name__', kind)}, got {value!r}")
-    from .bench_models import BENCH_MODELS
+    from .models import BENCH_MODELS
 
     unknown_models = [m for m in config["models"] if m not in BENCH_MODELS]
     if unknown_models or not config["models"]:
@@ -102,8 +102,8 @@ def prepare_data(config: dict, work_dir: Path) -> dict:
     """Train the BPE on the training works, cut both splits into rows; saved under work_dir for the workers."""
     import torch
 
-    from .data import VALIDATION_WORKS, load_shakespeare_corpus
-    from .processing_slam import train_bpe_tokenizer
+    from ..data import VALIDATION_WORKS, load_shakespeare_corpus
+    from ..processing_slam import train_bpe_tokenizer
 
     corpus = load_shakespeare_corpus()
     tokenizer = train_bpe_tokenizer(corpus["train"]["text"], vocab_size=config["vocab_size"])
@@ -221,7 +221,7 @@ def _set_threads(spec):
 
 
 def _build(spec):
-    from .bench_models import build_model
+    from .models import build_model
 
     return build_model(spec["model"], spec["shape"], spec["vocab_size"], seed=spec["seed"], **spec["special_ids"])
 
@@ -230,7 +230,7 @@ def _heldout(spec, model, eval_rows, device) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from .bench_models import next_token_logits_and_targets
+    from .models import next_token_logits_and_targets
 
     model.eval()
     total_loss, correct, count, second_half_loss, second_half_count = 0.0, 0, 0, 0.0, 0
@@ -261,7 +261,7 @@ def train_worker(spec: dict) -> dict:
     import torch
     from transformers import get_scheduler
 
-    from .bench_models import active_parameters, lm_batch
+    from .models import active_parameters, lm_batch
 
     _set_threads(spec)
     device = spec["device"]
@@ -350,7 +350,7 @@ def infer_worker(spec: dict) -> dict:
 def _infer(spec: dict) -> dict:
     import torch
 
-    from .bench_models import cache_bytes
+    from .models import cache_bytes
 
     _set_threads(spec)
     device = spec["device"]
@@ -407,7 +407,7 @@ def _infer(spec: dict) -> dict:
 
 
 def _inference_inputs(name, model, row):
-    from .bench_models import forward_inputs
+    from .models import forward_inputs
 
     return {**forward_inputs(name, model, row), "use_cache": False}
 
@@ -460,11 +460,11 @@ def _run_worker(kind, spec, work_dir: Path, tag: str, log) -> dict:
     env = dict(os.environ)
     if spec.get("torch_threads"):
         env["OMP_NUM_THREADS"] = str(spec["torch_threads"])
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder holding slam_hf/
     env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "slam_hf.bench", "--worker", kind, str(spec_path), str(out_path)],
+        [sys.executable, "-m", "slam_hf.bench.runner", "--worker", kind, str(spec_path), str(out_path)],
         env=env, capture_output=True, text=True,
     )
     if done.returncode != 0 or not out_path.is_file():
@@ -486,7 +486,7 @@ def _metric(values, reason=None) -> dict:
 
 
 def _model_row(name, config, runs: dict, planned: int) -> dict:
-    from .bench_models import BENCH_MODELS
+    from .models import BENCH_MODELS
 
     spec = BENCH_MODELS[name]
     metrics = {}
@@ -545,7 +545,7 @@ def _software() -> dict:
     import torch
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "tokenizers": tokenizers.__version__, "huggingface_hub": huggingface_hub.__version__,
@@ -562,8 +562,8 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume:
     """
     import torch
 
-    from .bench_models import COMMON_NOTES
-    from .bench_report import write_reports
+    from .models import COMMON_NOTES
+    from .report import write_reports
 
     t_start = time.perf_counter()
     output_dir = Path(output_dir)

@@ -14,7 +14,7 @@ from .run_config import (
     CARD_TAGS, DECODER_LORA_PATTERN, IMAGE_TEXT_TASK, IMAGE_TEXT_TEMPLATE_NAME, ConfigError, Variant, template_path,
     v3_cache_bytes_per_token, variants,
 )
-from .training import (
+from .trainer import (
     CpuFsdpMixin, count_parameters_per_process, distributed_label, enum_value, format_seconds, generation_summary,
     hardware_description, model_config_from_yaml, prepare_run, render_model_card, run_description, save_model_folder,
     software_versions, train_and_evaluate, unsharded_model,
@@ -61,7 +61,7 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
     import torch
     from transformers import AutoModelForImageTextToText, Trainer, set_seed
 
-    from .data import (
+    from ..data.digits import (
         DIGIT_PROMPT,
         DIGIT_SIZE,
         DigitTileCollator,

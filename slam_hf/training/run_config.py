@@ -117,8 +117,8 @@ _MLP_LORA_MODULES = (
 
 def variants() -> dict[str, Variant]:
     """`model.variant` -> classes. One line per SLAM variant."""
-    from .configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config
-    from .modeling_slam import SlamV1ForCausalLM, SlamV2ForCausalLM, SlamV3ForConditionalGeneration
+    from ..configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config
+    from ..modeling_slam import SlamV1ForCausalLM, SlamV2ForCausalLM, SlamV3ForConditionalGeneration
 
     return {
         "slam_v1": Variant(
@@ -284,7 +284,7 @@ def _non_negative_int(value, where: str) -> int:
 
 def _image_text_data(data: dict) -> dict:
     """Validate the `data` section of an image-text (SLAM v3) config; returns it with defaults filled in."""
-    from .data import _digit_range
+    from ..data.digits import _digit_range
 
     for key in data:
         if key not in IMAGE_TEXT_DATA_KEYS:
@@ -420,7 +420,7 @@ def load_run_config(path) -> dict:
 def template_path(name: str = TEMPLATE_NAME) -> Path:
     """`hub_templates/<name>` (default `modelcard_template.md`), inside the package or next to it in a source
     checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # slam_hf/
     for candidate in (here / "hub_templates" / name, here.parent / "hub_templates" / name):
         if candidate.is_file():
             return candidate

@@ -1,11 +1,11 @@
 """Transformer² domain experts on one small SLAM v1 causal LM, offline on CPU: one command, honest numbers.
 
-    python -m slam_hf.demo_domain_experts --output DIR [--scale tiny] [--seed 0] [--threads N]
+    python -m slam_hf.demos.domain_experts --output DIR [--scale tiny] [--seed 0] [--threads N]
 
 writes DIR/results.json and DIR/report.md (and prints the report), plus the base model, tokenizer and adapters
 under DIR/base and DIR/adapters. `run(...)` returns the same results as a JSON-able dict.
 
-What it does (data: `slam_hf.domain_data`, every held-out set disjoint from training):
+What it does (data: `slam_hf.data.domains`, every held-out set disjoint from training):
 
 1. **Base model.** A byte-level BPE (`train_bpe_tokenizer`) and a small SLAM v1 (hidden 128, 6 layers at full
    scale) trained from scratch with `Trainer` on an even mixture of three domains' training documents: Shakespeare
@@ -224,7 +224,7 @@ def _answer_number(text: str) -> Optional[int]:
 
 # ----------------------------------------------------------------------------------------------- stages ----
 def _load_data(scale: Scale, seed: int):
-    from .domain_data import MIXED_DOMAINS, load_domains, mixed_domain_pairs, other_corpus
+    from ..data.domains import MIXED_DOMAINS, load_domains, mixed_domain_pairs, other_corpus
 
     domains = load_domains(scale.documents, scale.eval_pairs, seed, num_train_pairs=scale.expert_pairs)
     other = other_corpus(max(scale.other_pairs, scale.classifier_prompts))
@@ -234,8 +234,8 @@ def _load_data(scale: Scale, seed: int):
 
 
 def _build_base(tokenizer, scale: Scale, seed: int):
-    from . import SlamV1ForCausalLM
-    from .presets import load_preset
+    from .. import SlamV1ForCausalLM
+    from ..presets import load_preset
 
     config = load_preset(
         "slam_v1", "tiny", vocab_size=len(tokenizer), hidden_size=scale.hidden_size,
@@ -261,7 +261,7 @@ def _answer_dataset(tokenizer, pairs):
 
 
 def _classification_pairs(labelled_prompts, labels):
-    from .transformer2 import DEFAULT_CLASSIFICATION_TEMPLATE
+    from ..adapters.transformer2 import DEFAULT_CLASSIFICATION_TEMPLATE
 
     return [(DEFAULT_CLASSIFICATION_TEMPLATE.format(labels=", ".join(labels), prompt=prompt), " " + label)
             for prompt, label in labelled_prompts]
@@ -338,11 +338,11 @@ def _stages(folder: Path, scratch: Path, scale_name: str, scale: Scale, seed: in
     from peft import PeftModel
     from transformers import Trainer, default_data_collator
 
-    from .domain_data import DOMAINS, MIXED_DOMAINS, OTHER_DOMAIN, evenly_spread, stdlib_files, stdlib_root
-    from .peft_svf import SVFConfig, get_z_vectors, svf_target_modules
-    from .processing_slam import train_bpe_tokenizer
-    from .training import software_versions
-    from .transformer2 import SelfAdaptiveModel, cem_search, train_svf_expert
+    from ..data.domains import DOMAINS, MIXED_DOMAINS, OTHER_DOMAIN, evenly_spread, stdlib_files, stdlib_root
+    from ..adapters.svf import SVFConfig, get_z_vectors, svf_target_modules
+    from ..processing_slam import train_bpe_tokenizer
+    from ..training.trainer import software_versions
+    from ..adapters.transformer2 import SelfAdaptiveModel, cem_search, train_svf_expert
 
     def say(message):
         if verbose:

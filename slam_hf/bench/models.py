@@ -649,7 +649,7 @@ def cache_bytes(model, name, input_ids) -> dict:
     fixed = bytes(L1) - per_token * L1, both divided by the batch size. `fixed` holds what does not grow with the
     tokens processed: Jamba's Mamba conv/SSM states, SLAM v3's cross-attention K/V over the encoder memory (which
     grow with the prompt, not the generated length). Returns {"per_token", "fixed", "lengths", "bytes"}."""
-    from .slam_compat import output_cache  # `cache` or `past_key_values`, whichever the running release uses
+    from ..slam_compat import output_cache  # `cache` or `past_key_values`, whichever the running release uses
 
     spec = _check_name(name)
     half = _split(input_ids)

@@ -75,7 +75,7 @@ def software_versions() -> dict:
     import torch
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "slam_hf": __version__,
@@ -100,7 +100,7 @@ def render_model_card(template, model_name, pipeline_tag, tags, metric, eval_res
         metrics=[metric],
         eval_results=[EvalResult(task_type=pipeline_tag, metric_type=metric, **eval_result)],
     )
-    from .hub import tested_transformers_range
+    from ..hub import tested_transformers_range
 
     template_vars.setdefault("tested_range", tested_transformers_range())
     # with eval_results, model_name leaves card_data's template variables: pass it again

@@ -1,9 +1,9 @@
 """Reports of `slam-hf bench`: validate a results dict, render a Markdown leaderboard and draw PNG plots.
 
-`slam_hf.bench` measures; this module only reads what it measured. Everything here works from the results dict
+`slam_hf.bench.runner` measures; this module only reads what it measured. Everything here works from the results dict
 alone (or a `results.json` written by `write_reports`), so a run can be re-rendered without re-running it:
 
-    python -m slam_hf.bench_report outputs/bench/results.json --output-dir outputs/bench
+    python -m slam_hf.bench.report outputs/bench/results.json --output-dir outputs/bench
 
 The results schema ("slam_hf.bench/1"), checked by `validate_results`:
 
@@ -215,7 +215,7 @@ def metric_spec(name: str) -> MetricSpec:
         unit = FRACTION
     else:
         unit = PLAIN
-    return MetricSpec(name.replace("_", " "), unit, None, "No definition recorded in slam_hf.bench_report.METRICS.")
+    return MetricSpec(name.replace("_", " "), unit, None, "No definition recorded in slam_hf.bench.report.METRICS.")
 
 
 def is_measured(metric: Mapping | None) -> bool:

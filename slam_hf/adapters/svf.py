@@ -13,14 +13,14 @@ values. Two published forms are supported (`SVFConfig.scaling`):
 
 Usage::
 
-    import slam_hf.peft_svf  # registers SVF with PEFT; needed before *every* load of an SVF adapter
+    import slam_hf.adapters.svf  # registers SVF with PEFT; needed before *every* load of an SVF adapter
     from peft import PeftModel, get_peft_model
-    from slam_hf.peft_svf import SVFConfig
+    from slam_hf.adapters.svf import SVFConfig
 
     peft_model = get_peft_model(model, SVFConfig(task_type="CAUSAL_LM"))  # MLP projections by default
     peft_model.save_pretrained("expert")  # adapter_model.safetensors holds only the z vectors
     # ... in another process:
-    import slam_hf  # or slam_hf.peft_svf: registers SVF with PEFT
+    import slam_hf  # or slam_hf.adapters.svf: registers SVF with PEFT
     peft_model = PeftModel.from_pretrained(base_model, "expert")
 
 Design notes:
@@ -173,7 +173,7 @@ def _ensure_peft_type(name: str = SVF_PEFT_TYPE, enum_cls=PeftType):
         if problem is None:
             return member
     raise RuntimeError(
-        f"slam_hf.peft_svf could not add {name!r} to {enum_cls.__module__}.{enum_cls.__name__} on peft "
+        f"slam_hf.adapters.svf could not add {name!r} to {enum_cls.__module__}.{enum_cls.__name__} on peft "
         f"{peft.__version__} (Python {sys.version.split()[0]}): {problem}. PEFT registers a new method only under "
         "an existing PeftType member, and this peft/Python changed the enum internals the workaround relies on "
         f"(tested with peft {' and '.join(TESTED_PEFT_VERSIONS)} on CPython 3.11). Install a tested peft "
@@ -233,7 +233,7 @@ class SVFConfig(PeftConfig):
         default=None, metadata={"help": "Modules besides the SVF layers to train and save in full."}
     )
     requires_import: str = field(
-        default="slam_hf.peft_svf",
+        default="slam_hf.adapters.svf",
         metadata={"help": "Module to import before loading this adapter: it registers SVF with PEFT."},
     )
 
@@ -283,7 +283,7 @@ def svf_target_modules(model_or_type, mlp: bool = True, attention: bool = False)
     for table in tables:
         if model_type not in table:
             raise ValueError(
-                f"slam_hf.peft_svf has no default SVF targets for model_type {model_type!r}: pass "
+                f"slam_hf.adapters.svf has no default SVF targets for model_type {model_type!r}: pass "
                 f"SVFConfig(target_modules=[...]) naming its nn.Linear layers. Known types: {', '.join(sorted(table))}."
             )
         parts.append(table[model_type])
@@ -493,7 +493,7 @@ class SVFModel(BaseTuner):
     """Injects Transformer² SVF layers into a model (PEFT tuner for [`SVFConfig`]).
 
     Use it through PEFT: `get_peft_model(model, SVFConfig(...))`, `PeftModel.from_pretrained(model, path)` (after
-    `import slam_hf.peft_svf`). Trainable parameters: one z vector of min(out, in) entries per targeted `nn.Linear`.
+    `import slam_hf.adapters.svf`). Trainable parameters: one z vector of min(out, in) entries per targeted `nn.Linear`.
     """
 
     prefix: str = SVF_PREFIX
