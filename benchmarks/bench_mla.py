@@ -114,7 +114,7 @@ def main():
         if absorb is not None:
             layer.absorb = False
         caches[name] = DynamicCache()
-        layer(prompt, rope(positions, dtype), None, past_key_values=caches[name])
+        layer(prompt, rope(positions, dtype), None, cache=caches[name])
         bytes_per_token[name] = cache_bytes_per_token(caches[name], batch, context)
 
     token = torch.randn(batch, 1, args.hidden_size, device=device, dtype=dtype)
@@ -127,7 +127,7 @@ def main():
         sync()
         start = clock()
         for s in range(args.steps):
-            out, _ = layer(token, cos_sin[s], None, past_key_values=caches[name])
+            out, _ = layer(token, cos_sin[s], None, cache=caches[name])
         sync()
         elapsed = (clock() - start) / args.steps
         for cached in caches[name].layers:  # back to `context` tokens (crop()'s argument changed across releases)

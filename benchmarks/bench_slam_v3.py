@@ -65,7 +65,7 @@ from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
 from slam_hf import SlamV3Config, SlamV3ForConditionalGeneration  # noqa: E402
 from slam_hf.configuration_slam import ENCODER_PATHS  # noqa: E402
 from slam_hf.slam_attention import SlamAttention  # noqa: E402
-from slam_hf.slam_compat import EncoderDecoderCache  # noqa: E402
+from slam_hf.slam_compat import EncoderDecoderCache, output_cache  # noqa: E402
 from slam_hf.slam_fusion import SlamParallelPaths, path_masks  # noqa: E402
 from slam_hf.slam_grouped import StackedLayers  # noqa: E402
 from slam_hf.slam_layers import SlamRotaryEmbedding  # noqa: E402
@@ -235,12 +235,12 @@ class MHASelfAttention(nn.Module):
         self.attn = SlamAttention(config, layer_idx, is_causal=True)
         self.rotary = SlamRotaryEmbedding(config.head_dim, config.rope_theta)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
-        past = 0 if past_key_values is None else past_key_values.get_seq_length(self.layer_idx)
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, cache=None, **kwargs):
+        past = 0 if cache is None else cache.get_seq_length(self.layer_idx)
         length = hidden_states.shape[1]
         positions = torch.arange(past, past + length, device=hidden_states.device)[None]
         cos_sin = self.rotary(positions, hidden_states.dtype)
-        return self.attn(hidden_states, cos_sin, attention_mask, past_key_values)
+        return self.attn(hidden_states, cos_sin, attention_mask, cache)
 
 
 def v3_with_mha(model, seed):
@@ -333,7 +333,7 @@ def measure_cache(model, prompt, new_tokens, encoder_decoder):
         out = model.generate(
             input_ids=prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, return_dict_in_generate=True,
         )  # fmt: skip
-        self_cache, cross_cache = split_cache(out.past_key_values)
+        self_cache, cross_cache = split_cache(output_cache(out))
         points.append((self_cache.get_seq_length(), cache_bytes(self_cache), cache_bytes(cross_cache), self_cache))
     (len1, b1, _, _), (len2, b2, cross, last) = points
     batch = prompt.shape[0]
@@ -489,7 +489,7 @@ def section_decode(args, report, models):
     caches = {}
     for name, model in models_by_name.items():
         out = model.model(encoder_outputs=encoder_outputs, decoder_input_ids=prefix, use_cache=True)
-        caches[name] = out.past_key_values
+        caches[name] = output_cache(out)
         caches[name].batch_repeat_interleave(batch // shared)  # self- and cross-attention caches
     encoder_outputs = BaseModelOutput(last_hidden_state=memory.repeat_interleave(batch // shared, dim=0))
     prefill_s = elapsed(start)["wall"]
@@ -505,7 +505,7 @@ def section_decode(args, report, models):
 
     def step(name, token):
         return models_by_name[name](
-            encoder_outputs=encoder_outputs, decoder_input_ids=token, past_key_values=caches[name], use_cache=True
+            encoder_outputs=encoder_outputs, decoder_input_ids=token, cache=caches[name], use_cache=True
         ).logits[:, -1]
 
     # absorbed vs expanded on the same cache: the fast path must compute the same thing
