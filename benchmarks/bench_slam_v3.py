@@ -174,6 +174,7 @@ def cpu_name():
 
 def git_state():
     try:
+
         def git(*command):
             return subprocess.run(["git", *command], cwd=_REPO_ROOT, capture_output=True, text=True).stdout
 
@@ -663,7 +664,7 @@ def section_decode(args, report, models):
     report("top ops of a decode step (self CPU time per step, mean of 3 profiled steps):")
     for name in names:
         report(f"  {name}: {format_ops(ops[name])}")
-    del caches
+    caches.clear()  # the closures above hold the dict, not the caches
     gc.collect()
     return {
         "median_s": median,
@@ -950,8 +951,10 @@ def profile_paths(args, report):
             "  stack weights, all layers (in batched)": med(lambda: [StackedLayers.try_build(g) for g in groups]),
             "  path_masks (4 x B x L x L bool; in encoder)": med(lambda: path_masks(is_image, real)),
             f"  repeat_kv K,V x{heads // kv_heads} (GQA with a mask), x{layers}": med(
-                lambda: [(k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1))
-                         for _ in range(layers)]
+                lambda: [
+                    (k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1))
+                    for _ in range(layers)
+                ]
             ),  # fmt: skip
             f"  SDPA x{layers}, bool mask (as now)": med(
                 lambda: [sdpa(q, k_rep, v_rep, attn_mask=bool_mask) for _ in range(layers)]

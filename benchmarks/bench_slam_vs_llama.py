@@ -198,8 +198,12 @@ def torch_dtype(args):
 
 
 def max_positions(args):
-    lens = list(args.seq_lens) + [args.gen_prompt_len + args.gen_new_tokens, args.profile or 0, args.breakdown or 0,
-                                  args.saved_memory or 0]
+    lens = list(args.seq_lens) + [
+        args.gen_prompt_len + args.gen_new_tokens,
+        args.profile or 0,
+        args.breakdown or 0,
+        args.saved_memory or 0,
+    ]
     return max(lens + list(args.sweep_seq_lens if args.v2_sweep else []))
 
 
@@ -1016,8 +1020,10 @@ def saved_memory(args, models, seq):
         for label, nbytes in seen.values():
             totals[label] = totals.get(label, 0) + nbytes / 2**20
         results[name] = totals
-        print(f"\n=== saved for backward: {name}, seq {seq}: {sum(totals.values()):.1f} MiB "
-              "(by innermost part: an indented part's MiB are not in its parent's) ===")
+        print(
+            f"\n=== saved for backward: {name}, seq {seq}: {sum(totals.values()):.1f} MiB "
+            "(by innermost part: an indented part's MiB are not in its parent's) ==="
+        )
         for label, mib in totals.items():
             print(f"  {label:<36}{mib:9.1f} MiB")
         model.zero_grad(set_to_none=True)
@@ -1035,6 +1041,7 @@ def breakdown_generate(args, models):
         acc = {label: 0.0 for label, _ in parts}
         starts, handles = {}, []
         for label, module in parts:
+
             def pre(m, i, label=label):
                 synchronize(args)
                 starts[label] = clock()

@@ -13,14 +13,14 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
-    AutoProcessor,
     AutoModelForSequenceClassification,
+    AutoProcessor,
     AutoTokenizer,
     PreTrainedTokenizerFast,
 )
-
 from transformers.models.auto.image_processing_auto import AutoImageProcessor  # top-level name is a stub on 5.10
 
+from .adapters import svf  # noqa: F401  registers SVF with PEFT (peft is a dependency; ~0.2 s on top of transformers)
 from .configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config, SlamV3VisionConfig
 from .image_processing_slam import SlamImageProcessor
 from .modeling_slam import (
@@ -39,7 +39,6 @@ from .modeling_slam import (
     SlamV3PreTrainedModel,
 )
 from .processing_slam import SlamProcessor
-from .adapters import svf  # noqa: F401  registers SVF with PEFT (peft is a dependency; ~0.2 s on top of transformers)
 
 __version__ = "0.1.0"
 

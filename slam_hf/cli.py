@@ -38,8 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-from .training.run_config import IMAGE_TEXT_TASK, ConfigError, load_run_config, variants
 from .training.image_text import train_image_text
+from .training.run_config import IMAGE_TEXT_TASK, ConfigError, load_run_config, variants
 from .training.text import train_text
 from .training.trainer import distributed_teardown, using_torch_threads
 
@@ -52,7 +52,6 @@ def train(args) -> dict:
         if variants()[run["variant"]].task == IMAGE_TEXT_TASK:
             return train_image_text(args, run, t_start)
         return train_text(args, run, t_start)
-
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -275,11 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--model", required=True, help="folder written by `slam-hf train` or save_pretrained")
     h.add_argument("--repo", required=True, help="Hub repo id: ORG/NAME, or NAME in your own namespace")
     h.add_argument("--revision", help="branch to commit to (created from main if missing; default main)")
-    h.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its setting)")
+    h.add_argument(
+        "--private", action="store_true", help="create the repo private (an existing repo keeps its setting)"
+    )
     h.add_argument("--commit-message", help="default: 'Upload <class> (<parameters>) with slam-hf push'")
     h.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
     h.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
-    h.add_argument("--dry-run", action="store_true", help="run the checks (and add the missing files) but upload nothing")
+    h.add_argument(
+        "--dry-run", action="store_true", help="run the checks (and add the missing files) but upload nothing"
+    )
     h.set_defaults(func=push)
 
     b = sub.add_parser(

@@ -145,7 +145,8 @@ class SlamConfigMixin:
         if self.head_dim is None:
             if hidden_size % num_attention_heads:
                 raise ValueError(
-                    f"`hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` ({num_attention_heads}); "
+                    f"`hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` "
+                    f"({num_attention_heads}); "
                     "change one of them or set `head_dim` explicitly."
                 )
             self.head_dim = hidden_size // num_attention_heads
@@ -389,7 +390,8 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
         if ef_segment_length > max_position_embeddings:
             raise ValueError(
                 f"`ef_segment_length` ({ef_segment_length}) exceeds max_position_embeddings "
-                f"({max_position_embeddings}): no sequence could fill a segment. Lower it or raise max_position_embeddings."
+                f"({max_position_embeddings}): no sequence could fill a segment. "
+                "Lower it or raise max_position_embeddings."
             )
 
         self.moa_num_experts = moa_num_experts
@@ -445,8 +447,6 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
     def layer_schedule(self) -> list[str]:
         """The architecture as data: one entry per cache layer."""
         return ["full"] + [f"fusion_{cycle}" for cycle in range(self.ef_cycles)] + ["moa"]
-
-
 
 
 ENCODER_PATHS = ("text", "image", "shared", "cross_modal")
@@ -533,7 +533,8 @@ class SlamV3VisionConfig(PretrainedConfig):
         _require_choice(self, "projector_type", ("linear", "mlp"))
         if position_embedding_type == "rope" and head_dim % 4:
             raise ValueError(
-                f"2D RoPE rotates (row, column) pairs, so the vision `head_dim` must be a multiple of 4, got {head_dim}."
+                "2D RoPE rotates (row, column) pairs, so the vision `head_dim` must be a multiple of 4, "
+                f"got {head_dim}."
             )
         super().__init__(**kwargs)
 
@@ -609,10 +610,13 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
         **kwargs,
     ):
         if num_key_value_heads is None:
-            num_key_value_heads = max(1, num_attention_heads // 4) if num_attention_heads % 4 == 0 else num_attention_heads
+            num_key_value_heads = (
+                max(1, num_attention_heads // 4) if num_attention_heads % 4 == 0 else num_attention_heads
+            )
         if position_embedding_type not in ("rope", "none"):
             raise ValueError(
-                f"SLAM v3 supports position_embedding_type 'rope' or 'none', got {position_embedding_type!r}: the joint "
+                "SLAM v3 supports position_embedding_type 'rope' or 'none', "
+                f"got {position_embedding_type!r}: the joint "
                 "image+text sequence has no fixed length for a learned table."
             )
         self._init_shared(
@@ -642,7 +646,9 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
         self.decoder_layers = decoder_layers
         _require_positive(self, "encoder_layers", "decoder_layers")
         if type(fusion_num_latents) is not int or fusion_num_latents < 0:
-            raise ValueError(f"`fusion_num_latents` must be an integer >= 0 (0 = no bottleneck), got {fusion_num_latents!r}.")
+            raise ValueError(
+                f"`fusion_num_latents` must be an integer >= 0 (0 = no bottleneck), got {fusion_num_latents!r}."
+            )
         if aux_dim is not None:
             _require_positive(self, "aux_dim")
 
@@ -667,7 +673,9 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
             )
         self.vision_config = vision_config
         if type(image_token_id) is not int or not 0 <= image_token_id < vocab_size:
-            raise ValueError(f"`image_token_id` must be a token id in [0, vocab_size={vocab_size}), got {image_token_id!r}.")
+            raise ValueError(
+                f"`image_token_id` must be a token id in [0, vocab_size={vocab_size}), got {image_token_id!r}."
+            )
         self.image_token_id = image_token_id
 
         if num_hidden_layers is not None and num_hidden_layers != decoder_layers:

@@ -16,7 +16,6 @@ Not part of the remote code: this module may import anything.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,7 +99,13 @@ def _check_code_files(folder: Path, auto_map: dict) -> list[str]:
 
 
 def _check_weights(folder: Path, written: list[str]) -> None:
-    from .slam_checkpoint import CHECKSUMS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, verify_checkpoint_files, write_checksums
+    from .slam_checkpoint import (
+        CHECKSUMS_NAME,
+        WEIGHTS_INDEX_NAME,
+        WEIGHTS_NAME,
+        verify_checkpoint_files,
+        write_checksums,
+    )
 
     if not (folder / WEIGHTS_NAME).is_file() and not (folder / WEIGHTS_INDEX_NAME).is_file():
         found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
@@ -232,7 +237,9 @@ def _check_card(readme: Path) -> None:
     try:
         card = ModelCard.load(readme)
     except Exception as err:  # the metadata block is YAML; huggingface_hub raises several types
-        raise FolderError(f"{readme} has an unreadable metadata block: {err}; fix the YAML between the --- lines") from err
+        raise FolderError(
+            f"{readme} has an unreadable metadata block: {err}; fix the YAML between the --- lines"
+        ) from err
     if card.data.get("library_name") != "transformers":
         raise FolderError(
             f"{readme}'s metadata lacks `library_name: transformers` (the Hub then shows no 'Use in Transformers' "
@@ -314,7 +321,8 @@ def push_folder(
         repo_id=repo_id,
         folder_path=str(report.folder),
         revision=revision,
-        commit_message=commit_message or f"Upload {report.architecture} ({report.parameters:,} parameters) with slam-hf push",
+        commit_message=commit_message
+        or f"Upload {report.architecture} ({report.parameters:,} parameters) with slam-hf push",
         ignore_patterns=PUSH_IGNORE_PATTERNS,
         create_pr=create_pr,
     )
@@ -330,7 +338,9 @@ def verify_upload(api, repo_id: str, report: FolderReport, commit_sha: str) -> N
     bad = [m for m in check.mismatches if m["path"] in uploaded]
     absent = sorted(uploaded & set(check.extra_paths))
     if bad or absent:
-        details = [f"{m['path']} ({m['algorithm']} {m['actual'][:12]}… here, {m['expected'][:12]}… on the Hub)" for m in bad]
+        details = [
+            f"{m['path']} ({m['algorithm']} {m['actual'][:12]}… here, {m['expected'][:12]}… on the Hub)" for m in bad
+        ]
         details += [f"{path} (not in the commit)" for path in absent]
         raise FolderError(
             f"the upload to {repo_id} at {commit_sha} does not match {report.folder}: {'; '.join(details)}. "

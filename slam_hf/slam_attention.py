@@ -68,7 +68,9 @@ class SlamAttention(nn.Module):
 
     def attend(self, q, k, v, attention_mask, implementation=None, **kwargs):
         # q: (N, heads, Lq, D), k, v: (N, kv_heads, Lk, D) -> (N, Lq, hidden)
-        attention_fn = get_attention_function(implementation or self.config._attn_implementation, eager_attention_forward)
+        attention_fn = get_attention_function(
+            implementation or self.config._attn_implementation, eager_attention_forward
+        )
         output, weights = attention_fn(
             self,
             q,

@@ -41,9 +41,7 @@ class SlamLayer(GradientCheckpointingLayer):
         return self.mlp_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
-        attn_output, _ = self.self_attn(
-            self.attention_input(hidden_states), position_embeddings, attention_mask, cache
-        )
+        attn_output, _ = self.self_attn(self.attention_input(hidden_states), position_embeddings, attention_mask, cache)
         return self.finish(hidden_states, attn_output)
 
 

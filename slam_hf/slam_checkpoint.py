@@ -106,8 +106,11 @@ def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
     source = os.fspath(pretrained_model_name_or_path)
     hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
     manifest_path = cached_file(
-        source, CHECKSUMS_NAME, **hub_kwargs,
-        _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+        source,
+        CHECKSUMS_NAME,
+        **hub_kwargs,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
     )
     where = source + (f" (revision {hub_kwargs['revision']})" if hub_kwargs.get("revision", "main") != "main" else "")
     if manifest_path is None:
@@ -120,13 +123,17 @@ def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
         if path is None:
             raise OSError(
                 f"{name} is listed in {CHECKSUMS_NAME} of {where} but the file is missing. Upload the complete "
-                f"folder written by save_pretrained (or delete {CHECKSUMS_NAME} if the weights were removed on purpose)."
+                "folder written by save_pretrained "
+                f"(or delete {CHECKSUMS_NAME} if the weights were removed on purpose)."
             )
         return path
 
     # Only what the manifest records is checked (a shard it does not list is transformers' to report).
-    names = [name for name in _weight_files(lambda name: resolve(name) if name in recorded else None,
-                                            kwargs.get("variant")) if name in recorded]
+    names = [
+        name
+        for name in _weight_files(lambda name: resolve(name) if name in recorded else None, kwargs.get("variant"))
+        if name in recorded
+    ]
     for name in names:
         path = resolve(name)
         expected = recorded[name]
@@ -195,8 +202,7 @@ def check_loading_info(model, info: dict, source) -> None:
     is_trunk = model.base_model is model
     trunk_prefix = f"{model.base_model_prefix}."
     missing = sorted(
-        key for key in info.get("missing_keys", ())
-        if is_trunk or name in saved_as or key.startswith(trunk_prefix)
+        key for key in info.get("missing_keys", ()) if is_trunk or name in saved_as or key.startswith(trunk_prefix)
     )
     unexpected = sorted(info.get("unexpected_keys", ()))
     mismatched = sorted(str(item) for item in info.get("mismatched_keys", ()))
@@ -211,7 +217,9 @@ def check_loading_info(model, info: dict, source) -> None:
     if missing:
         problems.append(f"{len(missing)} weight(s) the model needs are not in the checkpoint: {listing(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} weight(s) in the checkpoint match nothing in the model: {listing(unexpected)}")
+        problems.append(
+            f"{len(unexpected)} weight(s) in the checkpoint match nothing in the model: {listing(unexpected)}"
+        )
     if mismatched:
         problems.append(f"re-initialised because of shape mismatches: {listing(mismatched)}")
     raise ValueError(

@@ -146,7 +146,10 @@ class SlamFusionNode(GradientCheckpointingLayer):
 
         layer = self.cross_modal
         attention_output, _ = layer.self_attn(
-            layer.attention_input(fused), position_embeddings, cross_modal_allowed[:, None], implementation=implementation
+            layer.attention_input(fused),
+            position_embeddings,
+            cross_modal_allowed[:, None],
+            implementation=implementation,
         )
         has_cross_key = has_key[ENCODER_PATHS.index("cross_modal")]
         return layer.finish(fused, attention_output * has_cross_key[..., None].to(attention_output.dtype))

@@ -21,7 +21,9 @@ MLP_NAMES = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 def is_plain(module, kinds) -> bool:
     """Exactly one of `kinds` (no subclass or adapter wrapper) and no hook of any kind."""
-    return type(module) in kinds and not (module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))
+    return type(module) in kinds and not (
+        module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook")
+    )
 
 
 class ModuleLayers:
@@ -73,7 +75,8 @@ class StackedLayers:
         first = blocks[0]
         linears = LINEAR_NAMES + MLP_NAMES[(0 if first.mlp.gated else 1) :]
         plain = all(is_plain(b.get_submodule(n), (nn.Linear,)) for b in blocks for n in linears) and all(
-            is_plain(b.get_submodule(n), (nn.LayerNorm, SlamRMSNorm)) and type(b.get_submodule(n)) is type(first.attn_norm)
+            is_plain(b.get_submodule(n), (nn.LayerNorm, SlamRMSNorm))
+            and type(b.get_submodule(n)) is type(first.attn_norm)
             for b in blocks
             for n in NORM_NAMES
         )

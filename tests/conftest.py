@@ -33,9 +33,8 @@ def hub_server(tmp_path, monkeypatch):
     `.faults` / `.fault_log` (module docstring of tests/hub_server.py).
     """
     import huggingface_hub
-    from huggingface_hub import constants
-
     from hub_server import HubServer
+    from huggingface_hub import constants
 
     hf_home = tmp_path / "hf_home"
     hf_home.mkdir()
@@ -53,11 +52,18 @@ def hub_server(tmp_path, monkeypatch):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    for key in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT", "HF_MODULES_CACHE", "HF_TOKEN_PATH",
-                "HF_HUB_DISABLE_IMPLICIT_TOKEN"):
+    for key in (
+        "HF_HUB_ETAG_TIMEOUT",
+        "HF_HUB_DOWNLOAD_TIMEOUT",
+        "HF_MODULES_CACHE",
+        "HF_TOKEN_PATH",
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HOME", str(hf_home))
@@ -85,9 +91,12 @@ def hub_server(tmp_path, monkeypatch):
         monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(datasets_config, "HF_DATASETS_OFFLINE", False, raising=False)
         datasets_cache = hf_home / "datasets"
-        for name, value in (("HF_DATASETS_CACHE", datasets_cache), ("HF_MODULES_CACHE", hf_home / "modules"),
-                            ("DOWNLOADED_DATASETS_PATH", datasets_cache / "downloads"),
-                            ("EXTRACTED_DATASETS_PATH", datasets_cache / "downloads" / "extracted")):
+        for name, value in (
+            ("HF_DATASETS_CACHE", datasets_cache),
+            ("HF_MODULES_CACHE", hf_home / "modules"),
+            ("DOWNLOADED_DATASETS_PATH", datasets_cache / "downloads"),
+            ("EXTRACTED_DATASETS_PATH", datasets_cache / "downloads" / "extracted"),
+        ):
             if hasattr(datasets_config, name):
                 monkeypatch.setattr(datasets_config, name, value)  # Path objects, as datasets keeps them
     server.env = dict(os.environ)
@@ -96,3 +105,25 @@ def hub_server(tmp_path, monkeypatch):
     finally:
         server.stop()
         huggingface_hub.HfFileSystem.clear_instance_cache()
+
+
+# The training tests' data (tests/training_common.py), one copy per test module that asks for it.
+@pytest.fixture(scope="module")
+def tokenizer():
+    from slam_hf.data import load_default_tokenizer
+
+    return load_default_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def lm_blocks(tokenizer):
+    from training_common import lm_blocks_of
+
+    return lm_blocks_of(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def genre(tokenizer):
+    from training_common import genre_of
+
+    return genre_of(tokenizer)

@@ -39,17 +39,26 @@ PRELUDE = textwrap.dedent(
 def fresh_env(hub, home):
     threads = str(torch.get_num_threads())
     env = dict(hub.env)
-    env.update({
-        "PYTHONPATH": "",
-        "HF_HOME": str(home),
-        "SLAM_TEST_TORCH_THREADS": threads,
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-        "TOKENIZERS_PARALLELISM": "false",
-        "TRANSFORMERS_VERBOSITY": "error",
-    })
-    for key in ("HF_HUB_CACHE", "HF_MODULES_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE", "HF_HUB_OFFLINE",
-                "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    env.update(
+        {
+            "PYTHONPATH": "",
+            "HF_HOME": str(home),
+            "SLAM_TEST_TORCH_THREADS": threads,
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "TOKENIZERS_PARALLELISM": "false",
+            "TRANSFORMERS_VERBOSITY": "error",
+        }
+    )
+    for key in (
+        "HF_HUB_CACHE",
+        "HF_MODULES_CACHE",
+        "HF_DATASETS_CACHE",
+        "TRANSFORMERS_CACHE",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+    ):
         env.pop(key, None)
     return env
 
@@ -64,7 +73,10 @@ def run_fresh(hub, tmp_path, body, args=None, name="fresh", timeout=240):
     torch.save(dict(args or {}), folder / "args.pt")
     result = subprocess.run(
         [sys.executable, str(script), str(folder / "args.pt"), str(folder / "out.pt")],
-        cwd=folder / "cwd", env=fresh_env(hub, folder / "hf_home"), capture_output=True, text=True,
+        cwd=folder / "cwd",
+        env=fresh_env(hub, folder / "hf_home"),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
     assert result.returncode == 0, f"fresh process failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"

@@ -70,10 +70,47 @@ USER = "slam-tester"
 # The patterns of the `.gitattributes` the Hub writes into a new repo (files matching them go through LFS), plus the
 # media types of a new dataset repo; anything of 10 MiB or more goes through LFS too, as the Hub's preupload says.
 LFS_SUFFIXES = (
-    ".7z", ".arrow", ".bin", ".bz2", ".ckpt", ".ftz", ".gz", ".h5", ".joblib", ".mlmodel", ".model", ".msgpack",
-    ".npy", ".npz", ".onnx", ".ot", ".parquet", ".pb", ".pickle", ".pkl", ".pt", ".pth", ".rar", ".safetensors",
-    ".tar", ".tflite", ".tgz", ".wasm", ".xz", ".zip", ".zst", ".gguf",
-    ".mp3", ".wav", ".flac", ".ogg", ".jpg", ".jpeg", ".png", ".webp", ".mp4",
+    ".7z",
+    ".arrow",
+    ".bin",
+    ".bz2",
+    ".ckpt",
+    ".ftz",
+    ".gz",
+    ".h5",
+    ".joblib",
+    ".mlmodel",
+    ".model",
+    ".msgpack",
+    ".npy",
+    ".npz",
+    ".onnx",
+    ".ot",
+    ".parquet",
+    ".pb",
+    ".pickle",
+    ".pkl",
+    ".pt",
+    ".pth",
+    ".rar",
+    ".safetensors",
+    ".tar",
+    ".tflite",
+    ".tgz",
+    ".wasm",
+    ".xz",
+    ".zip",
+    ".zst",
+    ".gguf",
+    ".mp3",
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".mp4",
 )
 LFS_MIN_SIZE = 10 * 1024 * 1024
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -217,8 +254,11 @@ class HubStore:
             for key, value in operations:
                 path = value.get("path", "")
                 if key == "file":
-                    data = base64.b64decode(value["content"]) if value.get("encoding", "base64") == "base64" else (
-                        value["content"].encode())
+                    data = (
+                        base64.b64decode(value["content"])
+                        if value.get("encoding", "base64") == "base64"
+                        else (value["content"].encode())
+                    )
                     sha256 = self.put_object(data)
                     tree[path] = {"sha256": sha256, "size": len(data), "lfs": False, "oid": git_blob_sha1(data)}
                 elif key == "lfsFile":
@@ -227,8 +267,13 @@ class HubStore:
                         raise HubError(400, None, f"LFS object {oid} for {path} was never uploaded")
                     size = os.path.getsize(os.path.join(self.objects, oid))
                     pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n".encode()
-                    tree[path] = {"sha256": oid, "size": size, "lfs": True, "oid": git_blob_sha1(pointer),
-                                  "pointer_size": len(pointer)}
+                    tree[path] = {
+                        "sha256": oid,
+                        "size": size,
+                        "lfs": True,
+                        "oid": git_blob_sha1(pointer),
+                        "pointer_size": len(pointer),
+                    }
                 elif key == "deletedFile":
                     if tree.pop(path, None) is None:
                         raise HubError(404, "EntryNotFound", f"{path} does not exist at {branch}")
@@ -399,10 +444,18 @@ class HubHandler(BaseHTTPRequestHandler):
     def _whoami(self):
         if not self.headers.get("Authorization", "").startswith("Bearer "):
             raise HubError(401, None, "Invalid credentials in Authorization header")
-        self._send(200, {
-            "type": "user", "id": "0" * 24, "name": USER, "fullname": "SLAM Tester", "isPro": False,
-            "orgs": [], "auth": {"type": "access_token", "accessToken": {"displayName": "dummy", "role": "write"}},
-        })
+        self._send(
+            200,
+            {
+                "type": "user",
+                "id": "0" * 24,
+                "name": USER,
+                "fullname": "SLAM Tester",
+                "isPro": False,
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "dummy", "role": "write"}},
+            },
+        )
 
     def _repo_url(self, repo_type, repo_id):
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
@@ -425,10 +478,19 @@ class HubHandler(BaseHTTPRequestHandler):
         tree = repo["commits"][sha]["tree"]
         modified = _iso_time(repo["commits"][sha]["time"])
         info = {
-            "_id": hashlib.md5(repo_id.encode()).hexdigest()[:24], "id": repo_id,
-            "author": repo_id.split("/")[0], "sha": sha, "lastModified": modified, "createdAt": modified,
-            "private": repo["private"], "disabled": False, "gated": False, "downloads": 0, "likes": 0,
-            "tags": [], "siblings": [self._sibling(path, tree[path]) for path in sorted(tree)],
+            "_id": hashlib.md5(repo_id.encode()).hexdigest()[:24],
+            "id": repo_id,
+            "author": repo_id.split("/")[0],
+            "sha": sha,
+            "lastModified": modified,
+            "createdAt": modified,
+            "private": repo["private"],
+            "disabled": False,
+            "gated": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "siblings": [self._sibling(path, tree[path]) for path in sorted(tree)],
         }
         if repo_type == "model":
             info["modelId"] = repo_id
@@ -467,8 +529,10 @@ class HubHandler(BaseHTTPRequestHandler):
         if sha is not None:  # ?expand=true / paths-info expand: last commit and the (always clean) security scan
             entry["lastCommit"] = self._last_commit(repo_type, repo_id, sha, path, folder=False)
             entry["securityFileStatus"] = {
-                "status": "safe", "avScan": {"virusFound": False, "virusNames": None},
-                "pickleImportScan": None if not path.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"))
+                "status": "safe",
+                "avScan": {"virusFound": False, "virusNames": None},
+                "pickleImportScan": None
+                if not path.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"))
                 else {"highestSafetyLevel": "innocuous", "imports": []},
             }
         return entry
@@ -496,7 +560,7 @@ class HubHandler(BaseHTTPRequestHandler):
         for name in sorted(tree):
             if not name.startswith(prefix):
                 continue
-            rest = name[len(prefix):].split("/")
+            rest = name[len(prefix) :].split("/")
             for depth in range(1, len(rest)):
                 folder = prefix + "/".join(rest[:depth])
                 if (recursive or depth == 1) and folder not in folders:
@@ -543,8 +607,10 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _refs(self, repo_type, repo_id):
         repo = self.store.repo(repo_type, repo_id)
-        branches = [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
-                    for name, sha in sorted(repo["branches"].items())]
+        branches = [
+            {"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
+            for name, sha in sorted(repo["branches"].items())
+        ]
         self._send(200, {"branches": branches, "converts": [], "tags": []})
 
     def _preupload(self, repo_type, repo_id, revision):
@@ -558,8 +624,9 @@ class HubHandler(BaseHTTPRequestHandler):
             oid = None
             if current is not None and current["lfs"] == lfs:
                 oid = current["sha256"] if lfs else current["oid"]
-            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                          "oid": oid})
+            files.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         self._send(200, {"files": files, "commitOid": sha})
 
     def _commit(self, repo_type, repo_id, revision):
@@ -575,8 +642,15 @@ class HubHandler(BaseHTTPRequestHandler):
             else:
                 operations.append((item["key"], item["value"]))
         sha = self.store.commit(repo_type, repo_id, revision, header, operations)
-        self._send(200, {"success": True, "commitOid": sha, "pullRequestUrl": None,
-                         "commitUrl": f"{self._repo_url(repo_type, repo_id)}/commit/{sha}"})
+        self._send(
+            200,
+            {
+                "success": True,
+                "commitOid": sha,
+                "pullRequestUrl": None,
+                "commitUrl": f"{self._repo_url(repo_type, repo_id)}/commit/{sha}",
+            },
+        )
 
     def _lfs_batch(self, repo_type, repo_id):
         self.store.repo(repo_type, repo_id)
@@ -589,8 +663,11 @@ class HubHandler(BaseHTTPRequestHandler):
             if not self.store.has_object(obj["oid"]):  # already stored -> no actions -> the client skips it
                 entry["actions"] = {"upload": {"href": f"{self.base}/_lfs/{obj['oid']}", "header": {}}}
             objects.append(entry)
-        self._send(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                   content_type="application/vnd.git-lfs+json")
+        self._send(
+            200,
+            {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+            content_type="application/vnd.git-lfs+json",
+        )
 
     def _lfs_put(self, oid):
         data = self._body()
@@ -603,12 +680,18 @@ class HubHandler(BaseHTTPRequestHandler):
         sha = self.store.resolve_revision(repo_type, repo_id, revision)
         info = self.store.tree(repo_type, repo_id, sha).get(path)
         if info is None:
-            raise HubError(404, "EntryNotFound", f"Entry not found: {path} at {unquote(revision)}",
-                           {"X-Repo-Commit": sha}, {"X-Repo-Commit": sha})
+            raise HubError(
+                404,
+                "EntryNotFound",
+                f"Entry not found: {path} at {unquote(revision)}",
+                {"X-Repo-Commit": sha},
+                {"X-Repo-Commit": sha},
+            )
         headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         if info["lfs"]:
-            headers.update({"ETag": f'"{info["sha256"]}"', "X-Linked-Etag": f'"{info["sha256"]}"',
-                            "X-Linked-Size": info["size"]})
+            headers.update(
+                {"ETag": f'"{info["sha256"]}"', "X-Linked-Etag": f'"{info["sha256"]}"', "X-Linked-Size": info["size"]}
+            )
         else:
             headers["ETag"] = f'"{info["oid"]}"'
         data = self.store.read_object(info["sha256"])
@@ -617,15 +700,19 @@ class HubHandler(BaseHTTPRequestHandler):
             data = data[: len(data) // 2]
         elif fault == "corrupt":  # same length, one byte flipped: only a checksum can tell
             middle = len(data) // 2
-            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
         status, total = 200, len(data)
         byte_range = self.headers.get("Range")
         if byte_range:
             start, end = _parse_range(byte_range, total)
             if start is None:
-                raise HubError(416, None, f"Range Not Satisfiable: {byte_range} of {total} bytes",
-                               headers={"Content-Range": f"bytes */{total}"})
-            data, status = data[start:end + 1], 206
+                raise HubError(
+                    416,
+                    None,
+                    f"Range Not Satisfiable: {byte_range} of {total} bytes",
+                    headers={"Content-Range": f"bytes */{total}"},
+                )
+            data, status = data[start : end + 1], 206
             headers["Content-Range"] = f"bytes {start}-{end}/{total}"
         if fault == "drop":  # promise every byte, send half, hang up (a connection reset mid-download)
             self.send_response(status)
@@ -725,7 +812,9 @@ class HubServer:
 if __name__ == "__main__":  # `python tests/hub_server.py ROOT [PORT]` serves until Ctrl-C, for poking at by hand
     import sys
 
-    server = HubServer(sys.argv[1] if len(sys.argv) > 1 else "hub-data", port=int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    server = HubServer(
+        sys.argv[1] if len(sys.argv) > 1 else "hub-data", port=int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    )
     print(f"serving {server.url} from {server.store.root}", flush=True)
     try:
         server.httpd.serve_forever()

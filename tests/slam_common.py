@@ -99,8 +99,10 @@ def assert_context_sensitive(model, inputs, sequence, tester, what="model"):
         steps = with_history.shape[1]
         alone = sequence[:, prompt - 1 : -1].reshape(-1, 1)  # each position's token on its own: (B * steps, 1)
         without_history = next_logits(tester.repeat_rows(inputs, steps), alone)[:, -1].argmax(-1)
-    assert shift.min() > 0.05, f"{what}: the last logits ignore an early token (shift {shift.tolist()}); " \
+    assert shift.min() > 0.05, (
+        f"{what}: the last logits ignore an early token (shift {shift.tolist()}); "
         "equivalence tests on it cannot fail: build it with a larger init std"
+    )
     assert (with_history.flatten() != without_history).any(), (
         f"{what}: greedy decoding picks the same tokens without the history ({sequence.tolist()}), so a cache "
         "that drops the history would go unnoticed: build it with a larger init std"
@@ -502,7 +504,9 @@ class SlamModelTesterMixin:
         """Decoding in steps through a cache passed by hand (under either argument name) equals one full forward."""
         self.require(tester.generative_class, "causal LM or conditional-generation head")
         if tester.is_encoder_decoder:
-            return self.check_decoder_cache_equivalence(tester, saved_models[tester.generative_class][1], cache_argument)
+            return self.check_decoder_cache_equivalence(
+                tester, saved_models[tester.generative_class][1], cache_argument
+            )
         _, model = saved_models[tester.causal_lm_class]
         input_ids = tester.input_ids()
         length = input_ids.shape[1]
@@ -539,7 +543,11 @@ class SlamModelTesterMixin:
         cache, steps = DynamicCache(config=model.config), []
         start = padded_ids.shape[1] - 4
         for begin, end in [(0, start)] + [(t, t + 1) for t in range(start, padded_ids.shape[1])]:
-            inputs = {"input_ids": padded_ids[:, begin:end], "attention_mask": padded_mask[:, :end], cache_argument: cache}
+            inputs = {
+                "input_ids": padded_ids[:, begin:end],
+                "attention_mask": padded_mask[:, :end],
+                cache_argument: cache,
+            }
             steps.append(model(**inputs).logits)
         stepped = torch.cat(steps, dim=1)
         real = padded_mask.bool()
@@ -561,7 +569,11 @@ class SlamModelTesterMixin:
             cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
             logits, done = [], 0
             for size in chunk_sizes:
-                step = {"decoder_input_ids": decoder_ids[:, done : done + size], cache_argument: cache, "use_cache": True}
+                step = {
+                    "decoder_input_ids": decoder_ids[:, done : done + size],
+                    cache_argument: cache,
+                    "use_cache": True,
+                }
                 if decoder_mask is not None:
                     step["decoder_attention_mask"] = decoder_mask[:, : done + size]
                 outputs = model(**encoder_inputs, **step)

@@ -447,8 +447,14 @@ class SlamV3ModelTester(SlamModelTester):
             "image_token_id": 7,
             "decoder_start_token_id": 3,
             "vision_config": dict(
-                patch_size=2, num_channels=1, hidden_size=24, num_attention_heads=3, head_dim=8,
-                projector_type="linear", rope_theta=50.0, mlp_type="swiglu",
+                patch_size=2,
+                num_channels=1,
+                hidden_size=24,
+                num_attention_heads=3,
+                head_dim=8,
+                projector_type="linear",
+                rope_theta=50.0,
+                mlp_type="swiglu",
             ),  # fmt: skip
         }
 
@@ -461,16 +467,30 @@ class SlamV3ModelTester(SlamModelTester):
             ("geglu", "rmsnorm", "pre", "none", dict(fusion_num_latents=3)),
             ("swiglu", "layernorm", "post", "none", dict(aux_dim=5)),
             (
-                "gelu", "rmsnorm", "post", "rope",
-                dict(vision_config={
-                    **self.vision_config_kwargs(), "projector_type": "linear", "position_embedding_type": "none",
-                    "norm_position": "post", "norm_type": "layernorm", "mlp_type": "gelu",
-                }),
+                "gelu",
+                "rmsnorm",
+                "post",
+                "rope",
+                dict(
+                    vision_config={
+                        **self.vision_config_kwargs(),
+                        "projector_type": "linear",
+                        "position_embedding_type": "none",
+                        "norm_position": "post",
+                        "norm_type": "layernorm",
+                        "mlp_type": "gelu",
+                    }
+                ),
             ),  # fmt: skip
             ("geglu", "layernorm", "post", "rope", dict(attention_bias=True, mlp_bias=True)),
             # MHA, latent bottleneck, aux tokens and a query bottleneck together
-            ("swiglu", "rmsnorm", "pre", "rope", dict(num_key_value_heads=4, fusion_num_latents=2, aux_dim=3,
-                                                      q_lora_rank=8)),  # fmt: skip
+            (
+                "swiglu",
+                "rmsnorm",
+                "pre",
+                "rope",
+                dict(num_key_value_heads=4, fusion_num_latents=2, aux_dim=3, q_lora_rank=8),
+            ),  # fmt: skip
         ]
         names = ("mlp_type", "norm_type", "norm_position", "position_embedding_type")
         return [{**dict(zip(names, row[:4])), **row[4]} for row in rows]

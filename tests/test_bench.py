@@ -44,11 +44,19 @@ def test_smoke_run_measures_every_metric_of_every_model(smoke_run):
             assert entry["n"] == len(config["seeds"]) and all(math.isfinite(v) for v in entry["values"]), (name, metric)
         # Consistency between metrics.
         assert 0 < metrics["active_parameters"]["mean"] <= metrics["total_parameters"]["mean"], name
-        assert math.isclose(metrics["heldout_perplexity"]["mean"], math.exp(metrics["heldout_loss"]["mean"]), rel_tol=1e-9)
+        assert math.isclose(
+            metrics["heldout_perplexity"]["mean"], math.exp(metrics["heldout_loss"]["mean"]), rel_tol=1e-9
+        )
         assert 0 <= metrics["heldout_top1_accuracy"]["mean"] <= 1
         assert metrics["heldout_loss"]["mean"] < math.log(results["settings"]["vocab_size"]) + 1, name
-        for positive in ("train_peak_memory_bytes", "inference_peak_memory_bytes", "train_tokens_per_second",
-                         "inference_latency_ms_median", "generation_tokens_per_second", "kv_cache_bytes_per_token"):
+        for positive in (
+            "train_peak_memory_bytes",
+            "inference_peak_memory_bytes",
+            "train_tokens_per_second",
+            "inference_latency_ms_median",
+            "generation_tokens_per_second",
+            "kv_cache_bytes_per_token",
+        ):
             assert metrics[positive]["mean"] > 0, (name, positive)
         curve = model["curves"]["0"]
         assert len(curve["train"]) == config["budget"]["steps"]
@@ -85,7 +93,12 @@ def test_stability_metrics():
 def test_published_config_is_the_published_shape():
     config = load_bench_config(PUBLISHED)
     shape = config["shape"]
-    assert (shape["hidden_size"], shape["num_attention_heads"], shape["intermediate_size"], shape["num_hidden_layers"]) == (512, 16, 2048, 6)
+    assert (
+        shape["hidden_size"],
+        shape["num_attention_heads"],
+        shape["intermediate_size"],
+        shape["num_hidden_layers"],
+    ) == (512, 16, 2048, 6)
     assert (config["vocab_size"], config["batch_size"], config["sequence_length"]) == (10000, 8, 128)
     assert config["learning_rate"] == 5e-5 and config["budget"] == {"epochs": 5}
     assert planned_steps(config, {"train_rows": 1000}) == 5 * 1000 // 8
@@ -143,4 +156,7 @@ def test_resume_reuses_finished_runs_and_only_those(tmp_path, capsys):
     spec = json.loads((work / "slam_v1-seed0-train.spec.json").read_text())
     assert _finished_result("train", spec, work, "slam_v1-seed0") is not None
     assert _finished_result("train", {**spec, "steps": 3}, work, "slam_v1-seed0") is None
-    assert _finished_result("train", {**spec, "software": {**spec["software"], "torch": "0"}}, work, "slam_v1-seed0") is None
+    assert (
+        _finished_result("train", {**spec, "software": {**spec["software"], "torch": "0"}}, work, "slam_v1-seed0")
+        is None
+    )

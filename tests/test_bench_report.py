@@ -30,6 +30,7 @@ def measured(values):
 
 def curves(final_loss, seed, steps=STEPS, every=20):
     """An exponential decay from ~ln(vocab) to final_loss, with a little seed-dependent wobble."""
+
     def loss(step):
         return final_loss + (6.2 - final_loss) * math.exp(-step / 12) + 0.04 * math.sin(step * (1.3 + seed))
 
@@ -89,9 +90,17 @@ def make_results():
         "software": {"python": "3.11.7", "torch": "2.13.0", "transformers": "5.23.0", "slam_hf": "0.1.0"},
         "settings": {
             "shape": {"hidden_size": 128, "num_attention_heads": 4, "intermediate_size": 512, "num_hidden_layers": 2},
-            "vocab_size": 512, "batch_size": 8, "sequence_length": 64, "learning_rate": 3e-4,
-            "optimizer": "AdamW (torch)", "scheduler": "linear, warmup ratio 0.1", "seeds": list(SEEDS),
-            "train_tokens": STEPS * 8 * 64, "epochs": 1.5, "eval_tokens": 16384, "data": "Shakespeare (synthetic)",
+            "vocab_size": 512,
+            "batch_size": 8,
+            "sequence_length": 64,
+            "learning_rate": 3e-4,
+            "optimizer": "AdamW (torch)",
+            "scheduler": "linear, warmup ratio 0.1",
+            "seeds": list(SEEDS),
+            "train_tokens": STEPS * 8 * 64,
+            "epochs": 1.5,
+            "eval_tokens": 16384,
+            "data": "Shakespeare (synthetic)",
         },  # fmt: skip
         "models": [slam_v2, slam_v1, llama, gpt2],
     }

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 from huggingface_hub import ModelCard
-
 from slam_common import single_threaded_torch
+
 from slam_hf.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,11 +127,11 @@ def test_generate_defaults_to_the_folders_generation_config(trained, capsys):
     ids = tokenizer("To be", return_tensors="pt").input_ids
     set_seed(0)
     with torch.no_grad():
-        sampled = model.generate(ids)[0, ids.shape[1]:]  # no arguments: the folder's generation_config
+        sampled = model.generate(ids)[0, ids.shape[1] :]  # no arguments: the folder's generation_config
     assert len(sampled) == wanted["max_new_tokens"]
     assert printed.strip() == tokenizer.decode(torch.cat([ids[0], sampled]), skip_special_tokens=True)
 
-    greedy = model.generate(ids, do_sample=False, max_new_tokens=wanted["max_new_tokens"])[0, ids.shape[1]:]
+    greedy = model.generate(ids, do_sample=False, max_new_tokens=wanted["max_new_tokens"])[0, ids.shape[1] :]
     assert _generated(capsys, base + ["--greedy"]).strip() == tokenizer.decode(
         torch.cat([ids[0], greedy]), skip_special_tokens=True
     )
@@ -155,7 +155,11 @@ def test_generate_without_cache_prints_the_same_text(trained, capsys):
     assert (last - last_changed).abs().max() > 1e-3  # an early token moves the last logits
 
     base = ["generate", "--model", str(trained), "--input", "To be, or not to be", "--max-new-tokens", "12"]
-    for flags in (["--greedy"], ["--seed", "3"], ["--do-sample", "--temperature", "1.5", "--top-p", "0.9", "--seed", "5"]):
+    for flags in (
+        ["--greedy"],
+        ["--seed", "3"],
+        ["--do-sample", "--temperature", "1.5", "--top-p", "0.9", "--seed", "5"],
+    ):
         cached = _generated(capsys, base + flags)
         assert _generated(capsys, base + flags + ["--no-cache"]) == cached, flags
         assert len(cached.strip()) > len("To be, or not to be"), flags
@@ -645,6 +649,7 @@ def test_tested_transformers_range_matches_ci_pins():
     root = Path(__file__).resolve().parent.parent
     assert f"transformers=={TESTED_TRANSFORMERS[0]}" in (root / "ci" / "oldest.txt").read_text()
     # the README's Compatibility table names the same two versions the model cards render
-    assert f"| {TESTED_TRANSFORMERS[0]} and {TESTED_TRANSFORMERS[1]} (newest at the last green CI) |" in (
-        root / "README.md"
-    ).read_text()
+    assert (
+        f"| {TESTED_TRANSFORMERS[0]} and {TESTED_TRANSFORMERS[1]} (newest at the last green CI) |"
+        in (root / "README.md").read_text()
+    )

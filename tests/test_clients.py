@@ -20,10 +20,10 @@ import sys
 
 import pytest
 import torch
+from slam_common import single_threaded_torch
 
 import slam_hf
 from slam_hf.data import load_default_tokenizer
-from slam_common import single_threaded_torch
 
 pytestmark = pytest.mark.clients
 
@@ -95,13 +95,21 @@ def run_lm_eval(folder, batch_size, root):
         "OMP_NUM_THREADS": "1",
     }
     command = [
-        sys.executable, "-m", "lm_eval",
-        "--model", "hf",
-        "--model_args", f"pretrained={folder},trust_remote_code=True",
-        "--include_path", TASKS_DIR,
-        "--tasks", f"{CHOICE_TASK},{GENERATE_TASK}",
-        "--batch_size", str(batch_size),
-        "--output_path", str(root / "out"),
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={folder},trust_remote_code=True",
+        "--include_path",
+        TASKS_DIR,
+        "--tasks",
+        f"{CHOICE_TASK},{GENERATE_TASK}",
+        "--batch_size",
+        str(batch_size),
+        "--output_path",
+        str(root / "out"),
         "--log_samples",
     ]
     result = subprocess.run(command, cwd=root / "cwd", env=env, capture_output=True, text=True, timeout=600)

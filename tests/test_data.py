@@ -72,8 +72,9 @@ def test_chunking_exact_blocks_and_eos_between_works():
 def test_chunking_real_tokenizer(corpus):
     tok = data.load_default_tokenizer()
     out = data.group_texts_for_causal_lm(corpus["validation"], tok, block_size=128)
-    n_tokens = sum(len(tok(t, add_special_tokens=False, verbose=False)["input_ids"]) + 1
-                   for t in corpus["validation"]["text"])
+    n_tokens = sum(
+        len(tok(t, add_special_tokens=False, verbose=False)["input_ids"]) + 1 for t in corpus["validation"]["text"]
+    )
     assert len(out) == n_tokens // 128
     assert all(len(row) == 128 for row in out["input_ids"])
     assert list(out["labels"]) == list(out["input_ids"])
@@ -87,8 +88,7 @@ def test_genre_splits(genre):
         assert set(split["label"]) == {0, 1, 2}
         works = set(split["work"])
         assert works <= set(data.FOLIO_GENRES)
-        assert all(data.label2id[data.FOLIO_GENRES[w]] == y
-                   for w, y in zip(split["work"], split["label"]))
+        assert all(data.label2id[data.FOLIO_GENRES[w]] == y for w, y in zip(split["work"], split["label"]))
         seen.append(works)
     tr, va, te = seen
     assert not (tr & va or tr & te or va & te)
@@ -98,8 +98,14 @@ def test_genre_splits(genre):
 
 def test_genre_excludes_non_folio_works(genre):
     all_works = set().union(*(set(s["work"]) for s in genre.values()))
-    for w in ("sonnets", "pericles", "rape_of_lucrece", "lovers_complaint",
-              "phoenix_and_the_turtle", "passionate_pilgrim"):
+    for w in (
+        "sonnets",
+        "pericles",
+        "rape_of_lucrece",
+        "lovers_complaint",
+        "phoenix_and_the_turtle",
+        "passionate_pilgrim",
+    ):
         assert w not in all_works
 
 
@@ -194,8 +200,7 @@ def test_digit_tiles_held_out_splits_use_other_source_images(tiles):
             assert len(set(src)) == len(src)  # no digit image twice in one tile
             used[name].update(src)
         assert used[name] <= set(pools[name].tolist())
-    assert not (used["train"] & used["validation"] or used["train"] & used["test"]
-                or used["validation"] & used["test"])
+    assert not (used["train"] & used["validation"] or used["train"] & used["test"] or used["validation"] & used["test"])
     # the held-out splits draw on most of their own 500 images
     assert len(used["validation"]) > 400 and len(used["test"]) > 400
 
@@ -253,7 +258,7 @@ def test_digit_exact_match_chance(tiles):
     assert data.digit_exact_match_chance(2) == pytest.approx(0.01)
     assert data.digit_exact_match_chance((2, 4)) == pytest.approx((1e-2 + 1e-3 + 1e-4) / 3)
     rate = data.digit_exact_match_chance(tiles["test"])
-    expected = np.mean([10.0 ** -n for n in tiles["test"]["num_digits"]])
+    expected = np.mean([10.0**-n for n in tiles["test"]["num_digits"]])
     assert rate == pytest.approx(expected)
     assert 0.002 < rate < 0.006
     with pytest.raises(ValueError, match="num_digits"):

@@ -10,14 +10,14 @@ import math
 
 import pytest
 import torch
+from slam_common import single_threaded_torch
 from transformers import AutoTokenizer
 
-from slam_common import single_threaded_torch
 from slam_hf import SlamV1ForCausalLM
-from slam_hf.demos.domain_experts import MIXTURE_BOUNDS, SCALE_SETTINGS, main, pair_losses, render_markdown, run
-from slam_hf.data.domains import DOMAINS, MIXED_DOMAINS, load_domains
 from slam_hf.adapters.svf import get_z_vectors
 from slam_hf.adapters.transformer2 import SelfAdaptiveModel
+from slam_hf.data.domains import DOMAINS, MIXED_DOMAINS, load_domains
+from slam_hf.demos.domain_experts import MIXTURE_BOUNDS, SCALE_SETTINGS, main, pair_losses, render_markdown, run
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 LABELS = [*DOMAINS, "other"]
@@ -37,8 +37,15 @@ def finite(value):
 
 def test_every_measurement_is_reported(tiny_run):
     output, results = tiny_run
-    assert set(results) == {"spec", "loss_matrix", "dispatch", "two_pass", "arithmetic_exact_match", "few_shot",
-                            "targets"}
+    assert set(results) == {
+        "spec",
+        "loss_matrix",
+        "dispatch",
+        "two_pass",
+        "arithmetic_exact_match",
+        "few_shot",
+        "targets",
+    }
     assert list(results["loss_matrix"]) == ["base", *DOMAINS]
     for row in results["loss_matrix"].values():
         assert list(row) == list(DOMAINS) and all(finite(v) and v > 0 for v in row.values())
@@ -59,8 +66,9 @@ def test_every_measurement_is_reported(tiny_run):
         assert finite(row["two_pass"]) and 0 <= row["dispatched_to_own_expert"] <= 1
     exact = results["arithmetic_exact_match"]
     assert exact["examples"] == SCALE_SETTINGS["tiny"].generate_examples and 0 <= exact["base"] <= 1
-    assert all(sample["want"] == sum(map(int, sample["prompt"].rstrip(" =").split(" + ")))
-               for sample in exact["samples"])
+    assert all(
+        sample["want"] == sum(map(int, sample["prompt"].rstrip(" =").split(" + "))) for sample in exact["samples"]
+    )
     assert list(results["few_shot"]) == list(MIXED_DOMAINS)
     for entry in results["few_shot"].values():
         singles = [*DOMAINS, *(f"{d}_fitted_strength" for d in DOMAINS)]
@@ -84,14 +92,20 @@ def test_targets_follow_from_the_numbers(tiny_run):
     targets, matrix = results["targets"], results["loss_matrix"]
     assert targets["each_expert_lowers_own_domain_loss"] == {d: matrix[d][d] < matrix["base"][d] for d in DOMAINS}
     assert targets["two_pass_beats_base_on_every_domain"] == {
-        d: results["two_pass"][d]["two_pass"] < results["two_pass"][d]["base"] for d in DOMAINS}
+        d: results["two_pass"][d]["two_pass"] < results["two_pass"][d]["base"] for d in DOMAINS
+    }
     for name, entry in results["few_shot"].items():
-        best = min(loss for setting, loss in entry["loss"].items()
-                   if setting in DOMAINS or setting.endswith("_fitted_strength"))
+        best = min(
+            loss
+            for setting, loss in entry["loss"].items()
+            if setting in DOMAINS or setting.endswith("_fitted_strength")
+        )
         assert targets["few_shot_mixture_beats_every_single_expert"][name] == (
-            entry["loss"]["amplified_mixture"] < best)
+            entry["loss"]["amplified_mixture"] < best
+        )
         assert targets["few_shot_mixture_in_[0,1]_beats_every_single_expert"][name] == (
-            entry["loss"]["fitted_mixture"] < best)
+            entry["loss"]["fitted_mixture"] < best
+        )
 
 
 def test_report_and_json_agree(tiny_run):
@@ -111,8 +125,9 @@ def test_saved_experts_reproduce_the_reported_losses(tiny_run):
     base = SlamV1ForCausalLM.from_pretrained(output / "base").eval()
     tokenizer = AutoTokenizer.from_pretrained(output / "base")
     adapters = {name: str(output / "adapters" / name) for name in DOMAINS}
-    model = SelfAdaptiveModel(base, tokenizer, adapters, strategy="classifier",
-                              classifier=str(output / "adapters" / "classifier"))
+    model = SelfAdaptiveModel(
+        base, tokenizer, adapters, strategy="classifier", classifier=str(output / "adapters" / "classifier")
+    )
     domains = load_domains(tiny.documents, tiny.eval_pairs, seed=0, num_train_pairs=tiny.expert_pairs)
     for setting in ("base", *DOMAINS):
         for name in DOMAINS:

@@ -16,13 +16,13 @@ import sys
 
 import pytest
 import torch
-from safetensors import safe_open
 from peft import get_peft_model
+from safetensors import safe_open
+from slam_common import single_threaded_torch
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
 
-from slam_common import single_threaded_torch
-from slam_hf.demos import svf_vs_lora as demo
 from slam_hf.data import load_genre_dataset
+from slam_hf.demos import svf_vs_lora as demo
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 
@@ -40,8 +40,14 @@ def tiny_bert(tmp_path_factory):
         f.write("\n".join(vocab) + "\n")
     BertTokenizer(os.path.join(path, "vocab.txt")).save_pretrained(path)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
-                        intermediate_size=INTERMEDIATE, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(path)
     return path
 
@@ -104,11 +110,23 @@ def test_training_leaves_the_pretrained_encoder_unchanged(row, tiny_bert, tmp_pa
     splits, _ = demo.load_data(tokenizer, spec["max_length"], spec["train_rows"], spec["eval_rows"])
     pretrained = demo.load_classifier(tiny_bert, seed=0)
     model = demo.build_model(row, tiny_bert, seed=0)
-    adapter_before = {n: p.detach().clone() for n, p in model.named_parameters()
-                      if p.requires_grad and "classifier" not in n}
+    adapter_before = {
+        n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n
+    }
     head_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and "classifier" in n}
-    demo.train_and_evaluate(row, 0, splits, tokenizer, tiny_bert, head_lr=1e-2, adapter_lr=1e-2, spec=spec,
-                            output_dir=str(tmp_path), eval_splits=("test",), model=model)
+    demo.train_and_evaluate(
+        row,
+        0,
+        splits,
+        tokenizer,
+        tiny_bert,
+        head_lr=1e-2,
+        adapter_lr=1e-2,
+        spec=spec,
+        output_dir=str(tmp_path),
+        eval_splits=("test",),
+        model=model,
+    )
 
     trained_base = {n.replace(".base_layer", ""): t for n, t in model.get_base_model().state_dict().items()}
     for name, tensor in pretrained.bert.state_dict().items():
@@ -130,8 +148,21 @@ def test_markdown_table_has_every_row(tiny_results):
 
 
 def test_main_writes_results_and_report(tiny_bert, tmp_path, capsys):
-    results = demo.main(["--output", str(tmp_path), "--scale", "tiny", "--seeds", "3", "--model-path", tiny_bert,
-                         "--rows", "head_only", "svf_mlp"])
+    results = demo.main(
+        [
+            "--output",
+            str(tmp_path),
+            "--scale",
+            "tiny",
+            "--seeds",
+            "3",
+            "--model-path",
+            tiny_bert,
+            "--rows",
+            "head_only",
+            "svf_mlp",
+        ]
+    )
     assert list(results["summary"]) == ["head_only", "svf_mlp"]
     assert (tmp_path / "report.md").read_text() == demo.render_markdown(results)
     assert "| SVF on MLP projections |" in capsys.readouterr().out
@@ -139,9 +170,15 @@ def test_main_writes_results_and_report(tiny_bert, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "kwargs, argument",
-    [({"scale": "huge"}, "scale"), ({"seeds": ()}, "seeds"), ({"seeds": (0, 0)}, "seeds"),
-     ({"seeds": (0.5,)}, "seeds"), ({"rows": ("dora",)}, "rows"), ({"rows": ()}, "rows"),
-     ({"model_path": "/nonexistent/bert"}, "model_path")],
+    [
+        ({"scale": "huge"}, "scale"),
+        ({"seeds": ()}, "seeds"),
+        ({"seeds": (0, 0)}, "seeds"),
+        ({"seeds": (0.5,)}, "seeds"),
+        ({"rows": ("dora",)}, "rows"),
+        ({"rows": ()}, "rows"),
+        ({"model_path": "/nonexistent/bert"}, "model_path"),
+    ],
 )
 def test_bad_arguments_fail_naming_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument):

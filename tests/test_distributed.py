@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from slam_common import single_threaded_torch
+
 from slam_hf.cli import main
 from slam_hf.training.run_config import ConfigError
 from slam_hf.training.trainer import _resume_checkpoint, enable_cpu_fsdp

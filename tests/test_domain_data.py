@@ -128,7 +128,7 @@ def test_mixed_domains_use_held_out_material_only(corpora):
     assert len(quoted) == 20
     for prompt, continuation in quoted:
         assert prompt.startswith('    print("') and continuation.endswith('")') and continuation.startswith(" ")
-        words = prompt[len('    print("'):]
+        words = prompt[len('    print("') :]
         assert any(half.endswith(words) for half in held_out_halves), words
     held_out = set(operand_pairs()["held_out"])
     doctests = doctest_arithmetic_pairs(30)
@@ -145,8 +145,10 @@ def test_prompt_and_continuation_tokenize_like_the_whole_text(corpora):
     pairs += mixed_domain_pairs("verse_in_code", 10, verse=corpora["verse"]) + doctest_arithmetic_pairs(10)
     for prompt, continuation in pairs:
         whole = tokenizer(prompt + continuation, add_special_tokens=False)["input_ids"]
-        apart = (tokenizer(prompt, add_special_tokens=False)["input_ids"]
-                 + tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        apart = (
+            tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            + tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        )
         assert whole == apart, (prompt, continuation)
 
 
@@ -157,8 +159,11 @@ def test_bad_arguments_are_named():
         code_corpus(5, -1)
     with pytest.raises(ValueError, match=r"num_pairs=2.5 must be an integer >= 1"):
         arithmetic_corpus(5, 2.5)
-    with pytest.raises(ValueError, match=r"mixed domain name='poetry' is unknown: use one of "
-                                         r"\('verse_in_code', 'doctest_arithmetic'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"mixed domain name='poetry' is unknown: use one of "
+        r"\('verse_in_code', 'doctest_arithmetic'\)",
+    ):
         mixed_domain_pairs("poetry", 5)
     with pytest.raises(ValueError, match=r"count=0 must be an integer >= 1"):
         mixed_domain_pairs(MIXED_DOMAINS[0], 0)

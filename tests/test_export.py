@@ -14,10 +14,9 @@ import inspect
 
 import pytest
 import torch
-from torch.export import Dim
-
 from slam_common import different_token, single_threaded_torch
 from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
+from torch.export import Dim
 
 TESTERS = (SlamV1ModelTester(), SlamV2ModelTester(), SlamV3ModelTester())
 CASES = [pytest.param(tester, cls, id=cls.__name__) for tester in TESTERS for cls in tester.all_model_classes]

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from hub_helpers import is_remote_module, run_fresh
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -21,7 +22,6 @@ from huggingface_hub.errors import (
 from transformers import AutoModelForCausalLM
 
 import slam_hf
-from hub_helpers import is_remote_module, run_fresh
 
 USER = "slam-tester"
 
@@ -29,8 +29,12 @@ USER = "slam-tester"
 def tiny_model(seed=0):
     torch.manual_seed(seed)
     config = slam_hf.SlamV1Config(
-        vocab_size=99, hidden_size=32, num_attention_heads=4, intermediate_size=37,
-        ef_segment_length=8, ef_segment_overlap=2,
+        vocab_size=99,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=37,
+        ef_segment_length=8,
+        ef_segment_overlap=2,
     )
     return slam_hf.SlamV1ForCausalLM(config).eval()
 
@@ -135,8 +139,9 @@ def test_missing_file_repo_and_revision_errors(hub_server, tmp_path):
     # ValueError as an empty local folder (transformers 5.x); one with a config but no weights gives an OSError.
     with pytest.raises(ValueError, match="Unrecognized model"):
         AutoModelForCausalLM.from_pretrained(repo_id)
-    api.upload_file(path_or_fileobj=tiny_model().config.to_json_string().encode(), path_in_repo="config.json",
-                    repo_id=repo_id)
+    api.upload_file(
+        path_or_fileobj=tiny_model().config.to_json_string().encode(), path_in_repo="config.json", repo_id=repo_id
+    )
     with pytest.raises(OSError, match="does not appear to have a file named"):
         AutoModelForCausalLM.from_pretrained(repo_id)
     with pytest.raises(OSError, match="is not a local folder and is not a valid model identifier"):

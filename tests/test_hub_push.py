@@ -9,7 +9,6 @@ file on the Hub) fail loudly in a fresh process.
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,9 +17,9 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file, save_file
+from slam_common import single_threaded_torch
 
 import slam_hf
-from slam_common import single_threaded_torch
 from slam_hf.cli import main
 from slam_hf.data import load_default_tokenizer
 from slam_hf.hub import FolderError, check_folder
@@ -39,9 +38,15 @@ def tokenizer():
 def tiny_v1(tokenizer, seed=0):
     torch.manual_seed(seed)
     config = slam_hf.SlamV1Config(
-        vocab_size=len(tokenizer), hidden_size=32, num_attention_heads=4, intermediate_size=37,
-        ef_segment_length=8, ef_segment_overlap=2, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=37,
+        ef_segment_length=8,
+        ef_segment_overlap=2,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     return slam_hf.SlamV1ForCausalLM(config).eval()
 
@@ -103,7 +108,11 @@ def load_in_fresh_process(hub, tmp_path, repo_id, revision="main"):
     out = tmp_path / "fresh_out.pt"
     done = subprocess.run(
         [sys.executable, str(script), repo_id, revision, str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return torch.load(out)
@@ -122,16 +131,32 @@ def test_push_completes_checks_uploads_and_loads_in_fresh_process(hub_server, tm
 
     api = HfApi(endpoint=hub_server.url, token="hf_dummy_local_test_token")
     files = set(api.list_repo_files(f"{USER}/slam-v1-pushed"))
-    assert {"config.json", "model.safetensors", "checksums.json", "README.md", "tokenizer.json",
-            "modeling_slam.py", "slam_checkpoint.py", "configuration_slam.py"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "checksums.json",
+        "README.md",
+        "tokenizer.json",
+        "modeling_slam.py",
+        "slam_checkpoint.py",
+        "configuration_slam.py",
+    } <= files
     assert not any(name.startswith("checkpoint-") for name in files)
 
     # The card: metadata the Hub reads, plus the sections the issue asks for.
     card = ModelCard.load(folder / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
     assert {"slam", "custom_code", "slam_v1"} <= set(card.data.tags)
-    for needle in ("trust_remote_code=True", f'repo = "{USER}/slam-v1-pushed"', "## Interpretation choices",
-                   "transformers 5.10.1 to", '"q_proj"', "None recorded", "## Limitations", "ef_segment_length"):
+    for needle in (
+        "trust_remote_code=True",
+        f'repo = "{USER}/slam-v1-pushed"',
+        "## Interpretation choices",
+        "transformers 5.10.1 to",
+        '"q_proj"',
+        "None recorded",
+        "## Limitations",
+        "ef_segment_length",
+    ):
         assert needle in card.text, needle
 
     fresh = load_in_fresh_process(hub_server, tmp_path, f"{USER}/slam-v1-pushed")
@@ -271,8 +296,12 @@ def test_check_folder_of_image_text_model_needs_processor_and_renders_its_card(t
     assert {"AutoConfig", "AutoModel", "AutoModelForImageTextToText", "AutoModelForSeq2SeqLM"} <= set(auto_map)
     card = ModelCard.load(folder / "README.md")
     assert card.data.pipeline_tag == "image-text-to-text"
-    for needle in ("AutoProcessor.from_pretrained(repo, trust_remote_code=True)", "Multi-head Latent Attention",
-                   "(q_proj|kv_b_proj|o_proj)", "## Interpretation choices"):
+    for needle in (
+        "AutoProcessor.from_pretrained(repo, trust_remote_code=True)",
+        "Multi-head Latent Attention",
+        "(q_proj|kv_b_proj|o_proj)",
+        "## Interpretation choices",
+    ):
         assert needle in card.text, needle
 
 
@@ -315,7 +344,9 @@ def test_bytes_corrupted_in_transit_are_caught_by_the_manifest(hub_server, tmp_p
     model = saved_folder(folder, tokenizer)
     assert push(folder, repo) == 0
     hub_server.faults[(repo, "model.safetensors")] = ("corrupt", 1)
-    with pytest.raises(OSError, match=r"model.safetensors of slam-tester/slam-v1-transit has sha256.*content is corrupted"):
+    with pytest.raises(
+        OSError, match=r"model.safetensors of slam-tester/slam-v1-transit has sha256.*content is corrupted"
+    ):
         AutoModelForCausalLM.from_pretrained(repo)
     loaded = AutoModelForCausalLM.from_pretrained(repo, force_download=True).eval()
     torch.testing.assert_close(logits_of(loaded, tokenizer), logits_of(model, tokenizer), rtol=0, atol=0)

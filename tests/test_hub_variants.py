@@ -26,17 +26,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hub_helpers import is_remote_module, run_fresh
 from huggingface_hub import HfApi, hf_hub_download
 from PIL import Image
 from safetensors.torch import load_file
+from slam_common import single_threaded_torch
+from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
 from transformers import AutoModelForCausalLM
 
 import slam_hf
-from hub_helpers import is_remote_module, run_fresh
-from slam_common import single_threaded_torch
 from slam_hf.data import load_default_tokenizer
 from slam_hf.processing_slam import train_bpe_tokenizer
-from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
 
 USER = "slam-tester"
 TOKEN = "hf_dummy_local_test_token"
@@ -108,9 +108,13 @@ finish(results)
 def tiny_causal(tester, tokenizer):
     torch.manual_seed(0)
     # init std 0.2 (not 0.02): greedy decoding of the random model moves between tokens
-    config = tester.get_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                               initializer_range=0.2)
+    config = tester.get_config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.2,
+    )
     return tester.causal_lm_class(config).eval()
 
 
@@ -127,8 +131,15 @@ def test_causal_lm_and_tokenizer_round_trip_by_repo_id(hub_server, tmp_path, tes
 
     api = api_for(hub_server)
     files = set(api.list_repo_files(repo_id))
-    assert {"config.json", "model.safetensors", "generation_config.json", "modeling_slam.py",
-            "configuration_slam.py", "tokenizer.json", "tokenizer_config.json"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "modeling_slam.py",
+        "configuration_slam.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= files
     auto_map = read_json(repo_id, "config.json")["auto_map"]
     assert auto_map["AutoConfig"] == f"configuration_slam.{type(model.config).__name__}"
     assert auto_map["AutoModelForCausalLM"] == f"modeling_slam.{type(model).__name__}"
@@ -143,8 +154,9 @@ def test_causal_lm_and_tokenizer_round_trip_by_repo_id(hub_server, tmp_path, tes
     assert generated.shape == (1, prompt["input_ids"].shape[1] + NEW_TOKENS)
     assert len(set(generated[0, -NEW_TOKENS:].tolist())) > 1  # not one token repeated: a real comparison
 
-    out = run_fresh(hub_server, tmp_path, CAUSAL_LOADER, dict(
-        repo=repo_id, texts=TEXTS, prompt=PROMPT, generate=greedy()))
+    out = run_fresh(
+        hub_server, tmp_path, CAUSAL_LOADER, dict(repo=repo_id, texts=TEXTS, prompt=PROMPT, generate=greedy())
+    )
     # the tokenizer
     assert out["tokenizer_class"] in ("TokenizersBackend", "PreTrainedTokenizerFast")
     assert_equal(out["batch_ids"], batch["input_ids"], "token ids")
@@ -160,7 +172,8 @@ def test_causal_lm_and_tokenizer_round_trip_by_repo_id(hub_server, tmp_path, tes
     # the bare trunk through AutoModel (needs "AutoModel" in the pushed config's auto_map)
     assert "trunk_error" not in out, (
         f"AutoModel.from_pretrained({repo_id!r}, trust_remote_code=True) failed in a fresh process: "
-        f"{out['trunk_error']}; pushed auto_map = {auto_map}")
+        f"{out['trunk_error']}; pushed auto_map = {auto_map}"
+    )
     assert out["trunk"][0] == type(model.base_model).__name__ and is_remote_module(out["trunk"][1]), out["trunk"]
     assert_equal(out["last_hidden_state"], hidden, "AutoModel last_hidden_state")
 
@@ -201,8 +214,11 @@ def test_slam_v3_model_and_processor_round_trip_by_repo_id(hub_server, tmp_path)
     corpus = [f"the digit {d} is drawn in {c} on the left" for d in range(10) for c in ("red", "green", "blue")]
     tokenizer = train_bpe_tokenizer(corpus, vocab_size=300)
     processor = slam_hf.SlamProcessor(
-        slam_hf.SlamImageProcessor(size={"height": tester.image_size, "width": tester.image_size},
-                                   patch_size=tester.patch_size), tokenizer)
+        slam_hf.SlamImageProcessor(
+            size={"height": tester.image_size, "width": tester.image_size}, patch_size=tester.patch_size
+        ),
+        tokenizer,
+    )
     torch.manual_seed(0)
     model = tester.conditional_generation_class(tester.get_config(vocab_size=len(tokenizer))).eval()
     assert processor.image_token_id == model.config.image_token_id
@@ -211,8 +227,16 @@ def test_slam_v3_model_and_processor_round_trip_by_repo_id(hub_server, tmp_path)
     model.push_to_hub(repo_id)
     processor.push_to_hub(repo_id)
     files = set(api_for(hub_server).list_repo_files(repo_id))
-    assert {"config.json", "model.safetensors", "modeling_slam.py", "processor_config.json", "processing_slam.py",
-            "image_processing_slam.py", "tokenizer.json", "tokenizer_config.json"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_slam.py",
+        "processor_config.json",
+        "processing_slam.py",
+        "image_processing_slam.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= files
     auto_map = read_json(repo_id, "config.json")["auto_map"]
     processor_map = read_json(repo_id, "processor_config.json")["auto_map"]
     assert processor_map == {"AutoProcessor": "processing_slam.SlamProcessor"}
@@ -231,9 +255,19 @@ def test_slam_v3_model_and_processor_round_trip_by_repo_id(hub_server, tmp_path)
     generated = model.generate(**inputs, **greedy(5))
     assert generated.shape == (2, 6) and not torch.equal(generated[0], generated[1])
 
-    out = run_fresh(hub_server, tmp_path, V3_LOADER, dict(
-        repo=repo_id, images=[torch.from_numpy(np.asarray(image)) for image in images], texts=texts, answers=answers,
-        decoder_input_ids=decoder_input_ids, generate=greedy(5)))
+    out = run_fresh(
+        hub_server,
+        tmp_path,
+        V3_LOADER,
+        dict(
+            repo=repo_id,
+            images=[torch.from_numpy(np.asarray(image)) for image in images],
+            texts=texts,
+            answers=answers,
+            decoder_input_ids=decoder_input_ids,
+            generate=greedy(5),
+        ),
+    )
     name, module, image_name, image_module = out["processor"]
     assert (name, image_name) == ("SlamProcessor", "SlamImageProcessor")
     assert is_remote_module(module) and is_remote_module(image_module), out["processor"]
@@ -247,7 +281,8 @@ def test_slam_v3_model_and_processor_round_trip_by_repo_id(hub_server, tmp_path)
     assert_equal(out["generated"], generated, "greedy generate")
     assert "trunk_error" not in out, (
         f"AutoModel.from_pretrained({repo_id!r}, trust_remote_code=True) failed in a fresh process: "
-        f"{out['trunk_error']}; pushed auto_map = {auto_map}")
+        f"{out['trunk_error']}; pushed auto_map = {auto_map}"
+    )
     assert out["trunk"][0] == "SlamV3Model" and is_remote_module(out["trunk"][1]), out["trunk"]
     assert_equal(out["last_hidden_state"], hidden, "AutoModel last_hidden_state")
 
@@ -290,9 +325,21 @@ def test_trainer_push_to_hub_end(hub_server, tmp_path):
     dataset = Dataset.from_dict({"input_ids": rows.tolist(), "labels": rows.tolist()})
     repo_id = f"{USER}/slam-v1-trained"
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), push_to_hub=True, hub_model_id=repo_id, hub_strategy="end",
-        hub_token=TOKEN, max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="no",
-        report_to=[], logging_steps=1, use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / "run"),
+        push_to_hub=True,
+        hub_model_id=repo_id,
+        hub_strategy="end",
+        hub_token=TOKEN,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=1,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset)
     trainer.train()
@@ -305,8 +352,14 @@ def test_trainer_push_to_hub_end(hub_server, tmp_path):
     api = api_for(hub_server)
     assert api.model_info(repo_id).sha == commit.oid
     files = set(api.list_repo_files(repo_id))
-    assert {"config.json", "model.safetensors", "modeling_slam.py", "configuration_slam.py", "README.md",
-            "training_args.bin"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_slam.py",
+        "configuration_slam.py",
+        "README.md",
+        "training_args.bin",
+    } <= files
     card = Path(hf_hub_download(repo_id, "README.md")).read_text()
     assert "generated_from_trainer" in card and "training_steps: 4" in card  # Trainer's own model card
 
@@ -322,7 +375,7 @@ def test_trainer_push_to_hub_end(hub_server, tmp_path):
 
 # ---------------------------------------------------------------------------------------- 3. PEFT ----
 def test_lora_adapter_on_pushed_base(hub_server, tmp_path):
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     base_repo, adapter_repo = f"{USER}/slam-v1-base", f"{USER}/slam-v1-lora"
     tiny_v1(seed=3).push_to_hub(base_repo)
@@ -332,8 +385,9 @@ def test_lora_adapter_on_pushed_base(hub_server, tmp_path):
     with torch.no_grad():
         base_logits = base(input_ids=input_ids).logits
 
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                                 task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM")
+    )
     lora_b = [param for name, param in peft_model.named_parameters() if "lora_B" in name]
     assert lora_b and all(torch.count_nonzero(param) == 0 for param in lora_b)  # LoRA starts as the identity
     generator = torch.Generator().manual_seed(0)
@@ -353,14 +407,18 @@ def test_lora_adapter_on_pushed_base(hub_server, tmp_path):
     adapter_config = read_json(adapter_repo, "adapter_config.json")
     assert adapter_config["base_model_name_or_path"] == base_repo
     assert adapter_config["peft_type"] == "LORA" and sorted(adapter_config["target_modules"]) == [
-        "down_proj", "q_proj", "v_proj"]
+        "down_proj",
+        "q_proj",
+        "v_proj",
+    ]
     weights = load_file(hf_hub_download(adapter_repo, "adapter_model.safetensors"))
     assert weights and all("lora_A" in key or "lora_B" in key for key in weights), sorted(weights)
     adapted_layers = sum(1 for name, _ in base.named_modules() if name.endswith(("q_proj", "v_proj", "down_proj")))
     assert len(weights) == 2 * adapted_layers
 
-    out = run_fresh(hub_server, tmp_path, LOGITS_LOADER, dict(repo=base_repo, adapter_repo=adapter_repo,
-                                                              input_ids=input_ids))
+    out = run_fresh(
+        hub_server, tmp_path, LOGITS_LOADER, dict(repo=base_repo, adapter_repo=adapter_repo, input_ids=input_ids)
+    )
     assert is_remote_module(out["head"][1]), out["head"]
     assert_equal(out["logits"], base_logits, "base logits")
     assert out["peft_class"] == "PeftModelForCausalLM" and out["peft_base"] == base_repo
@@ -373,14 +431,19 @@ def test_datasets_push_and_load(hub_server, tmp_path):
 
     repo_id = f"{USER}/slam-rows"
     api = api_for(hub_server)
-    train = {"input_ids": [[5, 6, 7], [8, 9], [10], [11, 12, 13, 14], [15, 16]],
-             "text": ["to be", "or not", "to be", "that is", "the question"], "label": [0, 1, 0, 1, 2]}
+    train = {
+        "input_ids": [[5, 6, 7], [8, 9], [10], [11, 12, 13, 14], [15, 16]],
+        "text": ["to be", "or not", "to be", "that is", "the question"],
+        "label": [0, 1, 0, 1, 2],
+    }
     test = {"input_ids": [[20, 21], [22]], "text": ["whether 'tis", "nobler"], "label": [2, 0]}
     first = DatasetDict(train=Dataset.from_dict(train), test=Dataset.from_dict(test)).push_to_hub(
-        repo_id, num_shards={"train": 2, "test": 1})
+        repo_id, num_shards={"train": 2, "test": 1}
+    )
     first_sha = api.dataset_info(repo_id).sha
-    assert {f"data/train-0000{i}-of-00002.parquet" for i in range(2)} <= set(api.list_repo_files(
-        repo_id, repo_type="dataset"))
+    assert {f"data/train-0000{i}-of-00002.parquet" for i in range(2)} <= set(
+        api.list_repo_files(repo_id, repo_type="dataset")
+    )
     extra = {"score": [0.5, 1.5, -2.0]}
     Dataset.from_dict(extra).push_to_hub(repo_id, config_name="extra")
     new_train = {"input_ids": [[30], [31, 32]], "text": ["once more", "unto the breach"], "label": [1, 1]}
@@ -390,8 +453,12 @@ def test_datasets_push_and_load(hub_server, tmp_path):
     assert first.oid == first_sha
 
     files = set(api.list_repo_files(repo_id, repo_type="dataset"))
-    assert {"README.md", "data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet",
-            "extra/train-00000-of-00001.parquet"} <= files
+    assert {
+        "README.md",
+        "data/train-00000-of-00001.parquet",
+        "data/test-00000-of-00001.parquet",
+        "extra/train-00000-of-00001.parquet",
+    } <= files
     assert not any("of-00002" in name for name in files), files  # the re-push deleted the old shards
     refs = api.list_repo_refs(repo_id, repo_type="dataset")
     assert sorted(branch.name for branch in refs.branches) == ["dev", "main"]
@@ -400,8 +467,10 @@ def test_datasets_push_and_load(hub_server, tmp_path):
     info = api.dataset_info(repo_id)
     assert {config["config_name"] for config in info.card_data.get("configs")} == {"default", "extra"}
     # expand=True (last commit + security status per file) and paths-info, as HfFileSystem and the Hub UI use
-    entries = {entry.path: entry for entry in api.list_repo_tree(repo_id, repo_type="dataset", path_in_repo="data",
-                                                                 expand=True)}
+    entries = {
+        entry.path: entry
+        for entry in api.list_repo_tree(repo_id, repo_type="dataset", path_in_repo="data", expand=True)
+    }
     assert entries["data/test-00000-of-00001.parquet"].last_commit.oid == first_sha
     assert entries["data/train-00000-of-00001.parquet"].last_commit.oid != first_sha
     assert entries["data/train-00000-of-00001.parquet"].security["safe"] is True
@@ -417,8 +486,11 @@ def test_datasets_push_and_load(hub_server, tmp_path):
     assert pinned.to_dict() == train  # both shards of the first push, in order
     streamed = list(load_dataset(repo_id, split="test", streaming=True))
     assert streamed == [dict(zip(test, values)) for values in zip(*test.values())]
-    downloads = [path for method, path in hub_server.request_log
-                 if method == "GET" and path.startswith(f"/datasets/{repo_id}/resolve/") and path.endswith(".parquet")]
+    downloads = [
+        path
+        for method, path in hub_server.request_log
+        if method == "GET" and path.startswith(f"/datasets/{repo_id}/resolve/") and path.endswith(".parquet")
+    ]
     assert len(downloads) >= 5  # every row above came from the server
 
 
@@ -426,11 +498,16 @@ def test_datasets_push_and_load(hub_server, tmp_path):
 def cached_weights(repo_id):
     """Files named model.safetensors in the repo's cache snapshots, and complete blobs."""
     root = os.path.join(os.environ["HF_HUB_CACHE"], f"models--{repo_id.replace('/', '--')}")
-    snapshots = [os.path.join(dirpath, name) for dirpath, _, names in os.walk(os.path.join(root, "snapshots"))
-                 for name in names if name == "model.safetensors"]
+    snapshots = [
+        os.path.join(dirpath, name)
+        for dirpath, _, names in os.walk(os.path.join(root, "snapshots"))
+        for name in names
+        if name == "model.safetensors"
+    ]
     blobs_dir = os.path.join(root, "blobs")
-    blobs = [name for name in os.listdir(blobs_dir) if not name.endswith(".incomplete")] if os.path.isdir(
-        blobs_dir) else []
+    blobs = (
+        [name for name in os.listdir(blobs_dir) if not name.endswith(".incomplete")] if os.path.isdir(blobs_dir) else []
+    )
     return snapshots, blobs
 
 
@@ -479,8 +556,11 @@ def test_dropped_connection_retries_or_fails_loudly(hub_server):
     with torch.no_grad():
         assert_equal(loaded(input_ids=input_ids).logits, expected, "logits after the dropped connection")
     assert hub_server.fault_log == [(repo_id, "model.safetensors", "drop")]
-    weights_gets = [status for method, path, status in hub_server.response_log
-                    if method == "GET" and "/resolve/" in path and path.endswith("/model.safetensors")]
+    weights_gets = [
+        status
+        for method, path, status in hub_server.response_log
+        if method == "GET" and "/resolve/" in path and path.endswith("/model.safetensors")
+    ]
     assert len(weights_gets) == 2 and set(weights_gets) <= {200, 206}, weights_gets
 
 
@@ -504,8 +584,11 @@ def test_range_reads_get_exact_slices(hub_server, tmp_path):
         assert handle.read(100) == original[1000:1100]
         handle.seek(len(original) - 10)
         assert handle.read() == original[-10:]
-    ranged = [status for method, path, status in hub_server.response_log
-              if method == "GET" and path.endswith("/model.safetensors")]
+    ranged = [
+        status
+        for method, path, status in hub_server.response_log
+        if method == "GET" and path.endswith("/model.safetensors")
+    ]
     assert ranged and set(ranged) == {206}, ranged  # only the blocks asked for, never the whole file
 
 

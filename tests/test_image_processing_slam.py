@@ -1,4 +1,5 @@
-"""SlamImageProcessor: outputs, input types, mode conversion, resizing, the patch grid, errors, save/load, remote code."""
+"""SlamImageProcessor: outputs, input types, mode conversion, resizing, the patch grid, errors, save/load, remote
+code."""
 
 import ast
 import json
@@ -117,7 +118,9 @@ def test_pil_numpy_and_torch_inputs_give_identical_outputs():
         assert torch.equal(out, reference), name
     # Already rescaled floats with do_rescale=False match as well.
     scaled = torch.from_numpy(hwc).permute(2, 0, 1).double() / 255
-    assert torch.allclose(processor(scaled, do_rescale=False, return_tensors="pt")["pixel_values"], reference, atol=1e-6)
+    assert torch.allclose(
+        processor(scaled, do_rescale=False, return_tensors="pt")["pixel_values"], reference, atol=1e-6
+    )
 
     # Grayscale and RGBA arrays take the same path as the matching PIL modes.
     gray = random_uint8(16, 16, channels=None)
@@ -126,7 +129,8 @@ def test_pil_numpy_and_torch_inputs_give_identical_outputs():
     rgba = random_uint8(16, 16, channels=4)
     assert np.array_equal(processor(rgba)["pixel_values"], processor(Image.fromarray(rgba))["pixel_values"])
     assert np.array_equal(
-        processor(torch.from_numpy(rgba).permute(2, 0, 1))["pixel_values"], processor(Image.fromarray(rgba))["pixel_values"]
+        processor(torch.from_numpy(rgba).permute(2, 0, 1))["pixel_values"],
+        processor(Image.fromarray(rgba))["pixel_values"],
     )
 
 
@@ -140,8 +144,13 @@ def test_ambiguous_layout_can_be_named():
 
 # ---------------------------------------------------------------------------------------------- resize and grid
 def test_resize_uses_pil_resample_per_channel():
-    processor = SlamImageProcessor(size={"height": 8, "width": 12}, patch_size=4, resample=PILImageResampling.BILINEAR,
-                                   do_rescale=False, do_normalize=False)
+    processor = SlamImageProcessor(
+        size={"height": 8, "width": 12},
+        patch_size=4,
+        resample=PILImageResampling.BILINEAR,
+        do_rescale=False,
+        do_normalize=False,
+    )
     hwc = random_uint8(20, 30)
     out = processor(hwc)
     assert out["pixel_values"].shape == (1, 3, 8, 12)
@@ -151,7 +160,9 @@ def test_resize_uses_pil_resample_per_channel():
         np.testing.assert_allclose(out["pixel_values"][0, channel], np.asarray(expected), atol=1e-4)
     # A constant image stays constant whatever the filter.
     flat = np.full((21, 17, 3), 77, np.uint8)
-    np.testing.assert_allclose(SlamImageProcessor(**TINY)(flat, do_normalize=False)["pixel_values"], 77 / 255, atol=1e-5)
+    np.testing.assert_allclose(
+        SlamImageProcessor(**TINY)(flat, do_normalize=False)["pixel_values"], 77 / 255, atol=1e-5
+    )
     # int size means square; images of different sizes are resized to one batch.
     square = SlamImageProcessor(size=32, patch_size=8)
     assert (square.size["height"], square.size["width"]) == (32, 32)
@@ -263,7 +274,8 @@ def test_save_and_load_keep_every_field(tmp_path):
 
 
 def test_module_imports_only_remote_code_safe_names():
-    """auto_map copies this file alone: numpy, PIL, transformers and relative imports only, nothing absolute to slam_hf."""
+    """auto_map copies this file alone: numpy, PIL, transformers and relative imports only, nothing absolute to
+    slam_hf."""
     tree = ast.parse(open(image_processing_slam.__file__).read())
     roots = set()
     for node in ast.walk(tree):
@@ -330,8 +342,18 @@ def test_remote_code_load_in_clean_process(tmp_path, monkeypatch):
         "OMP_NUM_THREADS": "1",
     }
     result = subprocess.run(
-        [sys.executable, str(tmp_path / "loader.py"), str(folder), str(tmp_path / "image.npy"), str(tmp_path / "out.npy")],
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(tmp_path / "loader.py"),
+            str(folder),
+            str(tmp_path / "image.npy"),
+            str(tmp_path / "out.npy"),
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, f"clean process failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     report = json.loads(result.stdout.strip().splitlines()[-1])

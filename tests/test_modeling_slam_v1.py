@@ -3,13 +3,13 @@ the window geometry, arbitrary lengths and the O(L * w) cost."""
 
 import pytest
 import torch
+from slam_common import SlamModelTesterMixin, assert_close, expected_inv_freq, single_threaded_torch
+from slam_tester import SlamV1ModelTester
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from slam_common import SlamModelTesterMixin, assert_close, expected_inv_freq, single_threaded_torch
 from slam_hf.slam_blocks import SlamLayer
 from slam_hf.slam_windows import plan_windows
-from slam_tester import SlamV1ModelTester
 
 
 class TestSlamV1Model(SlamModelTesterMixin):  # pytest collects `Test*` classes only

@@ -4,9 +4,6 @@ per-token loop, its router outputs and balancing loss, adapters, disk offload an
 
 import pytest
 import torch
-from torch.nn import functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from slam_common import (
     SlamModelTesterMixin,
     assert_close,
@@ -14,9 +11,12 @@ from slam_common import (
     output_cache,
     single_threaded_torch,
 )
+from slam_tester import SlamV2ModelTester
+from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from slam_hf.slam_blocks import SlamLayer
 from slam_hf.slam_windows import plan_segments
-from slam_tester import SlamV2ModelTester
 
 
 class TestSlamV2Model(SlamModelTesterMixin):  # pytest collects `Test*` classes only

@@ -17,9 +17,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from transformers.cache_utils import EncoderDecoderCache
-
 from slam_common import (
     SlamModelTesterMixin,
     assert_close,
@@ -29,11 +26,14 @@ from slam_common import (
     rows_of,
     single_threaded_torch,
 )
+from slam_tester import SlamV3ModelTester
+from torch import nn
+from transformers.cache_utils import EncoderDecoderCache
+
 from slam_hf import SlamImageProcessor, SlamProcessor, SlamV3Config, SlamV3VisionConfig
 from slam_hf.configuration_slam import ENCODER_PATHS
 from slam_hf.modeling_slam import memory_padding_mask
 from slam_hf.slam_fusion import path_masks
-from slam_tester import SlamV3ModelTester
 
 TEXT, IMAGE, SHARED, CROSS = (ENCODER_PATHS.index(name) for name in ("text", "image", "shared", "cross_modal"))
 
@@ -592,7 +592,8 @@ def colour_task(tester, count, generator):
     pixel_values = channels[:, :, None, None] + 0.3 * torch.randn(count, 3, 8, 8, generator=generator)
     input_ids = torch.tensor([[7] + [tester.image_token_id] * 4 + [8]] * count)
     labels = torch.stack([10 + colour, torch.full_like(colour, 2)], dim=1)
-    return [dict(input_ids=i, pixel_values=p, labels=l) for i, p, l in zip(input_ids, pixel_values, labels)]
+    rows = zip(input_ids, pixel_values, labels)
+    return [dict(input_ids=ids, pixel_values=pixels, labels=answer) for ids, pixels, answer in rows]
 
 
 def dataset_loss_and_accuracy(model, examples):

@@ -3,10 +3,10 @@
 Covers: the PeftType extension and the registrations it enables; the adapted model equals the base model bit for
 bit at initialisation (both published forms); the layer matches the published formulas (float64 reference) and
 gets gradients at the start; the trainable parameters are exactly the singular-value counts; the adapter file
-holds the z vectors and nothing else; save -> load in a fresh process (which must `import slam_hf`, or slam_hf.adapters.svf;
-the error without it is pinned) reproduces the logits; merge/unmerge/merge_and_unload; named adapters and
-set_adapter; the z-vector API; Trainer on real text changes only z; push_to_hub and load by repo id; the bad
-inputs (a non-Linear target, a wrong-length z in an adapter file, an adapter of another base model, bad z
+holds the z vectors and nothing else; save -> load in a fresh process (which must `import slam_hf`, or
+slam_hf.adapters.svf; the error without it is pinned) reproduces the logits; merge/unmerge/merge_and_unload; named
+adapters and set_adapter; the z-vector API; Trainer on real text changes only z; push_to_hub and load by repo id; the
+bad inputs (a non-Linear target, a wrong-length z in an adapter file, an adapter of another base model, bad z
 vectors, bad configs) fail naming the module or argument; the remote-code model files never import peft.
 
 Models are tiny and built from config; everything runs on one torch thread, so results reproduce bit for bit.
@@ -30,7 +30,10 @@ from peft import PeftModel, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.peft_types import PeftType
 from safetensors.torch import load_file, save_file
+from slam_common import single_threaded_torch
+from slam_tester import SlamV1ModelTester
 from torch import nn
+from training_common import training_args
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -42,7 +45,6 @@ from transformers import (
     set_seed,
 )
 
-from slam_common import single_threaded_torch
 from slam_hf import SlamV1Config, SlamV1ForCausalLM, data
 from slam_hf.adapters import svf as peft_svf
 from slam_hf.adapters.svf import (
@@ -57,8 +59,6 @@ from slam_hf.adapters.svf import (
     svf_target_modules,
     z_vector_lengths,
 )
-from slam_tester import SlamV1ModelTester
-from training_common import training_args
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER = "slam-tester"
@@ -75,15 +75,28 @@ def tiny_slam_v1(seed=0):
 
 def tiny_llama(seed=0, hidden_size=32, num_hidden_layers=2):
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden_size, intermediate_size=37,
-                         num_hidden_layers=num_hidden_layers, num_attention_heads=4, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return LlamaForCausalLM(config).eval()
 
 
 def tiny_bert(seed=0):
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, num_labels=3, initializer_range=0.2)  # 0.02 gives ~1e-2 logits
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        num_labels=3,
+        initializer_range=0.2,
+    )  # 0.02 gives ~1e-2 logits
     return BertForSequenceClassification(config).eval()
 
 
@@ -115,8 +128,11 @@ def randomise_z(peft_model, adapter_name=None, seed=0, scale=0.5):
     """Move every z away from its start value, so the adapter changes the model."""
     generator = torch.Generator().manual_seed(seed)
     z = get_z_vectors(peft_model, adapter_name)
-    set_z_vectors(peft_model, {name: v + scale * torch.randn(v.shape, generator=generator) for name, v in z.items()},
-                  adapter_name=adapter_name)
+    set_z_vectors(
+        peft_model,
+        {name: v + scale * torch.randn(v.shape, generator=generator) for name, v in z.items()},
+        adapter_name=adapter_name,
+    )
 
 
 def max_diff(a, b):
@@ -245,8 +261,10 @@ def test_layer_matches_published_formula_and_gets_gradients(scaling):
     assert max_diff(z.grad, 4 * z_ref.grad) < 4e-5, max_diff(z.grad, 4 * z_ref.grad)
     # merging adds the same ΔW
     assert max_diff(layer.get_delta_weight("default"), adapted - weight) < 1e-5
-    print(f"\n{scaling}: output vs float64 formula {max_diff(output, reference):.1e}, grad {grad_error:.1e}, "
-          f"20-token grad {max_diff(z.grad, 4 * z_ref.grad):.1e}")
+    print(
+        f"\n{scaling}: output vs float64 formula {max_diff(output, reference):.1e}, grad {grad_error:.1e}, "
+        f"20-token grad {max_diff(z.grad, 4 * z_ref.grad):.1e}"
+    )
 
 
 # -------------------------------------------------------------- 4. save, then load in a fresh process ----
@@ -292,11 +310,24 @@ def run_fresh_process(tmp_path, script, args):
     path.write_text(script)
     (tmp_path / "cwd").mkdir()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_"))}
-    env.update(PYTHONPATH=REPO_ROOT, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
+    env.update(
+        PYTHONPATH=REPO_ROOT,
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        TRANSFORMERS_VERBOSITY="error",
+    )
     args = dict(args, out=str(tmp_path / "out.pt"))
-    done = subprocess.run([sys.executable, str(path), json.dumps(args)], cwd=tmp_path / "cwd", env=env,
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, str(path), json.dumps(args)],
+        cwd=tmp_path / "cwd",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, f"fresh process failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return torch.load(tmp_path / "out.pt")
 
@@ -323,9 +354,11 @@ def test_save_and_load_in_fresh_process(tmp_path):
     assert on_disk.keys() == lengths.keys()
     assert all(torch.equal(on_disk[name], z) for name, z in get_z_vectors(peft_model).items())
 
-    out = run_fresh_process(tmp_path, FRESH_LOADER, dict(base=str(tmp_path / "base"),
-                                                         adapter=str(tmp_path / "adapter"),
-                                                         input_ids=input_ids.tolist()))
+    out = run_fresh_process(
+        tmp_path,
+        FRESH_LOADER,
+        dict(base=str(tmp_path / "base"), adapter=str(tmp_path / "adapter"), input_ids=input_ids.tolist()),
+    )
     assert out["base_module"].startswith("transformers_modules.") and out["slam_hf_before"] == []
     # Without `import slam_hf` (or slam_hf.adapters.svf), PEFT cannot know the type named in adapter_config.json.
     assert out["unregistered_error"] == "KeyError: 'SVF'", out["unregistered_error"]
@@ -354,8 +387,9 @@ def test_merge_unmerge_and_merge_and_unload(model_name):
     peft_model.merge_adapter()
     merged_diff = max_diff(logits_of(peft_model, input_ids), adapted)
     peft_model.unmerge_adapter()
-    restored = max(max_diff(peft_model.base_model.model.get_submodule(name).weight, weight)
-                   for name, weight in original.items())
+    restored = max(
+        max_diff(peft_model.base_model.model.get_submodule(name).weight, weight) for name, weight in original.items()
+    )
     assert merged_diff < 1e-5 and restored < 1e-6, (merged_diff, restored)  # measured <= 3.6e-7 and 6.0e-8
 
     merged = peft_model.merge_and_unload()
@@ -371,8 +405,10 @@ def test_named_adapters_set_adapter_and_z_vector_api():
     model = tiny_llama()
     input_ids = token_ids()
     peft_model = get_peft_model(model, SVFConfig(task_type="CAUSAL_LM"))
-    peft_model.add_adapter("paper", SVFConfig(task_type="CAUSAL_LM", scaling="plain",
-                                              target_modules=svf_target_modules(model, attention=True)))
+    peft_model.add_adapter(
+        "paper",
+        SVFConfig(task_type="CAUSAL_LM", scaling="plain", target_modules=svf_target_modules(model, attention=True)),
+    )
     assert len(z_vector_lengths(peft_model, "paper")) == 2 * 7 and len(z_vector_lengths(peft_model)) == 2 * 3
     randomise_z(peft_model, "default", seed=1)
     randomise_z(peft_model, "paper", seed=2)
@@ -389,8 +425,11 @@ def test_named_adapters_set_adapter_and_z_vector_api():
     # The z API: read, write back, and the errors a later expert-mixing helper relies on.
     z = get_z_vectors(peft_model, "paper")
     peft_model.base_model.set_adapter(["default", "paper"])  # both active: which one is meant must be said
-    with pytest.raises(ValueError, match=r"Pass adapter_name=...: the model has SVF adapters \['default', 'paper'\] "
-                                         r"and 2 of them are active"):
+    with pytest.raises(
+        ValueError,
+        match=r"Pass adapter_name=...: the model has SVF adapters \['default', 'paper'\] "
+        r"and 2 of them are active",
+    ):
         get_z_vectors(peft_model)
     peft_model.set_adapter("default")
     set_z_vectors(peft_model, {name: torch.ones_like(v) for name, v in z.items()}, adapter_name="paper")
@@ -402,12 +441,18 @@ def test_named_adapters_set_adapter_and_z_vector_api():
     name = "model.layers.1.mlp.down_proj"
     with pytest.raises(ValueError, match=rf"expert 'math': the z vector for {name} has shape \(31,\).*\(32,\)"):
         check_z_vectors(peft_model, {**z, name: torch.zeros(31)}, adapter_name="paper", source="expert 'math'")
-    with pytest.raises(ValueError, match=r"names 1 module\(s\) that SVF adapter 'default' does not adapt: "
-                                         r"model.layers.0.self_attn.q_proj"):
+    with pytest.raises(
+        ValueError,
+        match=r"names 1 module\(s\) that SVF adapter 'default' does not adapt: "
+        r"model.layers.0.self_attn.q_proj",
+    ):
         check_z_vectors(peft_model, {"model.layers.0.self_attn.q_proj": torch.zeros(32)}, adapter_name="default")
     with pytest.raises(ValueError, match=r"lacks z vectors for 1 module\(s\).*model.layers.0.mlp.up_proj"):
-        set_z_vectors(peft_model, {k: v for k, v in get_z_vectors(peft_model, "default").items()
-                                   if k != "model.layers.0.mlp.up_proj"}, adapter_name="default")
+        set_z_vectors(
+            peft_model,
+            {k: v for k, v in get_z_vectors(peft_model, "default").items() if k != "model.layers.0.mlp.up_proj"},
+            adapter_name="default",
+        )
     with pytest.raises(ValueError, match=rf"z vector for {name} must hold finite floats"):
         check_z_vectors(peft_model, {name: torch.full((32,), float("nan"))}, adapter_name="paper", strict=False)
     with pytest.raises(ValueError, match=r"no SVF adapter 'music'; its SVF adapters are \['default', 'paper'\]"):
@@ -440,10 +485,20 @@ def text_blocks():
 
 
 def small_causal_lm():
-    return SlamV1ForCausalLM(SlamV1Config(
-        vocab_size=8192, hidden_size=64, num_attention_heads=4, intermediate_size=128, ef_cycles=1,
-        ef_segment_length=32, ef_segment_overlap=8, max_position_embeddings=256, attention_dropout=0.0,
-        hidden_dropout=0.0))
+    return SlamV1ForCausalLM(
+        SlamV1Config(
+            vocab_size=8192,
+            hidden_size=64,
+            num_attention_heads=4,
+            intermediate_size=128,
+            ef_cycles=1,
+            ef_segment_length=32,
+            ef_segment_overlap=8,
+            max_position_embeddings=256,
+            attention_dropout=0.0,
+            hidden_dropout=0.0,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -451,8 +506,14 @@ def pretrained_state(text_blocks, tmp_path_factory):
     """A SLAM v1 briefly trained in full, so its MLPs carry something for SVF to rescale."""
     set_seed(0)
     model = small_causal_lm()
-    args = training_args(tmp_path_factory.mktemp("pretrain"), per_device_train_batch_size=8,
-                         max_steps=PRETRAIN_STEPS, learning_rate=3e-3, warmup_steps=3, logging_steps=1000)
+    args = training_args(
+        tmp_path_factory.mktemp("pretrain"),
+        per_device_train_batch_size=8,
+        max_steps=PRETRAIN_STEPS,
+        learning_rate=3e-3,
+        warmup_steps=3,
+        logging_steps=1000,
+    )
     Trainer(model=model, args=args, train_dataset=text_blocks["pretrain"]).train()
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
@@ -466,8 +527,14 @@ def test_trainer_trains_only_the_z_vectors(scaling, text_blocks, pretrained_stat
     targets = svf_target_modules(model, attention=run["attention"])
     peft_model = get_peft_model(model, SVFConfig(task_type="CAUSAL_LM", scaling=scaling, target_modules=targets))
     start_z = get_z_vectors(peft_model)
-    args = training_args(tmp_path, per_device_train_batch_size=8, per_device_eval_batch_size=TRAIN_BLOCKS,
-                         max_steps=SVF_STEPS, learning_rate=run["learning_rate"], logging_steps=10)
+    args = training_args(
+        tmp_path,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=TRAIN_BLOCKS,
+        max_steps=SVF_STEPS,
+        learning_rate=run["learning_rate"],
+        logging_steps=10,
+    )
     trainer = Trainer(model=peft_model, args=args, train_dataset=text_blocks["svf"], eval_dataset=text_blocks["svf"])
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
@@ -481,7 +548,7 @@ def test_trainer_trains_only_the_z_vectors(scaling, text_blocks, pretrained_stat
 
     def trained_key(key):
         module = next((prefix for prefix in wrapped if key.startswith(prefix)), None)
-        return key if module is None else f"{module}base_layer.{key[len(module):]}"
+        return key if module is None else f"{module}base_layer.{key[len(module) :]}"
 
     changed = [key for key, value in pretrained_state.items() if not torch.equal(trained[trained_key(key)], value)]
     assert changed == [], f"base weights changed: {changed[:5]}"
@@ -515,11 +582,17 @@ def test_push_to_hub_and_load_by_repo_id(hub_server, tmp_path):
 # ---------------------------------------------------------------------------------- 9. bad input ----
 def test_non_linear_target_is_named():
     model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32))
-    with pytest.raises(TypeError, match=r"nn.Linear layers only, but target module transformer.h.0.mlp.c_fc is "
-                                        r"transformers.pytorch_utils.Conv1D"):
+    with pytest.raises(
+        TypeError,
+        match=r"nn.Linear layers only, but target module transformer.h.0.mlp.c_fc is "
+        r"transformers.pytorch_utils.Conv1D",
+    ):
         get_peft_model(model, SVFConfig(target_modules=["c_fc"]))
-    with pytest.raises(ValueError, match=r"no default target modules for model_type 'gpt2': pass "
-                                         r"SVFConfig\(target_modules=\[...\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"no default target modules for model_type 'gpt2': pass "
+        r"SVFConfig\(target_modules=\[...\]\)",
+    ):
         get_peft_model(GPT2LMHeadModel(model.config), SVFConfig())
 
 
@@ -548,20 +621,32 @@ def test_wrong_length_z_in_adapter_file_is_named(saved_llama_adapter):
     key = "base_model.model.model.layers.1.mlp.down_proj.svf_z"
     weights[key] = weights[key][:31].clone()
     save_file(weights, path, metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"SVF adapter 'default': the z vector loaded for model.layers.1.mlp.down_proj "
-                                         r"has shape \(31,\), but this module has 32 singular values"):
+    with pytest.raises(
+        ValueError,
+        match=r"SVF adapter 'default': the z vector loaded for model.layers.1.mlp.down_proj "
+        r"has shape \(31,\), but this module has 32 singular values",
+    ):
         PeftModel.from_pretrained(tiny_llama(), str(saved_llama_adapter))
 
 
 def test_adapter_of_another_base_model_is_named(saved_llama_adapter):
-    with pytest.raises(ValueError, match=r"the z vector loaded for model.layers.0.mlp.\w+_proj has shape \(32,\), "
-                                         r"but this module has 37 singular values.*saved for another base model"):
+    with pytest.raises(
+        ValueError,
+        match=r"the z vector loaded for model.layers.0.mlp.\w+_proj has shape \(32,\), "
+        r"but this module has 37 singular values.*saved for another base model",
+    ):
         PeftModel.from_pretrained(tiny_llama(hidden_size=48), str(saved_llama_adapter))
-    with pytest.raises(ValueError, match=r"SVF adapter 'default' does not fit this model: it lacks z vectors for 3 "
-                                         r"adapted module\(s\) \(model.layers.2.mlp.down_proj, "):
+    with pytest.raises(
+        ValueError,
+        match=r"SVF adapter 'default' does not fit this model: it lacks z vectors for 3 "
+        r"adapted module\(s\) \(model.layers.2.mlp.down_proj, ",
+    ):
         PeftModel.from_pretrained(tiny_llama(num_hidden_layers=3), str(saved_llama_adapter))
-    with pytest.raises(ValueError, match=r"it has z vectors for 3 module\(s\) this model has no SVF layer for "
-                                         r"\(model.layers.1.mlp.down_proj, "):
+    with pytest.raises(
+        ValueError,
+        match=r"it has z vectors for 3 module\(s\) this model has no SVF layer for "
+        r"\(model.layers.1.mlp.down_proj, ",
+    ):
         PeftModel.from_pretrained(tiny_llama(num_hidden_layers=1), str(saved_llama_adapter))
 
 
@@ -581,7 +666,8 @@ def test_remote_code_never_imports_peft():
 
     # adapters/svf.py itself: torch, transformers and peft, besides the standard library
     tree = ast.parse(open(os.path.join(package, "adapters", "svf.py")).read())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for alias in node.names}
+    roots = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert roots - set(sys.stdlib_module_names) <= {"torch", "transformers", "peft"}, roots

@@ -9,9 +9,10 @@ test_modeling_slam_v3.py.
 
 import pytest
 import torch
+from slam_common import assert_context_sensitive, single_threaded_torch
+from slam_tester import SlamV1ModelTester, SlamV2ModelTester
 from transformers import pipeline
 
-from slam_common import assert_context_sensitive, single_threaded_torch
 from slam_hf import (
     SlamV1Config,
     SlamV1ForCausalLM,
@@ -23,7 +24,6 @@ from slam_hf import (
     SlamV2ForSequenceClassification,
 )
 from slam_hf.data import load_default_tokenizer
-from slam_tester import SlamV1ModelTester, SlamV2ModelTester
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 

@@ -172,8 +172,11 @@ def test_truncation_cutting_placeholders_raises(processor, tokenizer):
     kept = 8 - len(tokenizer("alpha beta gamma delta ")["input_ids"])
     with pytest.raises(ValueError, match=rf"kept \[8, {kept}\] <image> tokens of the expected \[8, 8\]"):
         processor(
-            images=[random_image(), random_image()], text=["<image>", "alpha beta gamma delta <image>"],
-            truncation=True, max_length=8, padding=True,
+            images=[random_image(), random_image()],
+            text=["<image>", "alpha beta gamma delta <image>"],
+            truncation=True,
+            max_length=8,
+            padding=True,
         )
 
 
@@ -195,7 +198,9 @@ def test_save_load_round_trip(tmp_path, tokenizer):
     assert config["image_token"] == IMAGE and config["image_processor"]["patch_size"] == 14
 
     kwargs = dict(
-        images=[random_image(seed=3), random_image(seed=4)], text=["<image> alpha", "beta <image>"], padding=True,
+        images=[random_image(seed=3), random_image(seed=4)],
+        text=["<image> alpha", "beta <image>"],
+        padding=True,
         return_tensors="pt",
     )
     expected = processor(**kwargs)
@@ -274,9 +279,18 @@ def test_remote_code_load_in_clean_process(tmp_path, tokenizer, monkeypatch):
         "OMP_NUM_THREADS": "1",
     }
     result = subprocess.run(
-        [sys.executable, str(tmp_path / "loader.py"), str(folder), str(tmp_path / "images.npy"), 
-         str(tmp_path / "out.npz")],
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(tmp_path / "loader.py"),
+            str(folder),
+            str(tmp_path / "images.npy"),
+            str(tmp_path / "out.npz"),
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, f"clean process failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     report = json.loads(result.stdout.strip().splitlines()[-1])

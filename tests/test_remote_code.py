@@ -4,8 +4,9 @@ Every class of every variant (SLAM v1, v2, v3) is saved (with the tokenizer) int
 subprocess (fresh HF_HOME, other cwd, empty PYTHONPATH, `import slam_hf` made to fail) loads them all
 through the Auto classes and writes back logits and greedy tokens (with the KV cache, as `generate()` passes it
 under the running transformers, and without), which must equal the in-process reference bit for bit; the
-models are context-sensitive (slam_common.assert_context_sensitive), so a cache that drops the history fails. SLAM v3's generation head is loaded through both of its factories
-(AutoModelForImageTextToText and AutoModelForSeq2SeqLM) from one folder, with image + prompt inputs.
+models are context-sensitive (slam_common.assert_context_sensitive), so a cache that drops the history fails.
+SLAM v3's generation head is loaded through both of its factories (AutoModelForImageTextToText and
+AutoModelForSeq2SeqLM) from one folder, with image + prompt inputs.
 """
 
 import json
@@ -17,13 +18,13 @@ import textwrap
 
 import pytest
 import torch
+from slam_common import assert_context_sensitive, single_threaded_torch
+from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
+from transformers import AutoModel
 
 import slam_hf
 from slam_hf import MODEL_FAMILIES
-from transformers import AutoModel
 from slam_hf.data import load_default_tokenizer
-from slam_common import assert_context_sensitive, single_threaded_torch
-from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(slam_hf.__file__))
 TOKENIZER_TEXT = "To be, or not to be, that is the question"
@@ -127,12 +128,16 @@ SUBPACKAGE_IMPORT = re.compile(
 def test_remote_code_set_is_exactly_the_flat_modules():
     closure = set().union(*(relative_import_closure(entry) for entry in ENTRY_FILES))
     flat = {name for name in os.listdir(PACKAGE_DIR) if name.endswith(".py")} - PACKAGE_ONLY_FLAT_FILES
-    assert closure == flat, f"not reached from the entry files: {sorted(flat - closure)}; missing: {sorted(closure - flat)}"
+    assert closure == flat, (
+        f"not reached from the entry files: {sorted(flat - closure)}; missing: {sorted(closure - flat)}"
+    )
     for name in sorted(closure):
         with open(os.path.join(PACKAGE_DIR, name)) as source:
             found = SUBPACKAGE_IMPORT.search(source.read())
         assert found is None, f"{name} imports outside the flat remote-code set: {found.group(0).strip()!r}"
-    subpackages = {name for name in os.listdir(PACKAGE_DIR) if os.path.isfile(os.path.join(PACKAGE_DIR, name, "__init__.py"))}
+    subpackages = {
+        name for name in os.listdir(PACKAGE_DIR) if os.path.isfile(os.path.join(PACKAGE_DIR, name, "__init__.py"))
+    }
     assert subpackages == {"adapters", "bench", "data", "demos", "training"}
 
 

@@ -22,9 +22,19 @@ def test_loads_and_size(tok):
 
 def test_special_token_ids(tok):
     assert (tok.pad_token, tok.bos_token, tok.eos_token, tok.unk_token, tok.mask_token) == (
-        "<pad>", "<s>", "</s>", "<unk>", "<mask>")
-    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id,
-            tok.unk_token_id, tok.mask_token_id) == (0, 1, 2, 3, 4)
+        "<pad>",
+        "<s>",
+        "</s>",
+        "<unk>",
+        "<mask>",
+    )
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id, tok.mask_token_id) == (
+        0,
+        1,
+        2,
+        3,
+        4,
+    )
     assert tok.convert_tokens_to_ids("<image>") == 5
     assert tok.image_token == "<image>" and tok.image_token_id == 5
     assert sorted(tok.all_special_ids) == [0, 1, 2, 3, 4, 5]
@@ -39,14 +49,17 @@ def test_no_bos_eos_inserted(tok):
     assert not set(ids) & {0, 1, 2, 3, 4, 5}
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    " leading space and trailing  ",
-    "tabs\tand\r\nwindows\rnewlines\n\n\n",
-    "caf\u00e9 na\u00efve \u4e2d\u6587 \U0001F600 \u200b zero-width, \u00a0nbsp",
-    "a . b , c ! d ? 'tis don't",
-    "literal <s> and </s> and <image> tokens",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " leading space and trailing  ",
+        "tabs\tand\r\nwindows\rnewlines\n\n\n",
+        "caf\u00e9 na\u00efve \u4e2d\u6587 \U0001f600 \u200b zero-width, \u00a0nbsp",
+        "a . b , c ! d ? 'tis don't",
+        "literal <s> and </s> and <image> tokens",
+    ],
+)
 def test_round_trip_odd_text(tok, text):
     assert tok.decode(tok(text)["input_ids"]) == text
 

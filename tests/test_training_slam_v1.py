@@ -17,6 +17,14 @@ import pytest
 import torch
 from datasets import Dataset
 from safetensors import safe_open
+from training_common import (
+    BLOCK_SIZE,
+    EVAL_BLOCKS,
+    LN_VOCAB,
+    logged_train_losses,
+    masked_once,
+    training_args,
+)
 from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
@@ -28,17 +36,6 @@ from transformers import (
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from slam_hf import SlamV1Config, SlamV1ForCausalLM, SlamV1ForMaskedLM, SlamV1ForSequenceClassification, data
-from training_common import (  # noqa: F401 (fixtures are used by name)
-    BLOCK_SIZE,
-    EVAL_BLOCKS,
-    genre,
-    lm_blocks,
-    LN_VOCAB,
-    logged_train_losses,
-    masked_once,
-    tokenizer,
-    training_args,
-)
 
 
 def tiny_config(**overrides):
@@ -423,4 +420,3 @@ def test_peft_lora_train_save_reload_merge(lm_blocks, tmp_path, target_modules, 
         merged_logits = merged(input_ids=probe["input_ids"]).logits
     torch.testing.assert_close(merged_logits, lora_logits, atol=1e-5, rtol=0)
     assert (merged_logits - base_logits).abs().max() > 0.1  # the merge did change the model (measured 1.1 and 1.7)
-

@@ -22,7 +22,16 @@ import pytest
 import torch
 from datasets import Dataset
 from safetensors import safe_open
+from slam_common import single_threaded_torch
 from torch.nn import functional as F
+from training_common import (
+    BLOCK_SIZE,
+    EVAL_BLOCKS,
+    LN_VOCAB,
+    logged_train_losses,
+    masked_once,
+    training_args,
+)
 from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
@@ -31,19 +40,7 @@ from transformers import (
     set_seed,
 )
 
-from slam_common import single_threaded_torch
 from slam_hf import SlamV2Config, SlamV2ForCausalLM, SlamV2ForMaskedLM, SlamV2ForSequenceClassification, data
-from training_common import (  # noqa: F401 (fixtures are used by name)
-    BLOCK_SIZE,
-    EVAL_BLOCKS,
-    genre,
-    lm_blocks,
-    LN_VOCAB,
-    logged_train_losses,
-    masked_once,
-    tokenizer,
-    training_args,
-)
 
 AUX_COEF = 0.01
 

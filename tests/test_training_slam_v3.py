@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from slam_common import single_threaded_torch
+from training_common import logged_train_losses, training_args
 from transformers import Trainer, set_seed
 
-from slam_common import single_threaded_torch
 from slam_hf import SlamV3Config, SlamV3ForConditionalGeneration, data
 from slam_hf.training.run_config import DECODER_LORA_PATTERN
-from training_common import logged_train_losses, training_args
 
 # One intra-op thread: for these tiny shapes thread hand-offs cost more than they save, and on a busy 2-core
 # machine OpenMP spin-waiting made a training step ~50x slower (measured 3 s vs 0.06 s).

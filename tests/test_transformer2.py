@@ -1,4 +1,5 @@
-"""Transformer² expert training and two-pass inference (slam_hf/adapters/transformer2.py) on tiny models built from config.
+"""Transformer² expert training and two-pass inference (slam_hf/adapters/transformer2.py) on tiny models built from
+config.
 
 The toy world: a word-level tokenizer and a 2-layer Llama (hidden 64) pretrained from scratch for 300 steps on
 * "up d = x" and "down d = x" with x = d + 1 or d - 1 at random: the model learns the format and that the answer
@@ -28,6 +29,8 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
+from slam_common import single_threaded_torch
+from slam_tester import SlamV1ModelTester
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import (
     LlamaConfig,
@@ -37,7 +40,6 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from slam_common import single_threaded_torch
 from slam_hf import SlamV1ForCausalLM
 from slam_hf.adapters.svf import SVFConfig, get_z_vectors, mix_z_vectors, set_z_vectors, svf_target_modules
 from slam_hf.adapters.transformer2 import (
@@ -48,7 +50,6 @@ from slam_hf.adapters.transformer2 import (
     cem_search,
     train_svf_expert,
 )
-from slam_tester import SlamV1ModelTester
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
@@ -62,8 +63,23 @@ PRETRAIN_STEPS = 300
 
 # ---------------------------------------------------------------------------------------- the toy world ----
 def make_tokenizer():
-    template_words = ["classify", "task", "of", "following", "prompt", "into", "one", "these", "categories",
-                      "category", ":", ".", ",", "kind", "?"]
+    template_words = [
+        "classify",
+        "task",
+        "of",
+        "following",
+        "prompt",
+        "into",
+        "one",
+        "these",
+        "categories",
+        "category",
+        ":",
+        ".",
+        ",",
+        "kind",
+        "?",
+    ]
     words = ["[PAD]", "[UNK]", "[EOS]", *map(str, range(10)), "=", *TASKS, *FILLER, *template_words]
     backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(dict.fromkeys(words))}, unk_token="[UNK]"))
     backend.normalizer = normalizers.Lowercase()
@@ -94,9 +110,18 @@ def labelled_prompts(seed, per_task=20):
 
 def tiny_llama(vocab_size, seed=0):
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
-                         bos_token_id=None, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=2,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -115,9 +140,21 @@ def pretraining_texts(rng, count):
 
 
 def training_args(output_dir, **overrides):
-    fields = dict(output_dir=str(output_dir), report_to=[], use_cpu=True, save_strategy="no", seed=0, data_seed=0,
-                  dataloader_num_workers=0, disable_tqdm=True, weight_decay=0.0, lr_scheduler_type="constant",
-                  per_device_train_batch_size=32, per_device_eval_batch_size=64, logging_steps=10)
+    fields = dict(
+        output_dir=str(output_dir),
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        logging_steps=10,
+    )
     fields.update(overrides)
     return TrainingArguments(**fields)
 
@@ -173,16 +210,19 @@ def few_shot_examples(task, seed, count):
 
 @pytest.fixture(scope="module")
 def experts(tokenizer, base_state, tmp_path_factory):
-    """"up" and "down" experts trained with next-token loss (train_svf_expert), MLP + attention targets."""
+    """ "up" and "down" experts trained with next-token loss (train_svf_expert), MLP + attention targets."""
     model = base_model(tokenizer, base_state)
     targets = svf_target_modules(model, attention=True)
     losses = {}
     for task, seed in (("up", 1), ("down", 2)):
         held_out = domain_dataset(tokenizer, task, seed=100 + seed, count=64)
         trainer = train_svf_expert(
-            model, domain_dataset(tokenizer, task, seed=seed, count=256),
+            model,
+            domain_dataset(tokenizer, task, seed=seed, count=256),
             training_args(tmp_path_factory.mktemp(task), max_steps=30, learning_rate=0.1),
-            processing_class=tokenizer, adapter_name=task, eval_dataset=held_out,
+            processing_class=tokenizer,
+            adapter_name=task,
+            eval_dataset=held_out,
             svf_config=SVFConfig(task_type="CAUSAL_LM", target_modules=targets),
         )
         with trainer.model.disable_adapter():
@@ -220,17 +260,24 @@ def test_reinforce_raises_reward_with_exact_zero_kl_at_start(tokenizer, base_sta
     peft_model = add_svf_expert(model, "seven", SVFConfig(task_type="CAUSAL_LM", target_modules=targets))
     start_z = get_z_vectors(peft_model, "seven")
     trainer = SVFReinforceTrainer(
-        peft_model, first_word_reward, training_args(tmp_path, per_device_train_batch_size=8, max_steps=60,
-                                                     learning_rate=0.1, logging_steps=1),
-        train_dataset=reinforce_dataset(), processing_class=tokenizer, kl_coef=0.01, num_samples_per_prompt=4,
-        max_new_tokens=2, baseline="mean",
+        peft_model,
+        first_word_reward,
+        training_args(tmp_path, per_device_train_batch_size=8, max_steps=60, learning_rate=0.1, logging_steps=1),
+        train_dataset=reinforce_dataset(),
+        processing_class=tokenizer,
+        kl_coef=0.01,
+        num_samples_per_prompt=4,
+        max_new_tokens=2,
+        baseline="mean",
     )
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "reward" in entry]
     rewards, kls = [entry["reward"] for entry in logs], [entry["kl"] for entry in logs]
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
-    print(f"\nREINFORCE: mean reward, first 10 steps {first:.3f} -> last 10 steps {last:.3f}; "
-          f"KL {kls[0]} at step 1, {kls[-1]:.3f} at step {len(kls)}")
+    print(
+        f"\nREINFORCE: mean reward, first 10 steps {first:.3f} -> last 10 steps {last:.3f}; "
+        f"KL {kls[0]} at step 1, {kls[-1]:.3f} at step {len(kls)}"
+    )
     assert len(logs) == 60 and all(1.0 <= entry["completion_length"] <= 2.0 for entry in logs)
     assert last - first > 0.3, (first, last)  # measured -0.662 -> -0.019
     assert kls[0] == 0.0  # the adapter starts exactly at the base model
@@ -248,17 +295,31 @@ def test_reinforce_loss_is_the_formula(tokenizer, base_state, tmp_path):
     """compute_loss = mean(-(r - b)·Σ log πθ) + kl_coef · mean(Σ KL), recomputed row by row without padding."""
     peft_model = add_svf_expert(base_model(tokenizer, base_state), "expert")
     generator = torch.Generator().manual_seed(0)
-    set_z_vectors(peft_model, {name: z + 0.5 * torch.randn(z.shape, generator=generator)
-                               for name, z in get_z_vectors(peft_model, "expert").items()}, adapter_name="expert")
+    set_z_vectors(
+        peft_model,
+        {
+            name: z + 0.5 * torch.randn(z.shape, generator=generator)
+            for name, z in get_z_vectors(peft_model, "expert").items()
+        },
+        adapter_name="expert",
+    )
     seen = {}
 
     def spy_reward(prompts, completions, completion_ids, target):
         seen.update(prompts=prompts, completion_ids=completion_ids, target=target)
         return [1.0, -1.0, 0.5, -0.25][: len(prompts)]
 
-    trainer = SVFReinforceTrainer(peft_model, spy_reward, training_args(tmp_path), processing_class=tokenizer,
-                                  train_dataset=reinforce_dataset(2), kl_coef=0.5, num_samples_per_prompt=2,
-                                  max_new_tokens=4, baseline="mean")
+    trainer = SVFReinforceTrainer(
+        peft_model,
+        spy_reward,
+        training_args(tmp_path),
+        processing_class=tokenizer,
+        train_dataset=reinforce_dataset(2),
+        kl_coef=0.5,
+        num_samples_per_prompt=2,
+        max_new_tokens=4,
+        baseline="mean",
+    )
     rows = [{"prompt": "up 3 =", "target": "4"}, {"prompt": "the cat sat on a", "target": "mat"}]
     loss = trainer.compute_loss(peft_model, trainer.data_collator(rows))
 
@@ -273,9 +334,9 @@ def test_reinforce_loss_is_the_formula(tokenizer, base_state, tmp_path):
         prompt_ids = tokenizer(prompt)["input_ids"]
         ids = torch.tensor([prompt_ids + completion])
         with torch.no_grad():
-            log_probs = peft_model(input_ids=ids).logits[0, len(prompt_ids) - 1: -1].log_softmax(-1)
+            log_probs = peft_model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].log_softmax(-1)
             with peft_model.disable_adapter():
-                base_log_probs = peft_model(input_ids=ids).logits[0, len(prompt_ids) - 1: -1].log_softmax(-1)
+                base_log_probs = peft_model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].log_softmax(-1)
         sequence_log_prob = log_probs.gather(-1, torch.tensor(completion)[:, None]).sum()
         kl = (log_probs.exp() * (log_probs - base_log_probs)).sum()
         expected.append(-advantage * sequence_log_prob + 0.5 * kl)
@@ -290,8 +351,9 @@ def test_prompt_strategy_dispatch(tokenizer, base_state):
     peft_model.add_adapter("down", SVFConfig(task_type="CAUSAL_LM"))
     model = SelfAdaptiveModel(peft_model, tokenizer, {"up": "up", "down": "down"}, strategy="prompt")
     assert model.labels == ["up", "down", "other"]
-    assert model.classification_prompt("up 3 =").endswith("one of these categories: up, down, other.\n"
-                                                          "Prompt: up 3 =\nCategory:")
+    assert model.classification_prompt("up 3 =").endswith(
+        "one of these categories: up, down, other.\nPrompt: up 3 =\nCategory:"
+    )
     prompts, tasks = labelled_prompts(seed=1)
     scores = model.label_scores(prompts)
     assert scores.shape == (len(prompts), 3) and (scores < 0).all()
@@ -310,8 +372,11 @@ def test_classifier_strategy_dispatch(tokenizer, base_state, tmp_path):
         label = tokenizer(f" {task}[EOS]", add_special_tokens=False)["input_ids"]
         rows.append({"input_ids": context + label, "labels": [-100] * len(context) + label})  # loss on the label
     trainer = train_svf_expert(  # rows with labels: train_svf_expert pads them with -100
-        model, Dataset.from_list(rows), training_args(tmp_path, max_steps=100, learning_rate=0.1),
-        processing_class=tokenizer, adapter_name="classify",
+        model,
+        Dataset.from_list(rows),
+        training_args(tmp_path, max_steps=100, learning_rate=0.1),
+        processing_class=tokenizer,
+        adapter_name="classify",
         svf_config=SVFConfig(task_type="CAUSAL_LM", target_modules=svf_target_modules(model, attention=True)),
     )
     peft_model = trainer.model.eval()
@@ -321,13 +386,16 @@ def test_classifier_strategy_dispatch(tokenizer, base_state, tmp_path):
     prompts, tasks = labelled_prompts(seed=1)
 
     def accuracy(strategy, **kwargs):
-        model = SelfAdaptiveModel(peft_model, tokenizer, experts, strategy=strategy,
-                                  classification_template=TEMPLATE_B, **kwargs)
+        model = SelfAdaptiveModel(
+            peft_model, tokenizer, experts, strategy=strategy, classification_template=TEMPLATE_B, **kwargs
+        )
         return sum(got == task for got, task in zip(model.dispatch(prompts), tasks)) / len(tasks)
 
     with_expert, base_alone = accuracy("classifier", classifier="classify"), accuracy("prompt")
-    print(f"\ntemplate B: dispatch accuracy {base_alone:.3f} by the base model, {with_expert:.3f} with the "
-          "classification expert")
+    print(
+        f"\ntemplate B: dispatch accuracy {base_alone:.3f} by the base model, {with_expert:.3f} with the "
+        "classification expert"
+    )
     assert with_expert >= 0.95 and base_alone <= 0.6  # measured 1.0 and 0.333
     assert peft_model.active_adapters == ["classify"]  # dispatch restored the active adapter
 
@@ -342,8 +410,14 @@ def random_experts(model, names, seed=0, **config):
             peft_model = get_peft_model(model, SVFConfig(task_type="CAUSAL_LM", **config), adapter_name=name)
         else:
             peft_model.add_adapter(name, SVFConfig(task_type="CAUSAL_LM", **config))
-        set_z_vectors(peft_model, {module: z + 2.0 * torch.randn(z.shape, generator=generator)
-                                   for module, z in get_z_vectors(peft_model, name).items()}, adapter_name=name)
+        set_z_vectors(
+            peft_model,
+            {
+                module: z + 2.0 * torch.randn(z.shape, generator=generator)
+                for module, z in get_z_vectors(peft_model, name).items()
+            },
+            adapter_name=name,
+        )
     return peft_model.eval()
 
 
@@ -354,7 +428,12 @@ def tiny_slam_v1(vocab_size):
     return SlamV1ForCausalLM(config).eval()
 
 
-PROMPTS = ["up 3 =", "the cat sat on a mat", "down 7 =", "hello cat world"]  # "other" rows: 3-5 filler words, as in pretraining
+PROMPTS = [
+    "up 3 =",
+    "the cat sat on a mat",
+    "down 7 =",
+    "hello cat world",
+]  # "other" rows: 3-5 filler words, as in pretraining
 GREEDY = dict(do_sample=False, max_new_tokens=6)
 
 
@@ -387,8 +466,8 @@ def test_pass_two_equals_plain_generate(model_name, tokenizer, base_state):
         alone = tokenizer([PROMPTS[row] for row in rows], padding=True, padding_side="left", return_tensors="pt")
         with model.using(label):
             expected = peft_model.generate(**alone, **GREEDY)
-        new_tokens = expected[:, alone["input_ids"].shape[1]:]
-        got = mixed[rows, batch["input_ids"].shape[1]:][:, : new_tokens.shape[1]]
+        new_tokens = expected[:, alone["input_ids"].shape[1] :]
+        got = mixed[rows, batch["input_ids"].shape[1] :][:, : new_tokens.shape[1]]
         assert torch.equal(got, new_tokens), label
         assert torch.equal(mixed[rows, : batch["input_ids"].shape[1]], batch["input_ids"][rows])
     assert peft_model.active_adapters == ["up"]
@@ -405,8 +484,9 @@ def test_generate_dispatches_each_row(tokenizer, base_state):
 
 def test_experts_load_from_folders(tokenizer, base_state, experts, tmp_path):
     experts["peft_model"].save_pretrained(tmp_path, selected_adapters=["up", "down"])  # -> tmp_path/<adapter>
-    model = SelfAdaptiveModel(base_model(tokenizer, base_state), tokenizer,
-                              {"up": str(tmp_path / "up"), "down": str(tmp_path / "down")})
+    model = SelfAdaptiveModel(
+        base_model(tokenizer, base_state), tokenizer, {"up": str(tmp_path / "up"), "down": str(tmp_path / "down")}
+    )
     assert isinstance(model.model, PeftModel) and model.experts == {"up": "up", "down": "down"}
     for task in ("up", "down"):
         loaded = get_z_vectors(model.model, task)
@@ -425,9 +505,11 @@ def test_cem_search_finds_a_known_optimum():
 
     result = cem_search(score, 3, seed=0)  # defaults: 10 iterations of 16 candidates
     error = (result.alphas.double() - target).abs().max().item()
-    print(f"\nCEM: alphas {[round(a, 4) for a in result.alphas.tolist()]} (target {target.tolist()}), "
-          f"max error {error:.4f}, score {result.score:.2e}, best per iteration "
-          f"{[f'{s:.1e}' for s in result.best_scores]}")
+    print(
+        f"\nCEM: alphas {[round(a, 4) for a in result.alphas.tolist()]} (target {target.tolist()}), "
+        f"max error {error:.4f}, score {result.score:.2e}, best per iteration "
+        f"{[f'{s:.1e}' for s in result.best_scores]}"
+    )
     assert error < 0.02, result
     assert len(calls) == 160 and torch.equal(calls[0], torch.full((3,), 1 / 3, dtype=torch.float64))
     assert all(((a >= 0) & (a <= 1)).all() for a in calls)  # candidates stay within bounds
@@ -448,8 +530,10 @@ def test_fit_mixture_beats_uniform_weights(tokenizer, experts):
     alphas = model.fit_mixture(examples, iterations=5, population_size=8, num_elites=3)
     fitted = model.few_shot_score(examples)
     held_out_uniform, held_out_fitted = model.few_shot_score(held_out, [0.5, 0.5]), model.few_shot_score(held_out)
-    print(f"\nfit_mixture: alphas {alphas.tolist()}; answer log-likelihood {uniform:.4f} (uniform) -> {fitted:.4f} "
-          f"on the 6 examples, {held_out_uniform:.4f} -> {held_out_fitted:.4f} on 20 held-out ones")
+    print(
+        f"\nfit_mixture: alphas {alphas.tolist()}; answer log-likelihood {uniform:.4f} (uniform) -> {fitted:.4f} "
+        f"on the 6 examples, {held_out_uniform:.4f} -> {held_out_fitted:.4f} on 20 held-out ones"
+    )
     # measured -0.915 -> -0.535 on the examples, -0.966 -> -0.576 on the held-out ones
     assert fitted - uniform > 0.2 and held_out_fitted - held_out_uniform > 0.2
     assert alphas[0] > alphas[1]  # the "up" expert carries the mixture
@@ -477,16 +561,30 @@ def test_bad_rewards_name_reward_fn(tokenizer, base_state, tmp_path):
     peft_model = add_svf_expert(base_model(tokenizer, base_state))
 
     def trainer_with(reward_fn):
-        return SVFReinforceTrainer(peft_model, reward_fn, training_args(tmp_path), processing_class=tokenizer,
-                                   train_dataset=reinforce_dataset(2), num_samples_per_prompt=2, max_new_tokens=2)
+        return SVFReinforceTrainer(
+            peft_model,
+            reward_fn,
+            training_args(tmp_path),
+            processing_class=tokenizer,
+            train_dataset=reinforce_dataset(2),
+            num_samples_per_prompt=2,
+            max_new_tokens=2,
+        )
 
     rows = [{"prompt": "up 1 =", "target": "2"}]
     cases = [
-        (lambda *args, **kwargs: [2.0, 1.0], ValueError, r"reward_fn returned 2.0 for completion 0 \('.*'\): rewards "
-                                                        r"must be finite and lie in \[-1, 1\]"),
+        (
+            lambda *args, **kwargs: [2.0, 1.0],
+            ValueError,
+            r"reward_fn returned 2.0 for completion 0 \('.*'\): rewards "
+            r"must be finite and lie in \[-1, 1\]",
+        ),
         (lambda *args, **kwargs: [1.0, float("nan")], ValueError, r"reward_fn returned nan for completion 1"),
-        (lambda *args, **kwargs: [1.0], ValueError,
-         r"reward_fn returned 1 value\(s\) of shape \(1,\) for 2 completions"),
+        (
+            lambda *args, **kwargs: [1.0],
+            ValueError,
+            r"reward_fn returned 1 value\(s\) of shape \(1,\) for 2 completions",
+        ),
         (lambda *args, **kwargs: None, TypeError, r"reward_fn must return one number per completion \(2 here"),
     ]
     for reward_fn, error, message in cases:
@@ -511,55 +609,88 @@ def test_bad_trainer_arguments_are_named(tokenizer, base_state, tmp_path):
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
-            SVFReinforceTrainer(peft_model, first_word_reward, args, train_dataset=reinforce_dataset(2),
-                                processing_class=tokenizer, **kwargs)
-    with pytest.raises(ValueError, match=r"train_svf_expert: train_dataset has no 'labels' column, so pass "
-                                         r"processing_class=tokenizer"):
+            SVFReinforceTrainer(
+                peft_model,
+                first_word_reward,
+                args,
+                train_dataset=reinforce_dataset(2),
+                processing_class=tokenizer,
+                **kwargs,
+            )
+    with pytest.raises(
+        ValueError,
+        match=r"train_svf_expert: train_dataset has no 'labels' column, so pass "
+        r"processing_class=tokenizer",
+    ):
         train_svf_expert(peft_model, domain_dataset(tokenizer, "up", 0, 4), args)
 
 
 def test_bad_mixtures_and_experts_are_named(tokenizer, base_state, tmp_path):
     peft_model = random_experts(base_model(tokenizer, base_state), ["up", "down"])
     model = SelfAdaptiveModel(peft_model, tokenizer, {"up": "up", "down": "down"}, strategy="few_shot")
-    with pytest.raises(ValueError, match=r"alphas has 3 weight\(s\) but there are 2 experts \(up, down\): pass one "
-                                         r"mixing weight per expert"):
+    with pytest.raises(
+        ValueError,
+        match=r"alphas has 3 weight\(s\) but there are 2 experts \(up, down\): pass one "
+        r"mixing weight per expert",
+    ):
         model.set_mixture([0.5, 0.3, 0.2])
     with pytest.raises(ValueError, match=r"alphas: the weight of expert 'down' is nan; mixing weights must be finite"):
         model.set_mixture(torch.tensor([0.5, float("nan")]))
-    with pytest.raises(ValueError, match=r"alphas names experts \['music', 'up'\], but the experts are "
-                                         r"\['up', 'down'\]; unknown: \['music'\]; missing: \['down'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"alphas names experts \['music', 'up'\], but the experts are "
+        r"\['up', 'down'\]; unknown: \['music'\]; missing: \['down'\]",
+    ):
         model.set_mixture({"up": 1.0, "music": 0.0})
     with pytest.raises(ValueError, match=r"call fit_mixture\(examples\) or set_mixture\(alphas\) before generate"):
         model.generate(**tokenizer(["up 1 ="], return_tensors="pt"))
     with pytest.raises(ValueError, match=r"score_fn returned nan for alphas \[0.5, 0.5\]: it must return a finite"):
         model.fit_mixture([("up 1 =", " 2")], score_fn=lambda _: float("nan"))
-    with pytest.raises(ValueError, match=r"examples\[0\] is 'up 1 = 2': each few-shot example must be a "
-                                         r"\(prompt, answer\) pair"):
+    with pytest.raises(
+        ValueError,
+        match=r"examples\[0\] is 'up 1 = 2': each few-shot example must be a "
+        r"\(prompt, answer\) pair",
+    ):
         model.fit_mixture(["up 1 = 2"])
 
     # experts that adapt other modules, or come from another base model, cannot be mixed
     peft_model.add_adapter("attention", SVFConfig(task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"]))
-    with pytest.raises(ValueError, match=r"Expert 'attn' cannot be mixed with expert 'up': it adapts other modules "
-                                         r"\(it has 4 module\(s\) expert 'up' lacks \(model.layers.0.self_attn.q_proj"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expert 'attn' cannot be mixed with expert 'up': it adapts other modules "
+        r"\(it has 4 module\(s\) expert 'up' lacks \(model.layers.0.self_attn.q_proj",
+    ):
         SelfAdaptiveModel(peft_model, tokenizer, {"up": "up", "attn": "attention"}, strategy="few_shot")
     up_z = get_z_vectors(peft_model, "up")
     shorter = {name: z[:-1] for name, z in up_z.items()}
-    with pytest.raises(ValueError, match=r"Expert 'small' cannot be mixed with expert 'up': its z vector for "
-                                         r"model.layers.0.mlp.\w+ has shape \(\d+,\), expert 'up''s has \(\d+,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expert 'small' cannot be mixed with expert 'up': its z vector for "
+        r"model.layers.0.mlp.\w+ has shape \(\d+,\), expert 'up''s has \(\d+,\)",
+    ):
         mix_z_vectors({"up": up_z, "small": shorter}, [0.5, 0.5])
     peft_model.add_adapter("plain", SVFConfig(task_type="CAUSAL_LM", scaling="plain"))
-    with pytest.raises(ValueError, match=r"Expert 'paper' \(adapter 'plain'\) uses SVF scaling 'plain' but expert "
-                                         r"'up' uses 'sigmoid_renorm'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expert 'paper' \(adapter 'plain'\) uses SVF scaling 'plain' but expert "
+        r"'up' uses 'sigmoid_renorm'",
+    ):
         SelfAdaptiveModel(peft_model, tokenizer, {"up": "up", "paper": "plain"}, strategy="few_shot")
 
     # unknown experts and labels
     missing = str(tmp_path / "no_such_adapter")  # not a folder, and no valid repo id: fails without a network call
-    with pytest.raises(ValueError, match=r"expert 'math': '.*no_such_adapter' is neither an adapter of the model "
-                                         r"\(its adapters: \[.*'up'\]\) nor a loadable adapter folder or Hub repo id"):
+    with pytest.raises(
+        ValueError,
+        match=r"expert 'math': '.*no_such_adapter' is neither an adapter of the model "
+        r"\(its adapters: \[.*'up'\]\) nor a loadable adapter folder or Hub repo id",
+    ):
         SelfAdaptiveModel(peft_model, tokenizer, {"math": missing})
     dispatcher = SelfAdaptiveModel(peft_model, tokenizer, {"up": "up", "down": "down"})
-    with pytest.raises(ValueError, match=r"labels\[1\] = 'music' is not an expert of this SelfAdaptiveModel; use one "
-                                         r"of \['up', 'down', 'other'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"labels\[1\] = 'music' is not an expert of this SelfAdaptiveModel; use one "
+        r"of \['up', 'down', 'other'\]",
+    ):
         dispatcher.generate(**tokenizer(["up 1 =", "down 2 ="], return_tensors="pt"), labels=["up", "music"])
     with pytest.raises(ValueError, match=r"'other' is reserved for prompts that fit no expert"):
         SelfAdaptiveModel(peft_model, tokenizer, {"up": "up", "other": "down"})
@@ -589,7 +720,6 @@ def test_bad_cem_arguments_are_named():
 def test_transformer2_imports_only_torch_transformers_peft_and_svf():
     tree = ast.parse(open(os.path.join(REPO_ROOT, "slam_hf", "adapters", "transformer2.py")).read())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {"." * node.level + (node.module or "") for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom)}
+    imported |= {"." * node.level + (node.module or "") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     third_party = {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names}
     assert third_party <= {"torch", "transformers", "peft", ".svf", "__future__"}, third_party

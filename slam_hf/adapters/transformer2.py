@@ -56,9 +56,7 @@ DEFAULT_OTHER_LABEL = "other"
 DEFAULT_MIXTURE_ADAPTER = "transformer2_mixture"
 DEFAULT_CLASSIFIER_ADAPTER = "transformer2_classifier"
 DEFAULT_CLASSIFICATION_TEMPLATE = (
-    "Classify the task of the following prompt into one of these categories: {labels}.\n"
-    "Prompt: {prompt}\n"
-    "Category:"
+    "Classify the task of the following prompt into one of these categories: {labels}.\nPrompt: {prompt}\nCategory:"
 )
 
 
@@ -118,15 +116,25 @@ def train_svf_expert(
     peft_model = add_svf_expert(model, adapter_name=adapter_name, svf_config=svf_config)
     has_labels = "labels" in (getattr(train_dataset, "column_names", None) or [])
     if data_collator is None and processing_class is not None:
-        data_collator = (DataCollatorForSeq2Seq(processing_class, label_pad_token_id=-100) if has_labels
-                         else DataCollatorForLanguageModeling(processing_class, mlm=False))
+        data_collator = (
+            DataCollatorForSeq2Seq(processing_class, label_pad_token_id=-100)
+            if has_labels
+            else DataCollatorForLanguageModeling(processing_class, mlm=False)
+        )
     elif data_collator is None and not has_labels:
         raise ValueError(
             "train_svf_expert: train_dataset has no 'labels' column, so pass processing_class=tokenizer (rows are "
             "then padded and labelled for next-token loss) or a data_collator."
         )
-    trainer = Trainer(model=peft_model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      data_collator=data_collator, processing_class=processing_class, **trainer_kwargs)
+    trainer = Trainer(
+        model=peft_model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=data_collator,
+        processing_class=processing_class,
+        **trainer_kwargs,
+    )
     trainer.train()
     return trainer
 
@@ -150,8 +158,9 @@ def _checked_rewards(values, completions: Sequence[str]) -> torch.Tensor:
     """`reward_fn`'s output as a float tensor (N,), or an error naming reward_fn and the first bad value."""
     count = len(completions)
     try:
-        rewards = torch.as_tensor(values.detach() if isinstance(values, torch.Tensor) else list(values),
-                                  dtype=torch.float32)
+        rewards = torch.as_tensor(
+            values.detach() if isinstance(values, torch.Tensor) else list(values), dtype=torch.float32
+        )
     except (TypeError, ValueError, RuntimeError) as err:
         raise TypeError(
             f"reward_fn must return one number per completion ({count} here, a list or 1-D tensor), but it returned "
@@ -280,13 +289,18 @@ class SVFReinforceTrainer(Trainer):
         self.kl_coef = float(kl_coef)
         self.num_samples_per_prompt = num_samples_per_prompt
         self.max_new_tokens = max_new_tokens
-        self.generation_kwargs = {"do_sample": True, "pad_token_id": processing_class.pad_token_id,
-                                  **generation_kwargs}
+        self.generation_kwargs = {"do_sample": True, "pad_token_id": processing_class.pad_token_id, **generation_kwargs}
         self.baseline = baseline
         self.prompt_column = prompt_column
         self._step_metrics: dict[str, list[float]] = defaultdict(list)
-        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         data_collator=self._collate_prompts, **trainer_kwargs)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            data_collator=self._collate_prompts,
+            **trainer_kwargs,
+        )
         # compute_loss returns a per-batch mean, so Trainer must divide it by the gradient accumulation steps.
         self.model_accepts_loss_kwargs = False
 
@@ -354,13 +368,20 @@ class SVFReinforceTrainer(Trainer):
         policy = self.accelerator.unwrap_model(model)
         with _eval_mode(policy):
             sequences = policy.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, num_return_sequences=self.num_samples_per_prompt,
-                max_new_tokens=self.max_new_tokens, **self.generation_kwargs,
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                num_return_sequences=self.num_samples_per_prompt,
+                max_new_tokens=self.max_new_tokens,
+                **self.generation_kwargs,
             )
-        completion_ids = sequences[:, prompt_ids.shape[1]:]
+        completion_ids = sequences[:, prompt_ids.shape[1] :]
         samples = self.num_samples_per_prompt  # generate() repeats each prompt row in place, sample by sample
-        rollout = _Rollout(prompt_ids.repeat_interleave(samples, 0), prompt_mask.repeat_interleave(samples, 0),
-                           completion_ids, _mask_after_first_eos(completion_ids, self._eos_token_ids(policy)))
+        rollout = _Rollout(
+            prompt_ids.repeat_interleave(samples, 0),
+            prompt_mask.repeat_interleave(samples, 0),
+            completion_ids,
+            _mask_after_first_eos(completion_ids, self._eos_token_ids(policy)),
+        )
         rollout.texts = tokenizer.batch_decode(rollout.completion_token_lists(), skip_special_tokens=True)
         return rollout
 
@@ -376,8 +397,12 @@ class SVFReinforceTrainer(Trainer):
         def repeated(values):
             return [value for value in values for _ in range(samples)]
 
-        values = self.reward_fn(repeated(prompts), rollout.texts, completion_ids=rollout.completion_token_lists(),
-                                **{key: repeated(column) for key, column in columns.items()})
+        values = self.reward_fn(
+            repeated(prompts),
+            rollout.texts,
+            completion_ids=rollout.completion_token_lists(),
+            **{key: repeated(column) for key, column in columns.items()},
+        )
         return _checked_rewards(values, rollout.texts)
 
     def _forward_log_probs(self, model, rollout: _Rollout) -> torch.Tensor:
@@ -390,7 +415,7 @@ class SVFReinforceTrainer(Trainer):
         logits = model(**kwargs).logits
         prompt_length = rollout.prompt_ids.shape[1]
         # The logits at position i predict token i + 1: the completion is predicted from the last prompt token on.
-        return logits[:, prompt_length - 1: -1].float().log_softmax(-1)
+        return logits[:, prompt_length - 1 : -1].float().log_softmax(-1)
 
     def _kl_to_base(self, model, rollout: _Rollout, log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Σₜ KL(πθ ‖ π_base) per completion, exact over the vocabulary at each sampled position."""
@@ -496,8 +521,9 @@ def cem_search(
         # Smoothing keeps part of the old distribution, so a lucky small elite set cannot collapse it at once.
         mean = smoothing * mean + (1 - smoothing) * elites.mean(0)
         std = smoothing * std + (1 - smoothing) * elites.std(0, unbiased=False)
-    return CEMResult(alphas=best_alphas.float(), score=best_score, best_scores=best_scores, mean=mean.float(),
-                     std=std.float())
+    return CEMResult(
+        alphas=best_alphas.float(), score=best_score, best_scores=best_scores, mean=mean.float(), std=std.float()
+    )
 
 
 def _checked_score(score_fn: Callable, alphas: torch.Tensor) -> float:
@@ -605,10 +631,12 @@ class SelfAdaptiveModel:
         self.label_prefix = label_prefix
         self.mixture_adapter_name = mixture_adapter_name
         self.scoring_batch_size = scoring_batch_size
-        self.experts = {label: self._resolve_adapter(f"expert {label!r}", label, source)
-                        for label, source in experts.items()}
-        self.classifier = (None if classifier is None else
-                           self._resolve_adapter("classifier", DEFAULT_CLASSIFIER_ADAPTER, classifier))
+        self.experts = {
+            label: self._resolve_adapter(f"expert {label!r}", label, source) for label, source in experts.items()
+        }
+        self.classifier = (
+            None if classifier is None else self._resolve_adapter("classifier", DEFAULT_CLASSIFIER_ADAPTER, classifier)
+        )
         self.alphas: Optional[torch.Tensor] = None
         self.mixture_search: Optional[CEMResult] = None
         self.last_labels: Optional[list[str]] = None
@@ -754,12 +782,12 @@ class SelfAdaptiveModel:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         totals, counts = [], []
         for start in range(0, len(rows), self.scoring_batch_size):
-            chunk = rows[start: start + self.scoring_batch_size]
+            chunk = rows[start : start + self.scoring_batch_size]
             width = max(len(context) + len(continuation) for context, continuation in chunk)
             input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, (context, continuation) in enumerate(chunk):  # right padding: a causal LM's real positions
-                tokens = context + continuation                     # never see it
+                tokens = context + continuation  # never see it
                 input_ids[row, : len(tokens)] = torch.tensor(tokens)
                 attention_mask[row, : len(tokens)] = 1
             logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
@@ -814,8 +842,9 @@ class SelfAdaptiveModel:
         return (totals / counts).mean().item()
 
     @torch.no_grad()
-    def fit_mixture(self, examples, score_fn: Optional[Callable[[PeftModel], float]] = None,
-                    **cem_kwargs) -> torch.Tensor:
+    def fit_mixture(
+        self, examples, score_fn: Optional[Callable[[PeftModel], float]] = None, **cem_kwargs
+    ) -> torch.Tensor:
         """Find mixing weights α with `cem_search`, load the best mixture, and return α (float32, one per expert).
 
         `examples` are a few (prompt, answer) pairs (or dicts with "prompt" and "answer") of the task at hand.
@@ -840,8 +869,13 @@ class SelfAdaptiveModel:
 
     # --- pass 2 ---
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                 labels: Optional[Sequence[str]] = None, **generate_kwargs) -> torch.LongTensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[Sequence[str]] = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
         """Two-pass generation: classify each row (or use `labels`), then generate it with its adaptation.
 
         Returns the sequences (prompt + new tokens) like `PeftModel.generate`, rows in input order; rows whose
@@ -853,12 +887,15 @@ class SelfAdaptiveModel:
             attention_mask = torch.ones_like(input_ids)
         if self.strategy == "few_shot":
             if self.alphas is None:
-                raise ValueError("SelfAdaptiveModel(strategy='few_shot'): call fit_mixture(examples) or "
-                                 "set_mixture(alphas) before generate().")
+                raise ValueError(
+                    "SelfAdaptiveModel(strategy='few_shot'): call fit_mixture(examples) or "
+                    "set_mixture(alphas) before generate()."
+                )
             self.last_labels = [self.mixture_adapter_name] * len(input_ids)
             with self.using(None):
-                return self._sequences(self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                                           **generate_kwargs))
+                return self._sequences(
+                    self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+                )
         if labels is None:
             labels = self.dispatch(self._prompt_texts(input_ids, attention_mask))
         labels = self._checked_labels(labels, len(input_ids))
@@ -868,14 +905,15 @@ class SelfAdaptiveModel:
             rows_by_label.setdefault(label, []).append(row)
         if len(rows_by_label) == 1:  # one adaptation for the whole batch: exactly the adapted model's generate()
             with self.using(labels[0]):
-                return self._sequences(self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                                           **generate_kwargs))
+                return self._sequences(
+                    self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+                )
         new_tokens = {}
         for label, rows in rows_by_label.items():
             ids, mask = _drop_shared_left_padding(input_ids[rows], attention_mask[rows])
             with self.using(label):
                 output = self._sequences(self.model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs))
-            new_tokens[label] = output[:, ids.shape[1]:]
+            new_tokens[label] = output[:, ids.shape[1] :]
         return self._assemble(input_ids, rows_by_label, new_tokens, generate_kwargs)
 
     def _checked_labels(self, labels: Sequence[str], batch_size: int) -> list[str]:
@@ -891,8 +929,10 @@ class SelfAdaptiveModel:
         return labels
 
     def _prompt_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
-        return [self.tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
-                for ids, mask in zip(input_ids, attention_mask)]
+        return [
+            self.tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+            for ids, mask in zip(input_ids, attention_mask)
+        ]
 
     @staticmethod
     def _sequences(output) -> torch.Tensor:
@@ -900,16 +940,22 @@ class SelfAdaptiveModel:
 
     def _assemble(self, input_ids, rows_by_label, new_tokens, generate_kwargs) -> torch.Tensor:
         # generate() pads finished rows with this same id
-        candidates = (generate_kwargs.get("pad_token_id"), getattr(self.model.generation_config, "pad_token_id", None),
-                      self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0)
+        candidates = (
+            generate_kwargs.get("pad_token_id"),
+            getattr(self.model.generation_config, "pad_token_id", None),
+            self.tokenizer.pad_token_id,
+            self.tokenizer.eos_token_id,
+            0,
+        )
         pad_id = next(candidate for candidate in candidates if candidate is not None)
         longest = max(tokens.shape[1] for tokens in new_tokens.values())
-        output = torch.full((len(input_ids), input_ids.shape[1] + longest), int(pad_id), dtype=input_ids.dtype,
-                            device=input_ids.device)
+        output = torch.full(
+            (len(input_ids), input_ids.shape[1] + longest), int(pad_id), dtype=input_ids.dtype, device=input_ids.device
+        )
         output[:, : input_ids.shape[1]] = input_ids
         for label, rows in rows_by_label.items():
             tokens = new_tokens[label]
-            output[rows, input_ids.shape[1]: input_ids.shape[1] + tokens.shape[1]] = tokens.to(output.device)
+            output[rows, input_ids.shape[1] : input_ids.shape[1] + tokens.shape[1]] = tokens.to(output.device)
         return output
 
 

@@ -123,7 +123,9 @@ PARAMS = Unit("parameters", _params_scale)
 BYTES = Unit("bytes", _bytes_scale, thousands=True)
 MEMORY = Unit("bytes, shown in MiB", _mib_scale, thousands=True)
 LOSS = Unit("nats per token", lambda mean, std: (1, "", 3))
-PERPLEXITY = Unit("exp(nats per token)", lambda mean, std: (1, "", 2 if abs(mean) < 100 else 1 if abs(mean) < 1e3 else 0))
+PERPLEXITY = Unit(
+    "exp(nats per token)", lambda mean, std: (1, "", 2 if abs(mean) < 100 else 1 if abs(mean) < 1e3 else 0)
+)
 FRACTION = Unit("fraction, shown in %", lambda mean, std: (0.01, "%", 1))
 RATE = Unit("tokens per second", lambda mean, std: (1, "", 0 if abs(mean) >= 100 else 1), thousands=True)
 MILLISECONDS = Unit("milliseconds", lambda mean, std: (1, " ms", 2 if abs(mean) < 10 else 1 if abs(mean) < 100 else 0))
@@ -622,8 +624,10 @@ def render_markdown(results: Mapping, *, figures: Mapping[str, str] | None = Non
         ("Software", ", ".join(f"{k} {v}" for k, v in software.items())),
         ("Model shape", f"{shape_text}; vocabulary {settings['vocab_size']:,}"),
         ("Budget", budget_text),
-        ("Optimizer", f"{settings['optimizer']}; learning rate {settings['learning_rate']:g}; "
-                      f"schedule {settings['scheduler']}"),
+        (
+            "Optimizer",
+            f"{settings['optimizer']}; learning rate {settings['learning_rate']:g}; schedule {settings['scheduler']}",
+        ),
         ("Seeds", ", ".join(str(s) for s in settings["seeds"])),
         ("Data", f"{settings['data']}; held-out evaluation on {settings['eval_tokens']:,} tokens"),
     ]
@@ -656,7 +660,8 @@ def render_markdown(results: Mapping, *, figures: Mapping[str, str] | None = Non
         else "One seed, so no spread is shown: differences may be noise."
     )
     out.append(
-        f"Sorted by {metric_spec(ranking_metric(results)).label}. {spread} ↓ lower is better, ↑ higher is better; **bold**: best in its column. "
+        f"Sorted by {metric_spec(ranking_metric(results)).label}. {spread} ↓ lower is better, ↑ higher is better; "
+        "**bold**: best in its column. "
         "n/m: not measured, for the reason in the numbered note; —: not reported."
     )
     out.append("")
@@ -1009,8 +1014,16 @@ def _layout(canvas: _Canvas, title: str, subtitle: str, caption_lines: list[str]
     caption_height = len(caption_lines) * (canvas.line_height(11) + 4)
     for i, line in enumerate(caption_lines):
         canvas.text(pad, canvas.height - pad - caption_height + i * (canvas.line_height(11) + 4), line, 11, MUTED)
-    bottom = canvas.height - pad - caption_height - (10 if caption_lines else 0) - canvas.line_height(12) - 7 \
-        - canvas.line_height(13) - 14
+    bottom = (
+        canvas.height
+        - pad
+        - caption_height
+        - (10 if caption_lines else 0)
+        - canvas.line_height(12)
+        - 7
+        - canvas.line_height(13)
+        - 14
+    )
     widest = max((canvas.text_size(t, 12)[0] for t in y_tick_labels), default=0)
     left = pad + canvas.line_height(13) + 8 + widest + 8
     right = canvas.width - pad - (legend_width + 16 if legend_width else 8)
@@ -1157,10 +1170,17 @@ def plot_quality_vs_throughput(results: Mapping, path, *, y_metric: str = "heldo
         subtitle += ", mean over seeds with ± 1 std bars"
     if x_spec.higher_is_better is not None and y_spec.higher_is_better is not None:
         corner = ("right" if x_spec.higher_is_better else "left", "top" if y_spec.higher_is_better else "bottom")
-        subtitle += f"; better: {corner[1]} {corner[0]} ({better[x_spec.higher_is_better]} {x_spec.label}, " \
-                    f"{better[y_spec.higher_is_better]} {y_spec.label})"
-    box = _layout(canvas, f"{results['title']}: {y_spec.label} vs. {x_spec.label}", subtitle,
-                  _caption_lines(canvas, results, not_plotted), [label for _, label in y_axis.tick_labels()])
+        subtitle += (
+            f"; better: {corner[1]} {corner[0]} ({better[x_spec.higher_is_better]} {x_spec.label}, "
+            f"{better[y_spec.higher_is_better]} {y_spec.label})"
+        )
+    box = _layout(
+        canvas,
+        f"{results['title']}: {y_spec.label} vs. {x_spec.label}",
+        subtitle,
+        _caption_lines(canvas, results, not_plotted),
+        [label for _, label in y_axis.tick_labels()],
+    )
     plot = _Plot(canvas, box, x_axis, y_axis)
     plot.draw_axes(f"{x_spec.label} (log scale)", f"{y_spec.label}" + (" (log scale)" if log_y else ""))
 
@@ -1301,7 +1321,9 @@ def write_reports(results: Mapping, out_dir, *, log_y: bool = True) -> dict[str,
     with open(paths["results"], "w", encoding="utf-8") as f:
         f.write(dumps_results(results))
     plot_loss_curves(results, paths["loss_curves"], log_y=log_y)
-    y_metric = "heldout_loss_second_half" if ranking_metric(results) == "heldout_loss_second_half" else "heldout_perplexity"
+    y_metric = (
+        "heldout_loss_second_half" if ranking_metric(results) == "heldout_loss_second_half" else "heldout_perplexity"
+    )
     plot_quality_vs_throughput(results, paths["quality_vs_throughput"], y_metric=y_metric)
     figures = {key: os.path.basename(paths[key]) for key in ("loss_curves", "quality_vs_throughput")}
     with open(paths["leaderboard"], "w", encoding="utf-8") as f:

@@ -36,7 +36,8 @@ BENCH_KEYS = {
     "title": str, "models": list, "shape": dict, "vocab_size": int, "sequence_length": int, "batch_size": int,
     "learning_rate": float, "weight_decay": float, "warmup_ratio": float, "scheduler": str, "max_grad_norm": float,
     "budget": dict, "max_train_seconds": (int, float, type(None)), "seeds": list, "eval_rows": int,
-    "eval_every_steps": (int, type(None)), "generation": dict, "latency_repeats": int, "torch_threads": (int, type(None)),
+    "eval_every_steps": (int, type(None)), "generation": dict, "latency_repeats": int,
+    "torch_threads": (int, type(None)),
     "compile": list,
 }  # fmt: skip
 DEFAULTS = {
@@ -79,10 +80,14 @@ def load_bench_config(path) -> dict:
 
     unknown_models = [m for m in config["models"] if m not in BENCH_MODELS]
     if unknown_models or not config["models"]:
-        raise BenchConfigError(f"{path}: `models` must list some of {', '.join(BENCH_MODELS)}; got {unknown_models or '[]'}")
+        raise BenchConfigError(
+            f"{path}: `models` must list some of {', '.join(BENCH_MODELS)}; got {unknown_models or '[]'}"
+        )
     budget = config["budget"]
     if len(budget) != 1 or next(iter(budget)) not in BUDGET_KEYS or not budget[next(iter(budget))] > 0:
-        raise BenchConfigError(f"{path}: `budget` must be exactly one of {', '.join(BUDGET_KEYS)} with a positive value")
+        raise BenchConfigError(
+            f"{path}: `budget` must be exactly one of {', '.join(BUDGET_KEYS)} with a positive value"
+        )
     for key in ("vocab_size", "sequence_length", "batch_size", "eval_rows", "latency_repeats"):
         if config[key] <= 0:
             raise BenchConfigError(f"{path}: `{key}` must be positive, got {config[key]}")
@@ -131,7 +136,8 @@ def prepare_data(config: dict, work_dir: Path) -> dict:
         "eval_rows": len(eval_rows),
         "eval_tokens": eval_rows.numel(),
         "special_ids": {
-            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
         },  # fmt: skip
         "description": (
@@ -143,7 +149,7 @@ def prepare_data(config: dict, work_dir: Path) -> dict:
 
 
 def planned_steps(config: dict, data: dict) -> int:
-    (kind, value), = config["budget"].items()
+    ((kind, value),) = config["budget"].items()
     tokens_per_step = config["batch_size"] * config["sequence_length"]
     if kind == "steps":
         return int(value)
@@ -432,7 +438,8 @@ def worker_main(argv) -> int:
 
 MEASURED = (
     "total_parameters", "active_parameters", "train_peak_memory_bytes", "inference_peak_memory_bytes",
-    "heldout_loss", "heldout_perplexity", "heldout_top1_accuracy", "heldout_loss_second_half", "train_tokens_per_second",
+    "heldout_loss", "heldout_perplexity", "heldout_top1_accuracy", "heldout_loss_second_half",
+    "train_tokens_per_second",
     "inference_latency_ms_median", "generation_tokens_per_second", "kv_cache_bytes_per_token", "cache_fixed_bytes",
     "loss_spikes", "loss_curve_roughness",
 )  # fmt: skip
@@ -465,7 +472,9 @@ def _run_worker(kind, spec, work_dir: Path, tag: str, log) -> dict:
     t0 = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "slam_hf.bench.runner", "--worker", kind, str(spec_path), str(out_path)],
-        env=env, capture_output=True, text=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0 or not out_path.is_file():
         return {"error": f"{kind} worker exited with {done.returncode}: {done.stderr[-2000:]}"}
@@ -620,13 +629,22 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume:
         "machine": machine,
         "software": software,
         "settings": {
-            "shape": config["shape"], "vocab_size": data["tokenizer_size"], "batch_size": config["batch_size"],
-            "sequence_length": config["sequence_length"], "learning_rate": config["learning_rate"],
-            "optimizer": f"AdamW (torch), weight decay {config['weight_decay']}, grad-norm clip {config['max_grad_norm']}",
+            "shape": config["shape"],
+            "vocab_size": data["tokenizer_size"],
+            "batch_size": config["batch_size"],
+            "sequence_length": config["sequence_length"],
+            "learning_rate": config["learning_rate"],
+            "optimizer": (
+                f"AdamW (torch), weight decay {config['weight_decay']}, grad-norm clip {config['max_grad_norm']}"
+            ),
             "scheduler": f"{config['scheduler']}, warmup ratio {config['warmup_ratio']}",
-            "seeds": config["seeds"], "train_tokens": steps * tokens_per_step,
-            "epochs": steps * config["batch_size"] / data["train_rows"], "eval_tokens": data["eval_tokens"],
-            "data": data["description"], "budget": config["budget"], "max_train_seconds": config["max_train_seconds"],
+            "seeds": config["seeds"],
+            "train_tokens": steps * tokens_per_step,
+            "epochs": steps * config["batch_size"] / data["train_rows"],
+            "eval_tokens": data["eval_tokens"],
+            "data": data["description"],
+            "budget": config["budget"],
+            "max_train_seconds": config["max_train_seconds"],
             "rules": COMMON_NOTES,
         },  # fmt: skip
         "models": models,

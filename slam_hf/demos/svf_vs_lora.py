@@ -75,8 +75,8 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_callback import PrinterCallback
 
-from slam_hf.data import GENRE_LABELS, load_genre_dataset, majority_class_rate
 from slam_hf.adapters.svf import SVFConfig, svf_target_modules
+from slam_hf.data import GENRE_LABELS, load_genre_dataset, majority_class_rate
 from slam_hf.training.trainer import software_versions
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -109,7 +109,7 @@ SWEEP_GRID = {
 CHOSEN_LEARNING_RATES = {"head_only": 1e-2, "lora_qv_r16": 3e-3, "svf_mlp": 3e-3, "svf_mlp_attn": 3e-3}
 RECORDED_SWEEP = {
     "recorded": "2026-11-23, scale full (80 steps of 16), seed 0, 1 torch thread on a shared 2-core CPU, "
-                "transformers 5.23.0, peft 0.21.2; 1592 s in all",
+    "transformers 5.23.0, peft 0.21.2; 1592 s in all",
     "selection": "highest validation accuracy (ties: the smaller learning rate)",
     "head_only": {"0.001": 0.4167, "0.003": 0.5254, "0.01": 0.5410},
     "adapters": {
@@ -118,8 +118,8 @@ RECORDED_SWEEP = {
     },
     "chosen": {"head_only": 0.01, "lora_qv_r16": 0.003, "svf_mlp": 0.003},
     "caveats": "one seed, so single-run noise (validation is 3 plays) is of the order of the differences; the "
-               "winners of head_only and lora_qv_r16 sit at the top of their grids and svf_mlp's at the bottom, "
-               "so the grids should be widened when time allows",
+    "winners of head_only and lora_qv_r16 sit at the top of their grids and svf_mlp's at the bottom, "
+    "so the grids should be widened when time allows",
 }
 
 
@@ -146,8 +146,9 @@ class MeanPoolBertClassifier(BertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None):
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                           token_type_ids=token_type_ids).last_hidden_state
+        hidden = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -161,7 +162,9 @@ def load_classifier(model_path: str, seed: int) -> MeanPoolBertClassifier:
     """The pretrained encoder with a fresh head; `seed` fixes the head's initialisation."""
     set_seed(seed)
     return MeanPoolBertClassifier.from_pretrained(
-        model_path, num_labels=len(GENRE_LABELS), id2label=dict(enumerate(GENRE_LABELS)),
+        model_path,
+        num_labels=len(GENRE_LABELS),
+        id2label=dict(enumerate(GENRE_LABELS)),
         label2id={name: i for i, name in enumerate(GENRE_LABELS)},
     )
 
@@ -169,8 +172,13 @@ def load_classifier(model_path: str, seed: int) -> MeanPoolBertClassifier:
 def adapter_config(row: str):
     """PEFT config of a row (None for head_only). The head is trained in full through modules_to_save."""
     if row == "lora_qv_r16":
-        return LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.1, target_modules=["query", "value"],
-                          modules_to_save=["classifier"])
+        return LoraConfig(
+            r=LORA_RANK,
+            lora_alpha=2 * LORA_RANK,
+            lora_dropout=0.1,
+            target_modules=["query", "value"],
+            modules_to_save=["classifier"],
+        )
     if row == "svf_mlp":
         return SVFConfig(modules_to_save=["classifier"])  # defaults: MLP projections, sigmoid_renorm
     if row == "svf_mlp_attn":
@@ -241,7 +249,8 @@ def load_data(tokenizer, max_length: int, train_rows: Optional[int] = None, eval
         full_lengths = [len(ids) for ids in tokenizer(list(splits[split]["text"]))["input_ids"]]
         truncated[split] = int(sum(length > max_length for length in full_lengths))
         splits[split] = splits[split].map(
-            lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length), batched=True)
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length), batched=True
+        )
         splits[split] = splits[split].add_column("length", [min(length, max_length) for length in full_lengths])
     for split in ("validation", "test"):  # a stable argsort: datasets' own sort warns on new pyarrow
         splits[split] = splits[split].select(np.argsort(splits[split]["length"], kind="stable").tolist())
@@ -266,8 +275,19 @@ def _accuracy(eval_prediction) -> dict:
     return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
 
 
-def train_and_evaluate(row: str, seed: int, splits, tokenizer, model_path: str, head_lr: float, adapter_lr: float,
-                       spec: dict, output_dir: str, eval_splits=("validation", "test"), model=None) -> dict:
+def train_and_evaluate(
+    row: str,
+    seed: int,
+    splits,
+    tokenizer,
+    model_path: str,
+    head_lr: float,
+    adapter_lr: float,
+    spec: dict,
+    output_dir: str,
+    eval_splits=("validation", "test"),
+    model=None,
+) -> dict:
     """Train one row with one seed; return its parameter counts, accuracies, losses, time and weight checks.
 
     `model` (default: `build_model(row, model_path, seed)`) is trained in place.
@@ -276,24 +296,49 @@ def train_and_evaluate(row: str, seed: int, splits, tokenizer, model_path: str, 
     params = count_trainable(model)
     encoder_before, head_before = encoder_weights(model), head_weights(model)
     args = TrainingArguments(
-        output_dir=output_dir, report_to=[], use_cpu=True, save_strategy="no", eval_strategy="no",
-        seed=seed, data_seed=seed, dataloader_num_workers=0, disable_tqdm=True, logging_steps=10,
-        per_device_train_batch_size=spec["batch_size"], per_device_eval_batch_size=spec["eval_batch_size"],
-        max_steps=spec["max_steps"], warmup_steps=max(1, round(0.1 * spec["max_steps"])),
-        lr_scheduler_type="linear", learning_rate=head_lr, weight_decay=0.0,
-        train_sampling_strategy="group_by_length", label_names=["labels"],
+        output_dir=output_dir,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        eval_strategy="no",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        logging_steps=10,
+        per_device_train_batch_size=spec["batch_size"],
+        per_device_eval_batch_size=spec["eval_batch_size"],
+        max_steps=spec["max_steps"],
+        warmup_steps=max(1, round(0.1 * spec["max_steps"])),
+        lr_scheduler_type="linear",
+        learning_rate=head_lr,
+        weight_decay=0.0,
+        train_sampling_strategy="group_by_length",
+        label_names=["labels"],
     )
-    trainer = Trainer(model=model, args=args, train_dataset=splits["train"],
-                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy,
-                      optimizers=(make_optimizer(model, head_lr, adapter_lr), None))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=splits["train"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_accuracy,
+        optimizers=(make_optimizer(model, head_lr, adapter_lr), None),
+    )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the results carry the numbers
     start = time.perf_counter()
     train_output = trainer.train()
     train_seconds = time.perf_counter() - start
-    result = {"row": row, "seed": seed, "head_lr": head_lr, "adapter_lr": adapter_lr if row != "head_only" else None,
-              "trainable_params": params, "train_seconds": train_seconds,
-              "seconds_per_step": train_seconds / spec["max_steps"], "train_loss": train_output.training_loss,
-              "torch_threads": torch.get_num_threads()}
+    result = {
+        "row": row,
+        "seed": seed,
+        "head_lr": head_lr,
+        "adapter_lr": adapter_lr if row != "head_only" else None,
+        "trainable_params": params,
+        "train_seconds": train_seconds,
+        "seconds_per_step": train_seconds / spec["max_steps"],
+        "train_loss": train_output.training_loss,
+        "torch_threads": torch.get_num_threads(),
+    }
     for split in eval_splits:
         start = time.perf_counter()
         metrics = trainer.evaluate(splits[split], metric_key_prefix=split)
@@ -329,18 +374,26 @@ def _check_args(scale, seeds, rows, model_path):
 
 def _summary(values):
     values = [float(v) for v in values]
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
 
 
 def sweep_learning_rates(splits, tokenizer, model_path, spec, rows, workdir, grid=None) -> dict:
     """Validation accuracy (seed 0) per learning rate: head first, then each adapter with the chosen head LR."""
     grid = grid or SWEEP_GRID
-    results = {"seed": 0, "selection": "highest validation accuracy (ties: the smaller learning rate)",
-               "head_only": {}, "adapters": {}}
+    results = {
+        "seed": 0,
+        "selection": "highest validation accuracy (ties: the smaller learning rate)",
+        "head_only": {},
+        "adapters": {},
+    }
     for lr in grid["head_only"]:
-        run = train_and_evaluate("head_only", 0, splits, tokenizer, model_path, lr, lr, spec, workdir,
-                                 eval_splits=("validation",))
+        run = train_and_evaluate(
+            "head_only", 0, splits, tokenizer, model_path, lr, lr, spec, workdir, eval_splits=("validation",)
+        )
         results["head_only"][repr(lr)] = run["validation_accuracy"]
         _progress(f"sweep head_only lr={lr:g}: validation accuracy {run['validation_accuracy']:.4f}", run)
     head_lr = _best(results["head_only"])
@@ -350,8 +403,9 @@ def sweep_learning_rates(splits, tokenizer, model_path, spec, rows, workdir, gri
             continue
         scores = {}
         for lr in grid[row]:
-            run = train_and_evaluate(row, 0, splits, tokenizer, model_path, head_lr, lr, spec, workdir,
-                                     eval_splits=("validation",))
+            run = train_and_evaluate(
+                row, 0, splits, tokenizer, model_path, head_lr, lr, spec, workdir, eval_splits=("validation",)
+            )
             scores[repr(lr)] = run["validation_accuracy"]
             _progress(f"sweep {row} lr={lr:g}: validation accuracy {run['validation_accuracy']:.4f}", run)
         results["adapters"][row] = scores
@@ -373,8 +427,16 @@ def _best(scores: dict) -> float:
     return float(best)
 
 
-def run(output_dir: Optional[str] = None, *, scale: str = "full", seeds=(0, 1, 2), model_path: Optional[str] = None,
-        rows=DEFAULT_ROWS, sweep: bool = False, learning_rates: Optional[dict] = None) -> dict:
+def run(
+    output_dir: Optional[str] = None,
+    *,
+    scale: str = "full",
+    seeds=(0, 1, 2),
+    model_path: Optional[str] = None,
+    rows=DEFAULT_ROWS,
+    sweep: bool = False,
+    learning_rates: Optional[dict] = None,
+) -> dict:
     """Train every row with every seed; return JSON-able results (and write results.json/report.md to output_dir).
 
     `learning_rates` ({row: lr}) overrides `CHOSEN_LEARNING_RATES`; `sweep=True` chooses them on validation first.
@@ -389,44 +451,62 @@ def run(output_dir: Optional[str] = None, *, scale: str = "full", seeds=(0, 1, 2
             sweep_results = sweep_learning_rates(splits, tokenizer, model_path, spec, rows, workdir)
             chosen = sweep_results["chosen"]
         else:
-            sweep_results = {"source": "recorded (CHOSEN_LEARNING_RATES / RECORDED_SWEEP in this module)",
-                             **RECORDED_SWEEP}
+            sweep_results = {
+                "source": "recorded (CHOSEN_LEARNING_RATES / RECORDED_SWEEP in this module)",
+                **RECORDED_SWEEP,
+            }
             chosen = dict(CHOSEN_LEARNING_RATES)
         chosen.update(learning_rates or {})
         head_lr = chosen["head_only"]
         runs = []
         for seed in seeds:  # seed-major: an interrupted run still has every row for its first seeds
             for row in rows:
-                runs.append(train_and_evaluate(row, seed, splits, tokenizer, model_path, head_lr, chosen[row], spec,
-                                               workdir))
-                _progress(f"{row} seed {seed}: validation {runs[-1]['validation_accuracy']:.4f}, "
-                          f"test {runs[-1]['test_accuracy']:.4f}", runs[-1])
+                runs.append(
+                    train_and_evaluate(row, seed, splits, tokenizer, model_path, head_lr, chosen[row], spec, workdir)
+                )
+                _progress(
+                    f"{row} seed {seed}: validation {runs[-1]['validation_accuracy']:.4f}, "
+                    f"test {runs[-1]['test_accuracy']:.4f}",
+                    runs[-1],
+                )
     summary = {}
     for row in rows:
         row_runs = [r for r in runs if r["row"] == row]
-        summary[row] = {"trainable_params": row_runs[0]["trainable_params"],
-                        **{key: _summary(r[key] for r in row_runs)
-                           for key in ("validation_accuracy", "test_accuracy", "validation_loss", "test_loss",
-                                       "train_seconds")},
-                        "encoder_unchanged": all(r["encoder_max_abs_change"] == 0.0 for r in row_runs),
-                        "learning_rates": {"head": head_lr, "adapter": None if row == "head_only" else chosen[row]}}
+        summary[row] = {
+            "trainable_params": row_runs[0]["trainable_params"],
+            **{
+                key: _summary(r[key] for r in row_runs)
+                for key in ("validation_accuracy", "test_accuracy", "validation_loss", "test_loss", "train_seconds")
+            },
+            "encoder_unchanged": all(r["encoder_max_abs_change"] == 0.0 for r in row_runs),
+            "learning_rates": {"head": head_lr, "adapter": None if row == "head_only" else chosen[row]},
+        }
     results = {
         "config": {
             "model": MODEL_NAME if model_path == _installed_minilm_path() else model_path,
             "task": "Folio genre of 12-line Shakespeare passages (slam_hf.data.load_genre_dataset)",
             "labels": list(GENRE_LABELS),
-            "scale": scale, "seeds": list(seeds), "rows": list(rows),
+            "scale": scale,
+            "seeds": list(seeds),
+            "rows": list(rows),
             "data_sizes": {split: len(splits[split]) for split in splits},
             "truncated_passages": truncated,
             "majority_class_rate": {split: majority_class_rate(splits[split]) for split in ("validation", "test")},
-            "hyperparameters": {**spec, "optimizer": "AdamW, no weight decay", "schedule": "linear, 10% warm-up",
-                                "learning_rates": chosen, "lora": {"r": LORA_RANK, "alpha": 2 * LORA_RANK,
-                                                                   "dropout": 0.1, "targets": ["query", "value"]},
-                                "svf": {"scaling": "sigmoid_renorm", "init_z": 0.1}},
+            "hyperparameters": {
+                **spec,
+                "optimizer": "AdamW, no weight decay",
+                "schedule": "linear, 10% warm-up",
+                "learning_rates": chosen,
+                "lora": {"r": LORA_RANK, "alpha": 2 * LORA_RANK, "dropout": 0.1, "targets": ["query", "value"]},
+                "svf": {"scaling": "sigmoid_renorm", "init_z": 0.1},
+            },
             "head": "mean pooling over non-padding tokens + Linear(hidden, 3)",
             "software": {**software_versions(), "peft": peft.__version__},
-            "machine": {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                        "processor": platform.processor() or platform.machine()},
+            "machine": {
+                "torch_threads": torch.get_num_threads(),
+                "cpu_count": os.cpu_count(),
+                "processor": platform.processor() or platform.machine(),
+            },
         },
         "learning_rate_sweep": sweep_results,
         "summary": summary,
@@ -466,9 +546,11 @@ def render_markdown(results: dict) -> str:
 
     for row, s in results["summary"].items():
         p = s["trainable_params"]
-        lines.append(f"| {ROW_TITLES.get(row, row)} | {p['total']:,} ({p['adapter']:,} + {p['head']:,}) | "
-                     f"{pm(s['validation_accuracy'], 100)} | {pm(s['test_accuracy'], 100)} | "
-                     f"{pm(s['test_loss'], digits=3)} | {pm(s['train_seconds'])} |")
+        lines.append(
+            f"| {ROW_TITLES.get(row, row)} | {p['total']:,} ({p['adapter']:,} + {p['head']:,}) | "
+            f"{pm(s['validation_accuracy'], 100)} | {pm(s['test_accuracy'], 100)} | "
+            f"{pm(s['test_loss'], digits=3)} | {pm(s['train_seconds'])} |"
+        )
     summary = results["summary"]
     lora = summary.get("lora_qv_r16")
     for row in ("svf_mlp", "svf_mlp_attn"):
@@ -477,14 +559,19 @@ def render_markdown(results: dict) -> str:
         svf = summary[row]
         total_ratio = lora["trainable_params"]["total"] / svf["trainable_params"]["total"]
         adapter_ratio = lora["trainable_params"]["adapter"] / svf["trainable_params"]["adapter"]
-        points = {split: 100 * (svf[f"{split}_accuracy"]["mean"] - lora[f"{split}_accuracy"]["mean"])
-                  for split in ("test", "validation")}
+        points = {
+            split: 100 * (svf[f"{split}_accuracy"]["mean"] - lora[f"{split}_accuracy"]["mean"])
+            for split in ("test", "validation")
+        }
         # The issue's target, judged on both held-out splits: each is three whole plays, and they can disagree.
         verdict = {split: "met" if total_ratio >= 10 and diff >= -1 else "not met" for split, diff in points.items()}
-        lines += ["", f"{ROW_TITLES[row]} vs LoRA: {total_ratio:.1f}× fewer trainable parameters in total "
-                      f"({adapter_ratio:.1f}× adapter only); mean accuracy {points['test']:+.1f} points on test, "
-                      f"{points['validation']:+.1f} on validation. Target (≥ 10× fewer parameters at ≤ 1 point "
-                      f"lower accuracy): {verdict['test']} on test, {verdict['validation']} on validation."]
+        lines += [
+            "",
+            f"{ROW_TITLES[row]} vs LoRA: {total_ratio:.1f}× fewer trainable parameters in total "
+            f"({adapter_ratio:.1f}× adapter only); mean accuracy {points['test']:+.1f} points on test, "
+            f"{points['validation']:+.1f} on validation. Target (≥ 10× fewer parameters at ≤ 1 point "
+            f"lower accuracy): {verdict['test']} on test, {verdict['validation']} on validation.",
+        ]
     lines.append("")
     lines.append(f"Learning rates (chosen on validation): {config['hyperparameters']['learning_rates']}.")
     return "\n".join(lines) + "\n"
@@ -501,8 +588,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     transformers.utils.logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected
     transformers.utils.logging.disable_progress_bar()
-    results = run(args.output, scale=args.scale, seeds=args.seeds, model_path=args.model_path, rows=args.rows,
-                  sweep=args.sweep)
+    results = run(
+        args.output, scale=args.scale, seeds=args.seeds, model_path=args.model_path, rows=args.rows, sweep=args.sweep
+    )
     print(render_markdown(results))
     return results
 

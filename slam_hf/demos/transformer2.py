@@ -51,8 +51,9 @@ def run(output_dir, *, scale: str = "full", parts: Sequence[str] = tuple(PARTS))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", required=True, help="folder for the reports and results.json files")
     parser.add_argument("--scale", choices=SCALES, default="full")
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))

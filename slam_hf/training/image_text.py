@@ -11,13 +11,32 @@ import time
 from pathlib import Path
 
 from .run_config import (
-    CARD_TAGS, DECODER_LORA_PATTERN, IMAGE_TEXT_TASK, IMAGE_TEXT_TEMPLATE_NAME, ConfigError, Variant, template_path,
-    v3_cache_bytes_per_token, variants,
+    CARD_TAGS,
+    DECODER_LORA_PATTERN,
+    IMAGE_TEXT_TASK,
+    IMAGE_TEXT_TEMPLATE_NAME,
+    ConfigError,
+    Variant,
+    template_path,
+    v3_cache_bytes_per_token,
+    variants,
 )
 from .trainer import (
-    CpuFsdpMixin, count_parameters_per_process, distributed_label, enum_value, format_seconds, generation_summary,
-    hardware_description, model_config_from_yaml, prepare_run, render_model_card, run_description, save_model_folder,
-    software_versions, train_and_evaluate, unsharded_model,
+    CpuFsdpMixin,
+    count_parameters_per_process,
+    distributed_label,
+    enum_value,
+    format_seconds,
+    generation_summary,
+    hardware_description,
+    model_config_from_yaml,
+    prepare_run,
+    render_model_card,
+    run_description,
+    save_model_folder,
+    software_versions,
+    train_and_evaluate,
+    unsharded_model,
 )
 
 
@@ -118,7 +137,9 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
     datasets.enable_progress_bars()
     grid = (image_size[0] // patch_size, image_size[1] // patch_size)
     plain = train_rows.with_format(None)
-    tokens_per_row = float(np.mean([len(i) + len(l) for i, l in zip(plain["input_ids"], plain["labels"])]))
+    tokens_per_row = float(
+        np.mean([len(ids) + len(labels) for ids, labels in zip(plain["input_ids"], plain["labels"])])
+    )
     sources = {name: len(idx) for name, idx in digit_source_split().items()}
     say(
         f"train: {len(train_rows)} tiles from {sources['train']} source digits; validation (loss): "
@@ -306,5 +327,3 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
         f"wall time {format_seconds(wall_seconds)}"
     )
     return metrics
-
-

@@ -13,7 +13,6 @@ from typing import Callable, NamedTuple
 
 import yaml
 
-
 TEMPLATE_NAME = "modelcard_template.md"
 IMAGE_TEXT_TEMPLATE_NAME = "modelcard_template_image_text.md"
 CARD_TAGS = ["slam", "custom_code"]
@@ -137,7 +136,7 @@ def variants() -> dict[str, Variant]:
                 "(the defaults); any sequence length works and windows past the end are partial.",
                 "Windows sit at fixed positions, not fractions of the length, so generation never re-segments "
                 "earlier tokens and the KV cache stays valid; each EF block owns one cache layer.",
-                "\"Mean of the two outputs\" is the mean over every window covering a token; a causal model "
+                '"Mean of the two outputs" is the mean over every window covering a token; a causal model '
                 "attends causally inside windows.",
                 "Positions count real tokens, so left padding does not change the outputs.",
                 "Published defaults: post-LayerNorm, GELU, multi-head attention; positions (unspecified in the "
@@ -166,7 +165,7 @@ def variants() -> dict[str, Variant]:
             f"{_MLP_LORA_MODULES} (it includes the router).",
             interpretation=(
                 "The README's design is implemented, not the published code (which used overlapping windows and "
-                "dense \"MoE attention\").",
+                'dense "MoE attention").',
                 "Segments have a fixed length at fixed positions (the last may be partial; longer inputs have more "
                 "than four, segment k going to block (k + c) mod 4), so the KV cache stays valid.",
                 "The four blocks are shared by all cycles; each cycle computes new K/V and owns one cache layer.",
@@ -415,8 +414,6 @@ def load_run_config(path) -> dict:
     }  # fmt: skip
 
 
-
-
 def template_path(name: str = TEMPLATE_NAME) -> Path:
     """`hub_templates/<name>` (default `modelcard_template.md`), inside the package or next to it in a source
     checkout."""
@@ -433,5 +430,3 @@ def template_path(name: str = TEMPLATE_NAME) -> Path:
 def lora_targets(config) -> list[str]:
     mlp = ["gate_proj", "up_proj", "down_proj"] if config.mlp_type in GATED_MLP_TYPES else ["up_proj", "down_proj"]
     return LORA_ATTENTION_MODULES + mlp
-
-

@@ -13,9 +13,24 @@ from pathlib import Path
 
 from .run_config import CARD_TAGS, ConfigError, lora_targets, template_path, variants
 from .trainer import (
-    CpuFsdpMixin, config_rows, count_parameters_per_process, distributed_label, enum_value, eval_perplexity,
-    evenly_spaced, format_seconds, generation_summary, hardware_description, lm_loss_only, model_config_from_yaml,
-    prepare_run, render_model_card, run_description, save_model_folder, software_versions, train_and_evaluate,
+    CpuFsdpMixin,
+    config_rows,
+    count_parameters_per_process,
+    distributed_label,
+    enum_value,
+    eval_perplexity,
+    evenly_spaced,
+    format_seconds,
+    generation_summary,
+    hardware_description,
+    lm_loss_only,
+    model_config_from_yaml,
+    prepare_run,
+    render_model_card,
+    run_description,
+    save_model_folder,
+    software_versions,
+    train_and_evaluate,
     unsharded_model,
 )
 
@@ -241,5 +256,3 @@ def train_text(args, run: dict, t_start: float) -> dict:
         f"{run_tokens / optim_seconds:,.0f} tokens/s, wall time {format_seconds(wall_seconds)}"
     )
     return metrics
-
-

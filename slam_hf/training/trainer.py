@@ -47,8 +47,6 @@ def hardware_description(processes: int = 1, distributed: str | None = None) -> 
     return f"CPU: {cpu}, {torch.get_num_threads()} torch threads ({os.cpu_count()} logical cores visible)"
 
 
-
-
 def config_rows(config, block_size, variant: Variant) -> list[tuple[str, object]]:
     rows = [
         ("model_type", config.model_type),
@@ -249,8 +247,6 @@ def unsharded_model(trainer, model, build):
     return full
 
 
-
-
 @contextlib.contextmanager
 def distributed_teardown():
     """Under `accelerate launch`, end the process group when training is done: left to interpreter exit, gloo's
@@ -378,8 +374,9 @@ def train_and_evaluate(trainer, run: TrainingRun) -> TrainedRun:
     return TrainedRun(output, steps, start_step, history, before, final_eval, optim_seconds)
 
 
-def run_description(trainer, job: TrainingRun, trained: TrainedRun, parameters_per_process: list[int],
-                    wall_seconds: float) -> dict:
+def run_description(
+    trainer, job: TrainingRun, trained: TrainedRun, parameters_per_process: list[int], wall_seconds: float
+) -> dict:
     """The training_metrics.json fields that say how a run was executed (time, hardware, processes, resume)."""
     import time
 
@@ -415,7 +412,6 @@ def generation_summary(generation: dict) -> str:
     return ", ".join(f"`{key}={value!r}`" for key, value in generation.items())
 
 
-
 @contextlib.contextmanager
 def lm_loss_only(model):
     """Within the block, a model with an auxiliary router loss returns the LM loss alone."""
@@ -438,5 +434,3 @@ def enum_value(value) -> str:
 def format_seconds(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
-
-
