@@ -29,6 +29,7 @@ if _REPO_ROOT not in sys.path:  # run from a checkout without installing the pac
 
 from transformers import PretrainedConfig  # noqa: E402
 
+from slam_hf.bench.models import cache_nbytes  # noqa: E402
 from slam_hf.slam_attention import SlamAttention  # noqa: E402
 from slam_hf.slam_compat import DynamicCache  # noqa: E402
 from slam_hf.slam_layers import SlamRotaryEmbedding  # noqa: E402
@@ -86,12 +87,6 @@ def build_layers(args, device, dtype):
     return layers
 
 
-def cache_bytes_per_token(cache, batch, length):
-    layer = cache.layers[0]
-    total = layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
-    return total / (batch * length)
-
-
 @torch.no_grad()
 def main():
     args = parse_args()
@@ -115,7 +110,7 @@ def main():
             layer.absorb = False
         caches[name] = DynamicCache()
         layer(prompt, rope(positions, dtype), None, cache=caches[name])
-        bytes_per_token[name] = cache_bytes_per_token(caches[name], batch, context)
+        bytes_per_token[name] = cache_nbytes(caches[name]) / (batch * context)  # one layer
 
     token = torch.randn(batch, 1, args.hidden_size, device=device, dtype=dtype)
 

@@ -57,18 +57,20 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, _REPO_ROOT)
 
-import transformers  # noqa: E402
 from transformers import BartConfig, BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.cache_utils import DynamicLayer  # noqa: E402
 from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
 
 from slam_hf import SlamV3Config, SlamV3ForConditionalGeneration  # noqa: E402
+from slam_hf.bench.machine import cpu_name, software_versions  # noqa: E402
+from slam_hf.bench.models import cache_nbytes  # noqa: E402
 from slam_hf.configuration_slam import ENCODER_PATHS  # noqa: E402
 from slam_hf.slam_attention import SlamAttention  # noqa: E402
 from slam_hf.slam_compat import EncoderDecoderCache, output_cache  # noqa: E402
 from slam_hf.slam_fusion import SlamParallelPaths, path_masks  # noqa: E402
 from slam_hf.slam_grouped import StackedLayers  # noqa: E402
 from slam_hf.slam_layers import SlamRotaryEmbedding  # noqa: E402
+from slam_hf.training.run_config import v3_cache_bytes_per_token  # noqa: E402
 
 CACHE_TARGET = 0.2  # SLAM v3 self-attention cache bytes per token / MHA (<=)
 DECODE_TARGET = 1.0  # absorbed MLA decode step time / MHA decode step time (<=)
@@ -161,17 +163,6 @@ def set_threads(n):
     torch.set_num_threads(n)
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def git_state():
     try:
 
@@ -189,9 +180,7 @@ def environment():
     return {
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        **software_versions(),
         "platform": platform.platform(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
@@ -310,17 +299,6 @@ def split_cache(cache):
     return cache, None
 
 
-def cache_bytes(cache):
-    """Bytes held by the key/value tensors of every layer of a Cache (0 for None)."""
-    total = 0
-    for layer in [] if cache is None else cache.layers:
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-    return total
-
-
 def layer_shapes(cache):
     layer = cache.layers[0]
     return f"K {tuple(layer.keys.shape)} V {tuple(layer.values.shape)} {str(layer.keys.dtype).replace('torch.', '')}"
@@ -335,7 +313,7 @@ def measure_cache(model, prompt, new_tokens, encoder_decoder):
             input_ids=prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, return_dict_in_generate=True,
         )  # fmt: skip
         self_cache, cross_cache = split_cache(output_cache(out))
-        points.append((self_cache.get_seq_length(), cache_bytes(self_cache), cache_bytes(cross_cache), self_cache))
+        points.append((self_cache.get_seq_length(), cache_nbytes(self_cache), cache_nbytes(cross_cache), self_cache))
     (len1, b1, _, _), (len2, b2, cross, last) = points
     batch = prompt.shape[0]
     return {
@@ -376,7 +354,7 @@ def section_cache(args, report, models):
     set_threads(args.threads)
 
     mha = rows["SLAM v3, MHA self-attn"]["bytes_per_token"]
-    expected = (args.kv_lora_rank + args.qk_rope_head_dim) * 4 * args.decoder_layers
+    expected, _ = v3_cache_bytes_per_token(models["v3"].config)  # fp32
     report(
         f"fp32, batch {args.cache_batch}, prompt 16, generations of {args.cache_new_tokens} new tokens; "
         f"{args.decoder_layers} decoder layers, hidden {args.hidden_size}, {args.num_heads} heads; MLA "

@@ -49,6 +49,7 @@ if _REPO_ROOT not in sys.path:  # run from a checkout without installing the pac
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from slam_hf import SlamV1Config, SlamV1ForCausalLM, SlamV2Config, SlamV2ForCausalLM  # noqa: E402
+from slam_hf.bench.machine import software_versions  # noqa: E402
 
 MODEL_CHOICES = ("v1", "v2", "llama")
 LABELS = {"v1": "SLAM v1", "v2": "SLAM v2", "llama": "Llama"}
@@ -1307,9 +1308,7 @@ def describe_sizes(args):
 
 def environment(args):
     env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__,
+        **software_versions(),
         "platform": platform.platform(),
         "device": args.device,
         "dtype": args.dtype,

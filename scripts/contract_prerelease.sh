@@ -27,6 +27,6 @@ if [ "$prerelease" = "$release" ]; then
 fi
 echo "contract (pre-release): transformers $prerelease (newest release: $release)"
 VENV=$VENV bash scripts/setup.sh
-"$VENV/bin/pip" install --quiet --disable-pip-version-check --pre -c ci/torch-cpu.txt "transformers==$prerelease"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --pre -c .ci/torch-cpu.txt "transformers==$prerelease"
 "$VENV/bin/python" -c "import transformers; print('contract (pre-release): testing transformers', transformers.__version__)"
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$VENV/bin/python" -m pytest -m contract -q -p no:cacheprovider

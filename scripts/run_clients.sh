@@ -5,7 +5,7 @@
 # any of them: every installed package is pinned to its current version, and the check at the end proves it.
 # Settings (as for scripts/setup.sh):
 #   VENV=.venv (default)              the existing environment
-#   CONSTRAINTS=ci/oldest.txt         optional extra pins, the same file setup.sh was given
+#   CONSTRAINTS=.ci/oldest.txt        optional extra pins, the same file setup.sh was given
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -17,7 +17,7 @@ trap 'rm -rf "$work"' EXIT
 # slam_hf itself is an editable install (no version to pin); everything else is pinned exactly.
 "${PIP[@]}" freeze --exclude-editable | grep -v '^#' > "$work/before.txt"
 SECONDS=0
-"${PIP[@]}" install --quiet -c ci/torch-cpu.txt ${CONSTRAINTS:+-c "$CONSTRAINTS"} -c "$work/before.txt" -e ".[clients]"
+"${PIP[@]}" install --quiet -c .ci/torch-cpu.txt ${CONSTRAINTS:+-c "$CONSTRAINTS"} -c "$work/before.txt" -e ".[clients]"
 "${PIP[@]}" freeze --exclude-editable | grep -v '^#' > "$work/after.txt"
 changed=$(comm -23 <(sort "$work/before.txt") <(sort "$work/after.txt"))
 if [ -n "$changed" ]; then

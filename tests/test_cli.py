@@ -647,7 +647,7 @@ def test_tested_transformers_range_matches_ci_pins():
     from slam_hf.hub import TESTED_TRANSFORMERS
 
     root = Path(__file__).resolve().parent.parent
-    assert f"transformers=={TESTED_TRANSFORMERS[0]}" in (root / "ci" / "oldest.txt").read_text()
+    assert f"transformers=={TESTED_TRANSFORMERS[0]}" in (root / ".ci" / "oldest.txt").read_text()
     # the README's Compatibility table names the same two versions the model cards render
     assert (
         f"| {TESTED_TRANSFORMERS[0]} and {TESTED_TRANSFORMERS[1]} (newest at the last green CI) |"

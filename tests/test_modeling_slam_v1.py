@@ -3,7 +3,7 @@ the window geometry, arbitrary lengths and the O(L * w) cost."""
 
 import pytest
 import torch
-from slam_common import SlamModelTesterMixin, assert_close, expected_inv_freq, single_threaded_torch
+from slam_common import ATOL, SlamModelTesterMixin, described, expected_inv_freq, single_threaded_torch
 from slam_tester import SlamV1ModelTester
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -109,9 +109,18 @@ def test_ef_cycle_matches_naive_window_loop(tester, head, length, overrides):
     with torch.no_grad():
         cycle, captured = capture_cycle_io(model, input_ids)
         position_embeddings = reference_rope(length, config.head_dim, config.rope_theta)
-        assert_close(captured["position_embeddings"][0], position_embeddings[0][0], atol=1e-6, what="RoPE cos")
+        cos = captured["position_embeddings"][0]  # (batch, length, head_dim); the reference has batch 1
+        torch.testing.assert_close(
+            cos, position_embeddings[0].expand_as(cos), rtol=0, atol=1e-6, msg=described("RoPE cos")
+        )
         expected = reference_ef_cycle(cycle, captured["input"], position_embeddings, config, head == "causal")
-    assert_close(captured["output"], expected, what=f"EF cycle ({head}, L={length}) vs naive window loop")
+    torch.testing.assert_close(
+        captured["output"],
+        expected,
+        rtol=0,
+        atol=ATOL,
+        msg=described(f"EF cycle ({head}, L={length}) vs naive window loop"),
+    )
 
 
 def test_ef_reference_geometry_is_the_intended_one():
@@ -198,7 +207,9 @@ def test_any_sequence_length(tester, length):
         if model_class is tester.causal_lm_class and length > 1:
             with torch.no_grad():  # a prefix gives the same logits as the start of the longer run
                 prefix = model(input_ids=input_ids[:, : length // 2]).logits
-            assert_close(prefix, logits[:, : length // 2], what=f"causal prefix at L={length}")
+            torch.testing.assert_close(
+                prefix, logits[:, : length // 2], rtol=0, atol=ATOL, msg=described(f"causal prefix at L={length}")
+            )
 
 
 # ---------------------------------------------------------------------------- O(L * w) cost ----

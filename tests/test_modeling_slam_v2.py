@@ -5,8 +5,9 @@ per-token loop, its router outputs and balancing loss, adapters, disk offload an
 import pytest
 import torch
 from slam_common import (
+    ATOL,
     SlamModelTesterMixin,
-    assert_close,
+    described,
     expected_inv_freq,
     output_cache,
     single_threaded_torch,
@@ -174,7 +175,13 @@ def test_rotation_proven_by_hooks_published_example(tester):
             assert distances[s] <= 1e-6 and sorted(distances)[1] > 1e-2, distances  # one clear match
             routing[c, b] = s
             # The block's output is the cycle's output on that segment.
-            assert_close(blocks.get(c, b, "out"), entry["output"][0, segment[s]], what=f"cycle {c} block {b} output")
+            torch.testing.assert_close(
+                blocks.get(c, b, "out"),
+                entry["output"][0, segment[s]],
+                rtol=0,
+                atol=ATOL,
+                msg=described(f"cycle {c} block {b} output"),
+            )
     expected = {(c, (s + c) % NUM_BLOCKS): s for c in range(config.ef_cycles) for s in range(NUM_BLOCKS)}
     assert routing == expected
 
@@ -182,7 +189,13 @@ def test_rotation_proven_by_hooks_published_example(tester):
     # original input of segment D.
     A, D = 0, 3
     assert routing[1, A] == D and routing[0, D] == D
-    assert_close(blocks.get(1, A, "in"), blocks.get(0, D, "out") + x[segment[D]], atol=1e-6, what="cycle 2, block A")
+    torch.testing.assert_close(
+        blocks.get(1, A, "in"),
+        blocks.get(0, D, "out") + x[segment[D]],
+        rtol=0,
+        atol=1e-6,
+        msg=described("cycle 2, block A"),
+    )
 
 
 @pytest.mark.parametrize("head", ["causal", "bidirectional"])
@@ -208,8 +221,12 @@ def test_rotation_proven_by_hooks_any_layout(tester, head):
             slot = (b - c) % NUM_BLOCKS
             index, valid = plan.token_index[slot].flatten(), plan.query_valid[slot].flatten()
             what = f"{head}: cycle {c}, block {b}, slot {slot}"
-            assert_close(blocks.get(c, b, "in")[valid], inputs[index][valid], atol=0, what=what + " input")
-            assert_close(blocks.get(c, b, "out")[valid], outputs[index][valid], atol=0, what=what + " output")
+            torch.testing.assert_close(
+                blocks.get(c, b, "in")[valid], inputs[index][valid], rtol=0, atol=0, msg=described(what + " input")
+            )
+            torch.testing.assert_close(
+                blocks.get(c, b, "out")[valid], outputs[index][valid], rtol=0, atol=0, msg=described(what + " output")
+            )
             # Independently of the plan: the slot's real tokens are those of segments s = slot (mod 4).
             for row, (first, real) in enumerate(real_spans(attention_mask, 2, length)):
                 tokens = sorted(int(i) - row * length for i in index[valid] if row * length <= i < (row + 1) * length)
@@ -256,7 +273,13 @@ def check_cycles_against_reference(model, recorder, is_causal, attention_mask=No
                 is_causal,
                 attention_mask,
             )
-        assert_close(entry["output"], expected, what=f"cycle {entry['cycle']} {what} vs naive segment loop")
+        torch.testing.assert_close(
+            entry["output"],
+            expected,
+            rtol=0,
+            atol=ATOL,
+            msg=described(f"cycle {entry['cycle']} {what} vs naive segment loop"),
+        )
 
 
 @pytest.mark.parametrize("head", ["causal", "bidirectional"])
@@ -271,7 +294,9 @@ def test_fusion_cycle_matches_naive_segment_loop(tester, head, length, overrides
     input_ids = tester.input_ids(seq_length=length)
     outputs, recorder = run_recorded(model, input_ids=input_ids)
     cos, _ = reference_rope(range(length), config.head_dim, config.rope_theta)
-    assert_close(recorder.cycles[0]["position_embeddings"][0][0], cos, atol=1e-6, what="RoPE cos")
+    torch.testing.assert_close(
+        recorder.cycles[0]["position_embeddings"][0][0], cos, rtol=0, atol=1e-6, msg=described("RoPE cos")
+    )
     occupied = min(-(-length // config.ef_segment_length), NUM_BLOCKS)
     assert recorder.cycles[0]["plan"].active_slots == list(range(occupied))
     check_cycles_against_reference(model, recorder, head == "causal", what=f"({head}, L={length})")
@@ -280,7 +305,13 @@ def test_fusion_cycle_matches_naive_segment_loop(tester, head, length, overrides
     model.base_model.fusion.batch_blocks = False
     with torch.no_grad():
         per_slot = model(input_ids=input_ids).logits
-    assert_close(per_slot, outputs.logits, what=f"batch_blocks=False vs batched ({head}, L={length})")
+    torch.testing.assert_close(
+        per_slot,
+        outputs.logits,
+        rtol=0,
+        atol=ATOL,
+        msg=described(f"batch_blocks=False vs batched ({head}, L={length})"),
+    )
 
 
 @pytest.mark.parametrize("head", ["causal", "bidirectional"])
@@ -412,7 +443,13 @@ def test_moa_matches_naive_per_token_loop(tester, case, head):
         _, captured = capture_moa(model, input_ids=input_ids, attention_mask=attention_mask)
         expected = reference_moa(attention, captured["x"], config, head == "causal", attention_mask)
     real = attention_mask.bool()
-    assert_close(captured["output"][real], expected[real], what=f"MoA {case} ({head}) vs per-token loop")
+    torch.testing.assert_close(
+        captured["output"][real],
+        expected[real],
+        rtol=0,
+        atol=ATOL,
+        msg=described(f"MoA {case} ({head}) vs per-token loop"),
+    )
     # The gates are far from uniform, so a wrong gate weighting could not pass.
     gates = torch.softmax(captured["router_logits"][real], dim=-1).topk(config.moa_top_k, dim=-1).values
     gates = gates / gates.sum(-1, keepdim=True)
@@ -436,7 +473,7 @@ def test_router_logits_output(tester, model_role):
         expected = model.base_model.moa_layer.self_attn.router(captured["x"]).flatten(0, 1)
     assert isinstance(requested, tuple) and len(requested) == 1  # one per MoA layer
     assert requested[0].shape == (batch * length, 4)
-    assert_close(requested[0], expected, atol=1e-6, what="router logits vs router(x)")
+    torch.testing.assert_close(requested[0], expected, rtol=0, atol=1e-6, msg=described("router logits vs router(x)"))
 
     by_config = model_class(tester.get_config(output_router_logits=True)).eval()
     by_config.load_state_dict(model.state_dict())
@@ -472,15 +509,28 @@ def test_aux_loss_is_the_switch_formula_over_real_tokens(tester, head):
             outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_router_logits=True)
         logits = outputs.router_logits[0]
         expected = reference_aux_loss(logits, config.moa_top_k, attention_mask.bool())
-        assert_close(outputs.aux_loss, expected, atol=1e-6, what=f"aux loss ({head}, top-{config.moa_top_k})")
+        torch.testing.assert_close(
+            outputs.aux_loss,
+            expected.float(),
+            rtol=0,
+            atol=1e-6,
+            msg=described(f"aux loss ({head}, top-{config.moa_top_k})"),
+        )
         if config.moa_top_k == config.moa_num_experts:
-            assert_close(outputs.aux_loss, torch.tensor(1.0), atol=1e-6, what="dense routing aux loss")
+            torch.testing.assert_close(
+                outputs.aux_loss, torch.tensor(1.0), rtol=0, atol=1e-6, msg=described("dense routing aux loss")
+            )
         else:
             with_padding = reference_aux_loss(logits, config.moa_top_k)
             assert (with_padding - expected).abs() > 1e-3, "test data cannot tell whether padding is excluded"
         with torch.no_grad():  # without a mask every token counts (no pad ids: their zero embedding gives ties)
             unmasked = model(input_ids=tester.input_ids(batch_size=3), output_router_logits=True)
-        assert_close(unmasked.aux_loss, reference_aux_loss(unmasked.router_logits[0], config.moa_top_k), atol=1e-6)
+        torch.testing.assert_close(
+            unmasked.aux_loss,
+            reference_aux_loss(unmasked.router_logits[0], config.moa_top_k).float(),
+            rtol=0,
+            atol=1e-6,
+        )
 
 
 def reference_task_loss(tester, model_class, logits, labels, reduction="mean"):
@@ -504,8 +554,12 @@ def test_loss_adds_the_weighted_aux_loss(tester, model_role):
         plain_outputs = plain(input_ids=input_ids, labels=labels)
     assert torch.equal(plain_outputs.aux_loss, outputs.aux_loss)  # reported even when not added
     task_loss = reference_task_loss(tester, model_class, outputs.logits, labels)
-    assert_close(plain_outputs.loss, task_loss, atol=1e-6, what="task loss of the coef-0 model")
-    assert_close(outputs.loss, plain_outputs.loss + coef * outputs.aux_loss, atol=1e-6, what="loss")
+    torch.testing.assert_close(
+        plain_outputs.loss, task_loss, rtol=0, atol=1e-6, msg=described("task loss of the coef-0 model")
+    )
+    torch.testing.assert_close(
+        outputs.loss, plain_outputs.loss + coef * outputs.aux_loss, rtol=0, atol=1e-6, msg=described("loss")
+    )
 
 
 @pytest.mark.parametrize("model_role", ["causal_lm_class", "masked_lm_class"])
@@ -527,7 +581,13 @@ def test_aux_loss_weight_under_gradient_accumulation(tester, model_role):
             outputs = model(input_ids=input_ids[part], labels=labels[part], num_items_in_batch=num_items)
         task_sum = reference_task_loss(tester, model_class, outputs.logits, labels[part], reduction="sum")
         expected = task_sum / num_items + coef * outputs.aux_loss * count / num_items
-        assert_close(outputs.loss, expected, atol=1e-6, what=f"micro-batch loss ({count} of {num_items} labelled)")
+        torch.testing.assert_close(
+            outputs.loss,
+            expected,
+            rtol=0,
+            atol=1e-6,
+            msg=described(f"micro-batch loss ({count} of {num_items} labelled)"),
+        )
         used_weights.append(((outputs.loss - task_sum / num_items) / outputs.aux_loss).item())
     assert min(abs(weight - coef) for weight in used_weights) > 0.05, used_weights  # not simply coef each
     assert abs(sum(used_weights) - coef) < 1e-5, used_weights
@@ -596,7 +656,13 @@ def test_peft_lora_on_experts_and_blocks_matches_merged(tester):
         assert (adapted - original).abs().max() > 1e-3, "training did not change the adapted model"
         merged = wrapped.merge_and_unload()
         assert type(merged.model.fusion.blocks[0].self_attn.q_proj) is torch.nn.Linear
-        assert_close(merged(input_ids=input_ids).logits, adapted, what="LoRA model vs merge_and_unload()")
+        torch.testing.assert_close(
+            merged(input_ids=input_ids).logits,
+            adapted,
+            rtol=0,
+            atol=ATOL,
+            msg=described("LoRA model vs merge_and_unload()"),
+        )
 
 
 # ------------------------------------------------------------------------------ 5. disk offload ----
@@ -606,7 +672,7 @@ def check_offloaded_to_disk(model, reference, input_ids, what):
     q_proj = model.model.fusion.blocks[0].self_attn.q_proj
     assert q_proj.weight.device.type == "meta" and hasattr(q_proj, "_hf_hook"), f"{what}: weights not offloaded"
     with torch.no_grad():
-        assert_close(model(input_ids=input_ids).logits, reference, atol=1e-6, what=what)
+        torch.testing.assert_close(model(input_ids=input_ids).logits, reference, rtol=0, atol=1e-6, msg=described(what))
 
 
 def test_whole_model_offloaded_to_disk(tester, tmp_path):
@@ -671,4 +737,10 @@ def test_cache_holds_every_token_of_every_cycle(tester):
                 tokens = slice(start, min(start + size, length))
                 block = model.model.fusion.blocks[(s + c) % NUM_BLOCKS]
                 k = block.self_attn.k_proj(inputs[:, tokens]).unflatten(-1, (-1, head_dim)).transpose(1, 2)
-                assert_close(keys[:, :, tokens], rotate(k, cos[tokens], sin[tokens]), what=f"cycle {c} keys")
+                torch.testing.assert_close(
+                    keys[:, :, tokens],
+                    rotate(k, cos[tokens], sin[tokens]),
+                    rtol=0,
+                    atol=ATOL,
+                    msg=described(f"cycle {c} keys"),
+                )

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 from slam_common import (
+    ATOL,
     SlamModelTesterMixin,
-    assert_close,
     assert_context_sensitive,
     count_calls,
+    described,
     output_cache,
     rows_of,
     single_threaded_torch,
@@ -127,12 +128,36 @@ def test_generate_cache_holds_compressed_latent_and_cross_kv(tester, model):
             handle.remove()
         for idx, layer in enumerate(decoder.layers):
             _, _, c_kv, k_rope = layer.self_attn.project(*captured[idx])
-            assert_close(cache.self_attention_cache.layers[idx].keys, c_kv, what=f"cached latent of layer {idx}")
-            assert_close(cache.self_attention_cache.layers[idx].values, k_rope, what=f"cached RoPE key of layer {idx}")
+            torch.testing.assert_close(
+                cache.self_attention_cache.layers[idx].keys,
+                c_kv,
+                rtol=0,
+                atol=ATOL,
+                msg=described(f"cached latent of layer {idx}"),
+            )
+            torch.testing.assert_close(
+                cache.self_attention_cache.layers[idx].values,
+                k_rope,
+                rtol=0,
+                atol=ATOL,
+                msg=described(f"cached RoPE key of layer {idx}"),
+            )
             keys = layer.cross_attn.k_proj(memory).view(batch, memory_length, 2, 8).transpose(1, 2)
             values = layer.cross_attn.v_proj(memory).view(batch, memory_length, 2, 8).transpose(1, 2)
-            assert_close(cache.cross_attention_cache.layers[idx].keys, keys, what=f"cross keys of layer {idx}")
-            assert_close(cache.cross_attention_cache.layers[idx].values, values, what=f"cross values of layer {idx}")
+            torch.testing.assert_close(
+                cache.cross_attention_cache.layers[idx].keys,
+                keys,
+                rtol=0,
+                atol=ATOL,
+                msg=described(f"cross keys of layer {idx}"),
+            )
+            torch.testing.assert_close(
+                cache.cross_attention_cache.layers[idx].values,
+                values,
+                rtol=0,
+                atol=ATOL,
+                msg=described(f"cross values of layer {idx}"),
+            )
 
 
 def test_cross_attention_kv_and_encoder_computed_once(tester, model):
@@ -171,11 +196,15 @@ def test_cached_generation_equals_uncached_step_by_step(tester, model):
         assert len(set(row[1:].tolist())) >= 3, cached.sequences
     assert len(cached.logits) == len(uncached.logits) == 8
     for step, (with_cache, without_cache) in enumerate(zip(cached.logits, uncached.logits)):
-        assert_close(with_cache, without_cache, atol=1e-4, what=f"step {step} logits, cached vs uncached")
+        torch.testing.assert_close(
+            with_cache, without_cache, rtol=0, atol=1e-4, msg=described(f"step {step} logits, cached vs uncached")
+        )
     # ... and both equal one teacher-forced forward over the generated answer.
     with torch.no_grad():
         full = model(**inputs, decoder_input_ids=cached.sequences[:, :-1], use_cache=False).logits
-    assert_close(torch.stack(cached.logits, dim=1), full, atol=1e-4, what="step logits vs full forward")
+    torch.testing.assert_close(
+        torch.stack(cached.logits, dim=1), full, rtol=0, atol=1e-4, msg=described("step logits vs full forward")
+    )
 
 
 def reference_beam_search(model, inputs, num_beams, new_tokens):
@@ -209,7 +238,13 @@ def test_beam_search_matches_reference_beam_search(tester, model):
         returned = out.sequences[row * num_beams : (row + 1) * num_beams]
         assert returned.tolist() == [tokens for tokens, _ in reference], f"row {row}"
         scores = torch.tensor([score for _, score in reference])
-        assert_close(out.sequences_scores[row * num_beams : (row + 1) * num_beams], scores, atol=1e-4, what="scores")
+        torch.testing.assert_close(
+            out.sequences_scores[row * num_beams : (row + 1) * num_beams],
+            scores,
+            rtol=0,
+            atol=1e-4,
+            msg=described("scores"),
+        )
         assert len({tuple(tokens) for tokens, _ in reference}) == num_beams
     greedy = model.generate(**inputs, **fixed_length(new_tokens))
     assert not torch.equal(out.sequences[::num_beams], greedy), "beam search found nothing better than greedy"
@@ -240,8 +275,12 @@ def test_absorbed_decoding_matches_expanded(tester, model):
     assert calls[False] == {"attend_absorbed": 0, "attend_expanded": 16}
     assert torch.equal(runs[True].sequences, runs[False].sequences)
     for step, (absorbed, expanded) in enumerate(zip(runs[True].logits, runs[False].logits)):
-        assert_close(absorbed, expanded, atol=1e-4, what=f"step {step} logits, absorbed vs expanded")
-    assert_close(runs[True].full, runs[False].full, atol=1e-4, what="full forward, absorbed vs expanded")
+        torch.testing.assert_close(
+            absorbed, expanded, rtol=0, atol=1e-4, msg=described(f"step {step} logits, absorbed vs expanded")
+        )
+    torch.testing.assert_close(
+        runs[True].full, runs[False].full, rtol=0, atol=1e-4, msg=described("full forward, absorbed vs expanded")
+    )
 
     # "auto": decoding steps absorb, training runs expanded.
     attention = attentions[0]
@@ -283,15 +322,23 @@ def test_batched_paths_match_sequential_paths(tester, case):
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
         results[batched] = (outputs, grads)
     (batched, batched_grads), (sequential, sequential_grads) = results[True], results[False]
-    assert_close(batched.encoder_last_hidden_state, sequential.encoder_last_hidden_state, what="memory")
-    assert_close(batched.logits, sequential.logits, what="logits")
-    assert_close(batched.loss, sequential.loss, what="loss")
+    torch.testing.assert_close(
+        batched.encoder_last_hidden_state,
+        sequential.encoder_last_hidden_state,
+        rtol=0,
+        atol=ATOL,
+        msg=described("memory"),
+    )
+    torch.testing.assert_close(batched.logits, sequential.logits, rtol=0, atol=ATOL, msg=described("logits"))
+    torch.testing.assert_close(batched.loss, sequential.loss, rtol=0, atol=ATOL, msg=described("loss"))
     assert batched_grads.keys() == sequential_grads.keys()
     assert any(".paths.text." in name for name in batched_grads)
     skipped = any(".paths.image." in name or ".paths.cross_modal." in name for name in batched_grads)
     assert skipped == (case != "text_only")
     for name, grad in batched_grads.items():
-        assert_close(grad, sequential_grads[name], what=f"gradient of {name}")
+        torch.testing.assert_close(
+            grad, sequential_grads[name], rtol=0, atol=ATOL, msg=described(f"gradient of {name}")
+        )
 
 
 @pytest.mark.parametrize("batch_paths", [True, False], ids=["batched", "sequential"])
@@ -348,7 +395,9 @@ def test_gradient_checkpointing_recomputes_every_encoder_part(tester, batch_path
     assert (stacked, checkpointed_stacked) == ((14, 28) if batch_paths else (0, 0))
     assert torch.equal(loss, checkpointed_loss)
     for name, grad in grads.items():
-        assert_close(checkpointed_grads[name], grad, atol=1e-6, what=f"checkpointed gradient of {name}")
+        torch.testing.assert_close(
+            checkpointed_grads[name], grad, rtol=0, atol=1e-6, msg=described(f"checkpointed gradient of {name}")
+        )
 
 
 def test_path_masks_rules():
@@ -386,7 +435,7 @@ def test_text_only_input(tester):
         concat = path_states.permute(1, 2, 0, 3).flatten(2)
         expected = (path_states[TEXT] + path_states[SHARED]) / 2 + fusion.concat_proj(concat)
         expected = fusion.cross_modal.finish(expected, torch.zeros_like(expected))
-    assert_close(fused, expected, atol=1e-6, what="fusion output for text-only input")
+    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-6, msg=described("fusion output for text-only input"))
 
     # Exactly no gradient reaches what had no input: the image and cross-modal paths, the fusion's cross-modal
     # attention projections, the vision tower (not run at all).
@@ -432,9 +481,17 @@ def test_padded_image_prompts_equal_unpadded(tester, model, side):
         mask = padded["attention_mask"].bool()
         for i, row in enumerate(rows):
             alone = model(**row)
-            assert_close(batched.logits[i], alone.logits[0], what=f"{side}-padded row {i} logits")
+            torch.testing.assert_close(
+                batched.logits[i], alone.logits[0], rtol=0, atol=ATOL, msg=described(f"{side}-padded row {i} logits")
+            )
             real_memory = batched.encoder_last_hidden_state[i][mask[i]]
-            assert_close(real_memory, alone.encoder_last_hidden_state[0], what=f"{side}-padded row {i} memory")
+            torch.testing.assert_close(
+                real_memory,
+                alone.encoder_last_hidden_state[0],
+                rtol=0,
+                atol=ATOL,
+                msg=described(f"{side}-padded row {i} memory"),
+            )
         # The ids under the padding are never read.
         scrambled = padded["input_ids"].masked_fill(~mask, 77)
         assert torch.equal(model(**{**padded, "input_ids": scrambled}).logits, batched.logits)
@@ -461,9 +518,13 @@ def test_latent_bottleneck(tester):
     with torch.no_grad():
         batched = model(**padded).logits
         for i, row in enumerate(rows):
-            assert_close(batched[i], model(**row).logits[0], what=f"row {i} with latents")
+            torch.testing.assert_close(
+                batched[i], model(**row).logits[0], rtol=0, atol=ATOL, msg=described(f"row {i} with latents")
+            )
         scrambled = padded["input_ids"].masked_fill(padded["attention_mask"] == 0, 77)
-        assert_close(model(**{**padded, "input_ids": scrambled}).logits, batched, atol=0, what="padding ids")
+        torch.testing.assert_close(
+            model(**{**padded, "input_ids": scrambled}).logits, batched, rtol=0, atol=0, msg=described("padding ids")
+        )
     rows = tester.padding_rows((tester.seq_length, 9, 1), decoder=False)
     padded, _ = tester.pad_rows(rows, "left")
     batched = model.generate(**padded, **fixed_length(5))
@@ -496,7 +557,13 @@ def test_aux_values(tester):
             padded, _ = tester.pad_rows(rows, side)
             batched = model(**padded, aux_values=aux).logits
             for i, row in enumerate(rows):
-                assert_close(batched[i], model(**row).logits[0], what=f"{side}-padded row {i} with aux")
+                torch.testing.assert_close(
+                    batched[i],
+                    model(**row).logits[0],
+                    rtol=0,
+                    atol=ATOL,
+                    msg=described(f"{side}-padded row {i} with aux"),
+                )
 
     cached = model.generate(**tester.encoder_part(inputs), **fixed_length(5))
     assert torch.equal(cached, model.generate(**tester.encoder_part(inputs), **fixed_length(5), use_cache=False))
@@ -671,7 +738,13 @@ def test_lora_on_decoder_save_reload_merge(tester, tmp_path, task_type):
     assert type(merged.model.decoder.layers[0].self_attn.kv_b_proj) is nn.Linear
     with torch.no_grad():
         scale = max(1.0, adapted.abs().max().item())
-        assert_close(merged(**eval_inputs).logits, adapted, atol=1e-5 * scale, what="merge_and_unload vs adapter")
+        torch.testing.assert_close(
+            merged(**eval_inputs).logits,
+            adapted,
+            rtol=0,
+            atol=1e-5 * scale,
+            msg=described("merge_and_unload vs adapter"),
+        )
 
 
 # -------------------------------------------------------------------------------------- 6. pipeline ----
@@ -743,7 +816,9 @@ def test_inputs_embeds_with_pixel_values(tester, model):
             expected, actual = run(**inputs, output_hidden_states=True), run(**embedded, output_hidden_states=True)
             assert torch.equal(actual.encoder_hidden_states[0], expected.encoder_hidden_states[0]), name
             main = "last_hidden_state" if name == "trunk" else "logits"
-            assert_close(getattr(actual, main), getattr(expected, main), atol=0, what=f"{name} {main}")
+            torch.testing.assert_close(
+                getattr(actual, main), getattr(expected, main), rtol=0, atol=0, msg=described(f"{name} {main}")
+            )
         # labels: the decoder inputs are the labels shifted right, and the loss is part of the output
         expected = model(**tester.encoder_part(inputs), labels=labels)
         actual = model(**tester.encoder_part(embedded), labels=labels)
@@ -778,7 +853,11 @@ def test_padded_decoder_attention_mask_stays_causal(tester, model):
         future = answer.clone()
         future[:, -2] = different_token(future[:, -2], tester)
         changed = model(**{**inputs, "decoder_input_ids": future}, decoder_attention_mask=mask).logits
-    assert_close(padded[0], unpadded[0], atol=0, what="row without padding")
-    assert_close(padded[1, :-1], unpadded[1, :-1], what="real positions of the padded row")
-    assert_close(changed[:, :-2], padded[:, :-2], atol=0, what="positions before a changed future token")
+    torch.testing.assert_close(padded[0], unpadded[0], rtol=0, atol=0, msg=described("row without padding"))
+    torch.testing.assert_close(
+        padded[1, :-1], unpadded[1, :-1], rtol=0, atol=ATOL, msg=described("real positions of the padded row")
+    )
+    torch.testing.assert_close(
+        changed[:, :-2], padded[:, :-2], rtol=0, atol=0, msg=described("positions before a changed future token")
+    )
     assert (changed[:, -2] - padded[:, -2]).abs().max() > 1e-3

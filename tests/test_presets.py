@@ -1,4 +1,4 @@
-"""Preset configs (hub_templates/presets): every variant x size builds, sizes grow, overrides are validated."""
+"""Preset configs (slam_hf/preset_configs): every variant x size builds, sizes grow, overrides are validated."""
 
 import pytest
 import torch

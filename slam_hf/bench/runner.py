@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from .machine import cpu_name, software_versions
+
 SCHEMA = "slam_hf.bench/1"
 BENCH_KEYS = {
     "title": str, "models": list, "shape": dict, "vocab_size": int, "sequence_length": int, "batch_size": int,
@@ -537,28 +539,9 @@ def _machine(device: str, threads) -> dict:
     if device == "cuda":
         description = f"GPU: {torch.cuda.get_device_name(0)}"
     else:
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-        except OSError:
-            pass
-        description = f"CPU: {cpu}, {os.cpu_count()} logical cores"
+        description = f"CPU: {cpu_name()}, {os.cpu_count()} logical cores"
     return {"description": description, "device": device, "torch_threads": threads or torch.get_num_threads(),
             "platform": platform.platform()}  # fmt: skip
-
-
-def _software() -> dict:
-    import huggingface_hub
-    import tokenizers
-    import torch
-    import transformers
-
-    from .. import __version__
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "tokenizers": tokenizers.__version__, "huggingface_hub": huggingface_hub.__version__,
-            "slam_hf": __version__}  # fmt: skip
 
 
 def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume: bool = False) -> dict:
@@ -581,7 +564,7 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = prepare_data(config, work_dir)
     rows_sha256 = hashlib.sha256((work_dir / "rows.pt").read_bytes()).hexdigest()
-    software, machine = _software(), _machine(device, config["torch_threads"])
+    software, machine = software_versions("tokenizers"), _machine(device, config["torch_threads"])
     steps = planned_steps(config, data)
     tokens_per_step = config["batch_size"] * config["sequence_length"]
     log(f"[slam-hf bench] {data['description']}; {steps} steps × {tokens_per_step} tokens per model and seed")

@@ -419,9 +419,9 @@ def _stages(folder: Path, scratch: Path, scale_name: str, scale: Scale, seed: in
 
     from ..adapters.svf import SVFConfig, get_z_vectors, svf_target_modules
     from ..adapters.transformer2 import SelfAdaptiveModel, cem_search, train_svf_expert
+    from ..bench.machine import software_versions
     from ..data.domains import DOMAINS, MIXED_DOMAINS, OTHER_DOMAIN, evenly_spread, stdlib_files, stdlib_root
     from ..processing_slam import train_bpe_tokenizer
-    from ..training.trainer import software_versions
 
     def say(message):
         if verbose:
@@ -746,8 +746,7 @@ def _stages(folder: Path, scratch: Path, scale_name: str, scale: Scale, seed: in
             "classifier_last_loss": classifier_loss,
         },
         "software": {
-            **software_versions(),
-            "peft": __import__("peft").__version__,
+            **software_versions("peft"),
             "python_full": sys.version.split()[0],
             "platform": platform.platform(),
         },

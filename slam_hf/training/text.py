@@ -11,6 +11,7 @@ import math
 import time
 from pathlib import Path
 
+from ..bench.machine import software_versions
 from .run_config import CARD_TAGS, ConfigError, lora_targets, template_path, variants
 from .trainer import (
     CpuFsdpMixin,
@@ -29,7 +30,6 @@ from .trainer import (
     render_model_card,
     run_description,
     save_model_folder,
-    software_versions,
     train_and_evaluate,
     unsharded_model,
 )

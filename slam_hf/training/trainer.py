@@ -10,10 +10,10 @@ import contextlib
 import json
 import math
 import os
-import platform
 from pathlib import Path
 from typing import NamedTuple
 
+from ..bench.machine import cpu_name
 from .run_config import ConfigError, Variant
 
 
@@ -35,16 +35,7 @@ def hardware_description(processes: int = 1, distributed: str | None = None) -> 
         return f"{processes} processes ({distributed or 'distributed'}), each on {hardware_description()}"
     if torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name()}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU: {cpu}, {torch.get_num_threads()} torch threads ({os.cpu_count()} logical cores visible)"
+    return f"CPU: {cpu_name()}, {torch.get_num_threads()} torch threads ({os.cpu_count()} logical cores visible)"
 
 
 def config_rows(config, block_size, variant: Variant) -> list[tuple[str, object]]:
@@ -66,22 +57,6 @@ def config_rows(config, block_size, variant: Variant) -> list[tuple[str, object]
         ("training context (block_size)", block_size),
     ]
     return rows
-
-
-def software_versions() -> dict:
-    import huggingface_hub
-    import torch
-    import transformers
-
-    from .. import __version__
-
-    return {
-        "slam_hf": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "huggingface_hub": huggingface_hub.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def render_model_card(template, model_name, pipeline_tag, tags, metric, eval_result: dict, **template_vars):
