@@ -664,10 +664,23 @@ def test_remote_code_never_imports_peft():
     for path in sorted(remote):
         assert not [name for name in get_imports(path) if name.split(".")[0] == "peft"], path
 
-    # adapters/svf.py itself: torch, transformers and peft, besides the standard library
-    tree = ast.parse(open(os.path.join(package, "adapters", "svf.py")).read())
-    roots = {
-        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
-    }
-    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert roots - set(sys.stdlib_module_names) <= {"torch", "transformers", "peft"}, roots
+    # adapters/svf.py and its parts (svf_*.py) import torch, transformers and peft (besides the standard library)
+    # and one another, nothing else
+    adapters = os.path.join(package, "adapters")
+    for filename in sorted(name for name in os.listdir(adapters) if name.startswith("svf")):
+        absolute, relative = imports_of(os.path.join(adapters, filename))
+        assert absolute - set(sys.stdlib_module_names) <= {"torch", "transformers", "peft"}, (filename, absolute)
+        assert all(module.startswith("svf") for module in relative), (filename, relative)
+
+
+def imports_of(path):
+    """The top-level packages a file imports, and the sibling modules it imports relatively (`from .x import`)."""
+    absolute, relative = set(), set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            absolute |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            relative.add(node.module or "")
+        elif isinstance(node, ast.ImportFrom):
+            absolute.add(node.module.split(".")[0])
+    return absolute, relative

@@ -20,6 +20,7 @@ Everything runs on one torch thread, so numbers reproduce; thresholds were measu
 """
 
 import ast
+import logging
 import math
 import os
 import random
@@ -32,12 +33,8 @@ from peft import PeftModel, get_peft_model
 from slam_common import single_threaded_torch
 from slam_tester import SlamV1ModelTester
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    TrainingArguments,
-)
+from training_common import training_args as shared_training_args
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as transformers_logging
 
 from slam_hf import SlamV1ForCausalLM
@@ -140,23 +137,10 @@ def pretraining_texts(rng, count):
 
 
 def training_args(output_dir, **overrides):
-    fields = dict(
-        output_dir=str(output_dir),
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        seed=0,
-        data_seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        weight_decay=0.0,
-        lr_scheduler_type="constant",
-        per_device_train_batch_size=32,
-        per_device_eval_batch_size=64,
-        logging_steps=10,
+    """The shared test settings (training_common) with a constant learning rate and 32 rows a batch."""
+    return shared_training_args(
+        output_dir, **{"lr_scheduler_type": "constant", "per_device_train_batch_size": 32, **overrides}
     )
-    fields.update(overrides)
-    return TrainingArguments(**fields)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -254,6 +238,19 @@ def first_word_reward(prompts, completions, completion_ids, target):
     return [1.0 if completion.split()[:1] == [wanted] else -1.0 for completion, wanted in zip(completions, target)]
 
 
+def small_reinforce_trainer(peft_model, reward_fn, tokenizer, tmp_path, **settings):
+    """A trainer over two prompts, two samples each: for calling compute_loss directly."""
+    return SVFReinforceTrainer(
+        peft_model,
+        reward_fn,
+        training_args(tmp_path),
+        processing_class=tokenizer,
+        train_dataset=reinforce_dataset(2),
+        num_samples_per_prompt=2,
+        **settings,
+    )
+
+
 def test_reinforce_raises_reward_with_exact_zero_kl_at_start(tokenizer, base_state, tmp_path):
     model = base_model(tokenizer, base_state)
     targets = svf_target_modules(model, attention=True)
@@ -309,16 +306,8 @@ def test_reinforce_loss_is_the_formula(tokenizer, base_state, tmp_path):
         seen.update(prompts=prompts, completion_ids=completion_ids, target=target)
         return [1.0, -1.0, 0.5, -0.25][: len(prompts)]
 
-    trainer = SVFReinforceTrainer(
-        peft_model,
-        spy_reward,
-        training_args(tmp_path),
-        processing_class=tokenizer,
-        train_dataset=reinforce_dataset(2),
-        kl_coef=0.5,
-        num_samples_per_prompt=2,
-        max_new_tokens=4,
-        baseline="mean",
+    trainer = small_reinforce_trainer(
+        peft_model, spy_reward, tokenizer, tmp_path, kl_coef=0.5, max_new_tokens=4, baseline="mean"
     )
     rows = [{"prompt": "up 3 =", "target": "4"}, {"prompt": "the cat sat on a", "target": "mat"}]
     loss = trainer.compute_loss(peft_model, trainer.data_collator(rows))
@@ -495,7 +484,7 @@ def test_experts_load_from_folders(tokenizer, base_state, experts, tmp_path):
 
 
 # -------------------------------------------------------------------------------- 5. few-shot mixing ----
-def test_cem_search_finds_a_known_optimum():
+def test_cem_search_finds_a_known_optimum(caplog):
     target = torch.tensor([0.7, 0.2, 0.5], dtype=torch.float64)
     calls = []
 
@@ -503,7 +492,8 @@ def test_cem_search_finds_a_known_optimum():
         calls.append(alphas)
         return -((alphas - target) ** 2).sum().item()
 
-    result = cem_search(score, 3, seed=0)  # defaults: 10 iterations of 16 candidates
+    with caplog.at_level(logging.INFO, logger="slam_hf.adapters.cem"):
+        result = cem_search(score, 3, seed=0)  # defaults: 10 iterations of 16 candidates
     error = (result.alphas.double() - target).abs().max().item()
     print(
         f"\nCEM: alphas {[round(a, 4) for a in result.alphas.tolist()]} (target {target.tolist()}), "
@@ -514,6 +504,10 @@ def test_cem_search_finds_a_known_optimum():
     assert len(calls) == 160 and torch.equal(calls[0], torch.full((3,), 1 / 3, dtype=torch.float64))
     assert all(((a >= 0) & (a <= 1)).all() for a in calls)  # candidates stay within bounds
     assert result.best_scores == sorted(result.best_scores)
+    progress = [record.getMessage() for record in caplog.records if record.name == "slam_hf.adapters.cem"]
+    assert progress == [
+        f"CEM iteration {i}/10: best score {score:.6g}" for i, score in enumerate(result.best_scores, start=1)
+    ]
     again = cem_search(score, 3, seed=0)
     assert torch.equal(again.alphas, result.alphas)  # seeded: a search repeats exactly
     errors = [(cem_search(score, 3, seed=seed).alphas.double() - target).abs().max().item() for seed in range(1, 6)]
@@ -560,17 +554,6 @@ def test_fit_mixture_beats_uniform_weights(tokenizer, experts):
 def test_bad_rewards_name_reward_fn(tokenizer, base_state, tmp_path):
     peft_model = add_svf_expert(base_model(tokenizer, base_state))
 
-    def trainer_with(reward_fn):
-        return SVFReinforceTrainer(
-            peft_model,
-            reward_fn,
-            training_args(tmp_path),
-            processing_class=tokenizer,
-            train_dataset=reinforce_dataset(2),
-            num_samples_per_prompt=2,
-            max_new_tokens=2,
-        )
-
     rows = [{"prompt": "up 1 =", "target": "2"}]
     cases = [
         (
@@ -588,7 +571,7 @@ def test_bad_rewards_name_reward_fn(tokenizer, base_state, tmp_path):
         (lambda *args, **kwargs: None, TypeError, r"reward_fn must return one number per completion \(2 here"),
     ]
     for reward_fn, error, message in cases:
-        trainer = trainer_with(reward_fn)
+        trainer = small_reinforce_trainer(peft_model, reward_fn, tokenizer, tmp_path, max_new_tokens=2)
         with pytest.raises(error, match=message):
             trainer.compute_loss(peft_model, trainer.data_collator(rows))
 
@@ -625,7 +608,7 @@ def test_bad_trainer_arguments_are_named(tokenizer, base_state, tmp_path):
         train_svf_expert(peft_model, domain_dataset(tokenizer, "up", 0, 4), args)
 
 
-def test_bad_mixtures_and_experts_are_named(tokenizer, base_state, tmp_path):
+def test_bad_mixtures_are_named(tokenizer, base_state):
     peft_model = random_experts(base_model(tokenizer, base_state), ["up", "down"])
     model = SelfAdaptiveModel(peft_model, tokenizer, {"up": "up", "down": "down"}, strategy="few_shot")
     with pytest.raises(
@@ -652,8 +635,13 @@ def test_bad_mixtures_and_experts_are_named(tokenizer, base_state, tmp_path):
         r"\(prompt, answer\) pair",
     ):
         model.fit_mixture(["up 1 = 2"])
+    with pytest.raises(ValueError, match=r"strategy='few_shot'\) does not classify prompts"):
+        model.dispatch(["up 1 ="])
 
-    # experts that adapt other modules, or come from another base model, cannot be mixed
+
+def test_experts_that_do_not_fit_together_are_named(tokenizer, base_state):
+    """Experts that adapt other modules, come from another base model or use another SVF form cannot be mixed."""
+    peft_model = random_experts(base_model(tokenizer, base_state), ["up", "down"])
     peft_model.add_adapter("attention", SVFConfig(task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"]))
     with pytest.raises(
         ValueError,
@@ -677,7 +665,9 @@ def test_bad_mixtures_and_experts_are_named(tokenizer, base_state, tmp_path):
     ):
         SelfAdaptiveModel(peft_model, tokenizer, {"up": "up", "paper": "plain"}, strategy="few_shot")
 
-    # unknown experts and labels
+
+def test_unknown_experts_labels_and_strategies_are_named(tokenizer, base_state, tmp_path):
+    peft_model = random_experts(base_model(tokenizer, base_state), ["up", "down"])
     missing = str(tmp_path / "no_such_adapter")  # not a folder, and no valid repo id: fails without a network call
     with pytest.raises(
         ValueError,
@@ -698,8 +688,6 @@ def test_bad_mixtures_and_experts_are_named(tokenizer, base_state, tmp_path):
         SelfAdaptiveModel(peft_model, tokenizer, {"up": "up"}, strategy="classifier")
     with pytest.raises(ValueError, match=r"strategy='mixture'\) must be one of \('prompt', 'classifier', 'few_shot'\)"):
         SelfAdaptiveModel(peft_model, tokenizer, {"up": "up"}, strategy="mixture")
-    with pytest.raises(ValueError, match=r"strategy='few_shot'\) does not classify prompts"):
-        model.dispatch(["up 1 ="])
 
 
 def test_bad_cem_arguments_are_named():
@@ -718,8 +706,13 @@ def test_bad_cem_arguments_are_named():
 
 # --------------------------------------------------------------------------------- 7. import hygiene ----
 def test_transformer2_imports_only_torch_transformers_peft_and_svf():
-    tree = ast.parse(open(os.path.join(REPO_ROOT, "slam_hf", "adapters", "transformer2.py")).read())
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {"." * node.level + (node.module or "") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    third_party = {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names}
-    assert third_party <= {"torch", "transformers", "peft", ".svf", "__future__"}, third_party
+    # transformer2.py and its parts: torch, transformers and peft (besides the standard library), svf and one another
+    siblings = {".svf", ".experts", ".reinforce", ".cem"}
+    for module in ("transformer2", "experts", "reinforce", "cem"):
+        tree = ast.parse(open(os.path.join(REPO_ROOT, "slam_hf", "adapters", f"{module}.py")).read())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {
+            "." * node.level + (node.module or "") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+        }
+        third_party = {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names}
+        assert third_party <= {"torch", "transformers", "peft", "__future__", *siblings}, (module, third_party)

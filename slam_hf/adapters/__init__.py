@@ -1,2 +1,7 @@
-"""Adapters over any model: SVF as a PEFT method (`svf`, registered with PEFT on import) and Transformer²'s expert
-training, REINFORCE and two-pass self-adaptive inference (`transformer2`). Not remote code."""
+"""Adapters over any model, not remote code.
+
+SVF as a PEFT method: `svf` (config, tuner; registered with PEFT on import) with its parts `svf_layer`,
+`svf_targets`, `svf_z_vectors` and `svf_peft_type`. Transformer²: `transformer2` (two-pass self-adaptive inference)
+with `experts` (next-token training), `reinforce` (REINFORCE training) and `cem` (the few-shot mixture search).
+`svf` and `transformer2` re-export the public names of their parts.
+"""

@@ -1,57 +1,44 @@
 """Transformer² (arXiv 2501.06252) on SVF adapters: expert training and two-pass self-adaptive inference (DESIGN §7).
 
 An expert is an SVF adapter (`slam_hf.adapters.svf`): one z vector per adapted `nn.Linear` that rescales its singular
-values. This module adds what the paper does with experts, for any Hugging Face causal LM and tokenizer:
+values. What the paper does with experts, for any Hugging Face causal LM and tokenizer, is importable from here:
 
-* **Next-token training.** `train_svf_expert(model, train_dataset, args, processing_class=tokenizer)` wraps the
-  model with an SVF adapter (or adds one to a PeftModel) and trains it with `Trainer`.
-* **REINFORCE.** `SVFReinforceTrainer` is a `Trainer` whose step samples completions of the batch's prompts with
-  `generate()` (no gradient), scores each with `reward_fn` and minimises
-
-      mean over samples of  −(r − b) · Σₜ log πθ(yₜ | x, y<ₜ)  +  kl_coef · Σₜ KL(πθ(· | x, y<ₜ) ‖ π_base(· | x, y<ₜ))
-
-  where the sums run over the completion tokens (up to and including the first end-of-sequence token), r is the
-  reward, b the baseline (`baseline="none"`: b = 0, as in the paper and its released code; `"mean"`: the mean
-  reward of the same prompt's samples) and π_base is the same PeftModel under `disable_adapter()`, so no second
-  copy of the weights is held. The KL of each position is computed exactly over the vocabulary along the sampled
-  completions (the released code computes it the other way round, KL(π_base ‖ πθ)); summed over a completion
-  sampled from πθ it is an unbiased estimate of the sequence-level KL(πθ ‖ π_base). Rewards must lie in [-1, 1]:
-  the paper's ±1 for a right or wrong answer, or partial credit in between.
-* **Two-pass inference.** `SelfAdaptiveModel` wraps a PeftModel and its experts. Pass 1 picks the adaptation for
-  each prompt, pass 2 runs `generate()` with it:
+* **Next-token training** (`experts`). `train_svf_expert(model, train_dataset, args, processing_class=tokenizer)`
+  wraps the model with an SVF adapter (or adds one to a PeftModel) and trains it with `Trainer`.
+* **REINFORCE** (`reinforce`). `SVFReinforceTrainer` is a `Trainer` whose step samples completions of the batch's
+  prompts with `generate()`, scores each with `reward_fn` (rewards in [-1, 1]) and minimises the REINFORCE loss
+  plus `kl_coef` times the KL to the same model with its adapter disabled (the formula: `reinforce`'s docstring).
+* **Two-pass inference** (this module). `SelfAdaptiveModel` wraps a PeftModel and its experts. Pass 1 picks the
+  adaptation for each prompt, pass 2 runs `generate()` with it:
   - `strategy="prompt"`: the base model (adapters disabled) reads a classification prompt that lists the expert
     names and "other"; the label is the one whose tokens get the highest log-likelihood after that prompt (no
     free-text parsing, so the answer is always a valid label);
   - `strategy="classifier"`: the same scoring, run with a classification expert (an SVF adapter trained on such
     prompts) active;
   - `strategy="few_shot"`: `fit_mixture(examples)` searches mixing weights α with the cross-entropy method
-    (`cem_search`) so that the experts' mixture z' = Σₖ αₖ zₖ, loaded into a dedicated adapter slot, best
-    explains a handful of (prompt, answer) examples; pass 2 generates with that mixture.
+    (`cem_search`, module `cem`) so that the experts' mixture z' = Σₖ αₖ zₖ, loaded into a dedicated adapter slot,
+    best explains a handful of (prompt, answer) examples; pass 2 generates with that mixture.
   A prompt labelled "other" is generated with the base weights (adapters disabled).
 
-Imports: torch, transformers, peft and slam_hf.adapters.svf only; this is not remote code.
+Imports: torch, transformers, peft and slam_hf.adapters only; this is not remote code.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
-import math
-from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
-from peft import PeftModel, get_peft_model
-from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+from peft import PeftModel
 
-from .svf import SVF_PEFT_TYPE, SVFConfig, get_z_vectors, mix_z_vectors, set_z_vectors
+from .cem import CEMResult, cem_search
+from .experts import _is_svf_adapter, _peft_type, add_svf_expert, train_svf_expert
+from .reinforce import BASELINES, REWARD_RANGE, SVFReinforceTrainer
+from .svf import get_z_vectors, mix_z_vectors, set_z_vectors
 
 STRATEGIES = ("prompt", "classifier", "few_shot")
-BASELINES = ("none", "mean")
-REWARD_RANGE = (-1.0, 1.0)
 DEFAULT_OTHER_LABEL = "other"
 DEFAULT_MIXTURE_ADAPTER = "transformer2_mixture"
 DEFAULT_CLASSIFIER_ADAPTER = "transformer2_classifier"
@@ -60,487 +47,6 @@ DEFAULT_CLASSIFICATION_TEMPLATE = (
 )
 
 
-# ---------------------------------------------------------------------------------- next-token experts ----
-def _peft_type(peft_model: PeftModel, adapter_name: str) -> str:
-    peft_type = peft_model.peft_config[adapter_name].peft_type
-    return getattr(peft_type, "value", peft_type)  # PeftType members are str enums; print the plain name
-
-
-def _is_svf_adapter(peft_model: PeftModel, adapter_name: str) -> bool:
-    return _peft_type(peft_model, adapter_name) == SVF_PEFT_TYPE
-
-
-def add_svf_expert(model, adapter_name: str = "default", svf_config: Optional[SVFConfig] = None) -> PeftModel:
-    """Make `adapter_name` a trainable SVF adapter of `model` and the active one; return the PeftModel.
-
-    A plain transformers model is wrapped with `get_peft_model`; a PeftModel gets the adapter added (or, if it
-    already has one of that name, that adapter is activated). `svf_config` defaults to `SVFConfig(task_type=
-    "CAUSAL_LM")`, which adapts the MLP projections as in the paper.
-    """
-    svf_config = svf_config if svf_config is not None else SVFConfig(task_type="CAUSAL_LM")
-    if not isinstance(model, PeftModel):
-        return get_peft_model(model, svf_config, adapter_name=adapter_name)
-    if adapter_name not in model.peft_config:
-        model.add_adapter(adapter_name, svf_config)
-    elif not _is_svf_adapter(model, adapter_name):
-        raise ValueError(
-            f"add_svf_expert(adapter_name={adapter_name!r}): the model's adapter {adapter_name!r} is a "
-            f"{_peft_type(model, adapter_name)} adapter, not SVF. Choose another adapter_name."
-        )
-    model.set_adapter(adapter_name)  # also makes its z vectors trainable
-    return model
-
-
-def train_svf_expert(
-    model,
-    train_dataset,
-    args: TrainingArguments,
-    *,
-    processing_class=None,
-    adapter_name: str = "default",
-    svf_config: Optional[SVFConfig] = None,
-    eval_dataset=None,
-    data_collator=None,
-    **trainer_kwargs,
-) -> Trainer:
-    """Train an SVF expert with next-token loss in one call: `add_svf_expert`, then `Trainer(...).train()`.
-
-    `train_dataset` holds tokenized rows (`input_ids`, optionally `attention_mask` and `labels`). Without a
-    `data_collator`, and given the tokenizer as `processing_class`, rows are padded and: without labels, labelled
-    for next-token loss on every token (`DataCollatorForLanguageModeling(mlm=False)`; it also masks the pad token,
-    so a tokenizer whose pad token is its EOS does not learn to stop); with labels (e.g. -100 on the prompt, to
-    train on answers only), their labels are padded with -100 (`DataCollatorForSeq2Seq`). Returns the Trainer:
-    its `.model` is the PeftModel (`trainer.model.save_pretrained(folder)` saves the expert's z vectors), its
-    `.state.log_history` the losses.
-    """
-    peft_model = add_svf_expert(model, adapter_name=adapter_name, svf_config=svf_config)
-    has_labels = "labels" in (getattr(train_dataset, "column_names", None) or [])
-    if data_collator is None and processing_class is not None:
-        data_collator = (
-            DataCollatorForSeq2Seq(processing_class, label_pad_token_id=-100)
-            if has_labels
-            else DataCollatorForLanguageModeling(processing_class, mlm=False)
-        )
-    elif data_collator is None and not has_labels:
-        raise ValueError(
-            "train_svf_expert: train_dataset has no 'labels' column, so pass processing_class=tokenizer (rows are "
-            "then padded and labelled for next-token loss) or a data_collator."
-        )
-    trainer = Trainer(
-        model=peft_model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=data_collator,
-        processing_class=processing_class,
-        **trainer_kwargs,
-    )
-    trainer.train()
-    return trainer
-
-
-# --------------------------------------------------------------------------------------- REINFORCE ----
-@dataclass
-class _Rollout:
-    """Sampled completions: prompt rows repeated once per sample, completions masked after their first EOS."""
-
-    prompt_ids: torch.Tensor  # (N, P), left-padded
-    prompt_mask: torch.Tensor  # (N, P)
-    completion_ids: torch.Tensor  # (N, T)
-    completion_mask: torch.Tensor  # (N, T), 1 up to and including the first end-of-sequence token
-    texts: list[str] = field(default_factory=list)
-
-    def completion_token_lists(self) -> list[list[int]]:
-        return [ids[: int(length)].tolist() for ids, length in zip(self.completion_ids, self.completion_mask.sum(-1))]
-
-
-def _checked_rewards(values, completions: Sequence[str]) -> torch.Tensor:
-    """`reward_fn`'s output as a float tensor (N,), or an error naming reward_fn and the first bad value."""
-    count = len(completions)
-    try:
-        rewards = torch.as_tensor(
-            values.detach() if isinstance(values, torch.Tensor) else list(values), dtype=torch.float32
-        )
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(
-            f"reward_fn must return one number per completion ({count} here, a list or 1-D tensor), but it returned "
-            f"{type(values).__name__} ({err})."
-        ) from None
-    if rewards.dim() != 1 or rewards.numel() != count:
-        raise ValueError(
-            f"reward_fn returned {rewards.numel()} value(s) of shape {tuple(rewards.shape)} for {count} completions: "
-            "it must return one reward per completion, in the order of `completions`."
-        )
-    low, high = REWARD_RANGE
-    bad = ~torch.isfinite(rewards) | (rewards < low) | (rewards > high)
-    if bad.any():
-        index = int(bad.nonzero()[0])
-        raise ValueError(
-            f"reward_fn returned {rewards[index].item()} for completion {index} ({completions[index]!r}): rewards "
-            f"must be finite and lie in [{low:g}, {high:g}] (Transformer² gives +1 for a right and -1 for a wrong "
-            "answer; values in between are partial credit). Rescale or clip the reward inside reward_fn."
-        )
-    return rewards
-
-
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    # As generate() numbers left-padded rows: real tokens count from 0, so a row scores as it was sampled.
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
-def _accepts_position_ids(peft_model: PeftModel) -> bool:
-    return "position_ids" in inspect.signature(peft_model.get_base_model().forward).parameters
-
-
-class SVFReinforceTrainer(Trainer):
-    """Train the active adapter of a PeftModel (an SVF expert) with REINFORCE, as Transformer² does.
-
-    Nothing here is specific to SVF: any PEFT adapter trains the same way.
-
-    Args:
-        model (`PeftModel`): the model with its trainable adapter active (`add_svf_expert(model, "math")`). With
-            the adapter disabled it is the reference policy of the KL penalty. Use it without dropout: the
-            penalty compares a training-mode forward with an eval-mode one.
-        reward_fn (`Callable`): `reward_fn(prompts, completions, completion_ids=..., **columns)` → one reward per
-            completion, in [-1, 1] (±1 in the paper). `prompts` and `completions` are lists of strings (each prompt
-            repeated once per sample, completions decoded without special tokens), `completion_ids` lists the
-            token ids up to and including the first EOS, and every other dataset column (e.g. reference answers)
-            comes repeated like the prompts.
-        args (`TrainingArguments`): as for `Trainer`. `per_device_train_batch_size` counts prompts.
-        train_dataset: rows with a text column `prompt_column` and whatever columns the reward needs.
-        processing_class: the tokenizer; it needs a pad token (`tokenizer.pad_token = tokenizer.eos_token`).
-        kl_coef (`float`, defaults to 0): weight of KL(πθ ‖ π_base). With 0 the KL is neither computed nor logged.
-        num_samples_per_prompt (`int`, defaults to 4): completions sampled per prompt and step.
-        max_new_tokens (`int`, defaults to 32): completion length limit.
-        generation_kwargs (`dict`, *optional*): more `generate()` arguments. Sampling (`do_sample=True`) is the
-            default. REINFORCE and the KL estimate assume the completions are drawn from πθ itself: a temperature
-            other than 1 or top-k / top-p truncation trains towards a different objective.
-        baseline (`str`, defaults to `"none"`): `"none"` uses the raw reward (the paper); `"mean"` subtracts the
-            mean reward of the same prompt's samples (needs `num_samples_per_prompt >= 2`).
-        prompt_column (`str`, defaults to `"prompt"`).
-
-    Logged with each training loss: `reward` (mean), `reward_std`, `completion_length` (tokens) and, with
-    `kl_coef > 0`, `kl` (mean per completion).
-    """
-
-    def __init__(
-        self,
-        model: PeftModel,
-        reward_fn: Callable[..., Any],
-        args: Optional[TrainingArguments] = None,
-        train_dataset=None,
-        processing_class=None,
-        *,
-        kl_coef: float = 0.0,
-        num_samples_per_prompt: int = 4,
-        max_new_tokens: int = 32,
-        generation_kwargs: Optional[dict] = None,
-        baseline: str = "none",
-        prompt_column: str = "prompt",
-        **trainer_kwargs,
-    ):
-        if not isinstance(model, PeftModel):
-            raise TypeError(
-                f"SVFReinforceTrainer(model=...) must be a PeftModel, got {type(model).__name__}: wrap it with "
-                "add_svf_expert(model) or get_peft_model(model, SVFConfig(task_type='CAUSAL_LM')). The KL penalty's "
-                "reference policy is that same model with its adapter disabled."
-            )
-        if not callable(reward_fn):
-            raise TypeError(f"SVFReinforceTrainer(reward_fn=...) must be callable, got {type(reward_fn).__name__}.")
-        if not (isinstance(kl_coef, (int, float)) and math.isfinite(kl_coef) and kl_coef >= 0):
-            raise ValueError(f"SVFReinforceTrainer(kl_coef={kl_coef!r}) must be a finite number >= 0 (0: no penalty).")
-        for name, value in (("num_samples_per_prompt", num_samples_per_prompt), ("max_new_tokens", max_new_tokens)):
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"SVFReinforceTrainer({name}={value!r}) must be an integer >= 1.")
-        if baseline not in BASELINES:
-            raise ValueError(f"SVFReinforceTrainer(baseline={baseline!r}) must be one of {BASELINES}.")
-        if baseline == "mean" and num_samples_per_prompt < 2:
-            raise ValueError(
-                "SVFReinforceTrainer(baseline='mean') subtracts the mean reward of each prompt's samples, which "
-                "needs num_samples_per_prompt >= 2 (with one sample every advantage would be 0)."
-            )
-        generation_kwargs = dict(generation_kwargs or {})
-        reserved = {"num_return_sequences", "max_new_tokens", "input_ids", "attention_mask"}
-        clashes = sorted(reserved & set(generation_kwargs))
-        if clashes:
-            raise ValueError(
-                f"SVFReinforceTrainer(generation_kwargs=...) must not set {clashes}: use num_samples_per_prompt= "
-                "and max_new_tokens=; the prompts come from the dataset."
-            )
-        if processing_class is None or getattr(processing_class, "pad_token_id", None) is None:
-            raise ValueError(
-                "SVFReinforceTrainer(processing_class=...) needs the tokenizer, with a pad token for batching the "
-                "prompts (e.g. tokenizer.pad_token = tokenizer.eos_token)."
-            )
-        columns = getattr(train_dataset, "column_names", None)
-        if columns is not None:
-            if prompt_column not in columns:
-                raise ValueError(
-                    f"SVFReinforceTrainer: train_dataset has no prompt column {prompt_column!r} (its columns: "
-                    f"{columns}). Name the text column with prompt_column=..."
-                )
-            reserved = sorted({"prompts", "completions", "completion_ids"} & set(columns) - {prompt_column})
-            if reserved:
-                raise ValueError(
-                    f"SVFReinforceTrainer: train_dataset columns {reserved} clash with reward_fn's own arguments "
-                    "(prompts, completions, completion_ids): rename them."
-                )
-        self.reward_fn = reward_fn
-        self.kl_coef = float(kl_coef)
-        self.num_samples_per_prompt = num_samples_per_prompt
-        self.max_new_tokens = max_new_tokens
-        self.generation_kwargs = {"do_sample": True, "pad_token_id": processing_class.pad_token_id, **generation_kwargs}
-        self.baseline = baseline
-        self.prompt_column = prompt_column
-        self._step_metrics: dict[str, list[float]] = defaultdict(list)
-        super().__init__(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            processing_class=processing_class,
-            data_collator=self._collate_prompts,
-            **trainer_kwargs,
-        )
-        # compute_loss returns a per-batch mean, so Trainer must divide it by the gradient accumulation steps.
-        self.model_accepts_loss_kwargs = False
-
-    # The dataset's text columns are what this trainer needs, not what the model's forward accepts.
-    def _remove_unused_columns(self, dataset, description=None):
-        return dataset
-
-    def _get_collator_with_removed_columns(self, data_collator, description=None):
-        return data_collator
-
-    def _collate_prompts(self, rows: list[dict]) -> dict:
-        return {
-            "prompts": [row[self.prompt_column] for row in rows],
-            "columns": {key: [row[key] for row in rows] for key in rows[0] if key != self.prompt_column},
-        }
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        prompts, columns = inputs["prompts"], inputs["columns"]
-        rollout = self._sample_completions(model, prompts)
-        rewards = self._score_completions(prompts, columns, rollout).to(rollout.completion_ids.device)
-        advantages = rewards
-        if self.baseline == "mean":
-            per_prompt = rewards.view(-1, self.num_samples_per_prompt)
-            advantages = (per_prompt - per_prompt.mean(-1, keepdim=True)).flatten()
-
-        log_probs = self._forward_log_probs(model, rollout)  # (N, T, V), with gradient
-        mask = rollout.completion_mask.to(log_probs.dtype)
-        token_log_probs = log_probs.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
-        loss = -(advantages * (token_log_probs * mask).sum(-1)).mean()
-
-        metrics = self._step_metrics
-        metrics["reward"].append(rewards.mean().item())
-        metrics["reward_std"].append(rewards.std(unbiased=False).item())
-        metrics["completion_length"].append(rollout.completion_mask.sum(-1).float().mean().item())
-        if self.kl_coef > 0:
-            kl = self._kl_to_base(model, rollout, log_probs, mask)
-            loss = loss + self.kl_coef * kl.mean()
-            metrics["kl"].append(kl.mean().item())
-        return (loss, {"rewards": rewards}) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        raise NotImplementedError(
-            "SVFReinforceTrainer only trains. Measure an expert by sampling completions with generate() and "
-            "scoring them with your reward function, or evaluate its next-token loss with a plain Trainer."
-        )
-
-    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
-        if "loss" in logs and self._step_metrics:  # a training log: add the means since the last one
-            logs = {**logs, **{key: sum(values) / len(values) for key, values in self._step_metrics.items()}}
-            self._step_metrics.clear()
-        super().log(logs, start_time)
-
-    # --- the pieces of one step ---
-    @torch.no_grad()
-    def _sample_completions(self, model, prompts: list[str]) -> _Rollout:
-        tokenizer = self.processing_class
-        padding_side = tokenizer.padding_side
-        tokenizer.padding_side = "left"  # generate() continues every row at its right end
-        try:
-            encoded = tokenizer(list(prompts), padding=True, return_tensors="pt")
-        finally:
-            tokenizer.padding_side = padding_side
-        prompt_ids = encoded["input_ids"].to(self.args.device)
-        prompt_mask = encoded["attention_mask"].to(self.args.device)
-        policy = self.accelerator.unwrap_model(model)
-        with _eval_mode(policy):
-            sequences = policy.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                num_return_sequences=self.num_samples_per_prompt,
-                max_new_tokens=self.max_new_tokens,
-                **self.generation_kwargs,
-            )
-        completion_ids = sequences[:, prompt_ids.shape[1] :]
-        samples = self.num_samples_per_prompt  # generate() repeats each prompt row in place, sample by sample
-        rollout = _Rollout(
-            prompt_ids.repeat_interleave(samples, 0),
-            prompt_mask.repeat_interleave(samples, 0),
-            completion_ids,
-            _mask_after_first_eos(completion_ids, self._eos_token_ids(policy)),
-        )
-        rollout.texts = tokenizer.batch_decode(rollout.completion_token_lists(), skip_special_tokens=True)
-        return rollout
-
-    def _eos_token_ids(self, policy) -> list[int]:
-        eos = getattr(policy.generation_config, "eos_token_id", None)
-        if eos is None:
-            eos = self.processing_class.eos_token_id
-        return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-
-    def _score_completions(self, prompts: list[str], columns: dict, rollout: _Rollout) -> torch.Tensor:
-        samples = self.num_samples_per_prompt
-
-        def repeated(values):
-            return [value for value in values for _ in range(samples)]
-
-        values = self.reward_fn(
-            repeated(prompts),
-            rollout.texts,
-            completion_ids=rollout.completion_token_lists(),
-            **{key: repeated(column) for key, column in columns.items()},
-        )
-        return _checked_rewards(values, rollout.texts)
-
-    def _forward_log_probs(self, model, rollout: _Rollout) -> torch.Tensor:
-        """log πθ(· | x, y<ₜ) at each completion position, (N, T, V) float32."""
-        input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)
-        attention_mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)
-        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        if _accepts_position_ids(self.accelerator.unwrap_model(model)):
-            kwargs["position_ids"] = _position_ids(attention_mask)
-        logits = model(**kwargs).logits
-        prompt_length = rollout.prompt_ids.shape[1]
-        # The logits at position i predict token i + 1: the completion is predicted from the last prompt token on.
-        return logits[:, prompt_length - 1 : -1].float().log_softmax(-1)
-
-    def _kl_to_base(self, model, rollout: _Rollout, log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Σₜ KL(πθ ‖ π_base) per completion, exact over the vocabulary at each sampled position."""
-        policy = self.accelerator.unwrap_model(model)
-        with torch.no_grad(), _eval_mode(policy), policy.disable_adapter():
-            base_log_probs = self._forward_log_probs(model, rollout)
-        per_position = (log_probs.exp() * (log_probs - base_log_probs)).sum(-1)
-        return (per_position * mask).sum(-1)
-
-
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _mask_after_first_eos(completion_ids: torch.Tensor, eos_token_ids: Sequence[int]) -> torch.Tensor:
-    """1 for each token up to and including the first end-of-sequence token, 0 after it (the padding)."""
-    if not eos_token_ids:
-        return torch.ones_like(completion_ids)
-    is_eos = torch.isin(completion_ids, torch.tensor(list(eos_token_ids), device=completion_ids.device)).long()
-    eos_before = is_eos.cumsum(-1) - is_eos
-    return (eos_before == 0).long()
-
-
-# ---------------------------------------------------------------------------------------- CEM search ----
-@dataclass
-class CEMResult:
-    """Outcome of `cem_search`: the best weights seen, their score, and the best score after each iteration."""
-
-    alphas: torch.Tensor
-    score: float
-    best_scores: list[float]
-    mean: torch.Tensor  # the search distribution's final mean
-    std: torch.Tensor  # and standard deviation
-
-
-def cem_search(
-    score_fn: Callable[[torch.Tensor], float],
-    num_experts: int,
-    *,
-    iterations: int = 10,
-    population_size: int = 16,
-    num_elites: int = 6,
-    bounds: tuple[float, float] = (0.0, 1.0),
-    init_mean: Optional[Union[Sequence[float], torch.Tensor]] = None,
-    init_std: Optional[float] = None,
-    smoothing: float = 0.3,
-    seed: int = 0,
-    generator: Optional[torch.Generator] = None,
-) -> CEMResult:
-    """Maximise `score_fn(alphas)` over mixing weights with the cross-entropy method (Transformer²'s few-shot search).
-
-    Each iteration samples `population_size` weight vectors from a diagonal Gaussian (clamped to `bounds`), scores
-    them, and moves the Gaussian towards the mean and spread of the `num_elites` best; `smoothing` is the share
-    of the old mean and spread kept each time (like the released code's EMA option; without it a small lucky elite
-    set tends to collapse the spread before the optimum is reached). The first population contains the start mean
-    (uniform 1/K weights by default), so the result never scores below it. `init_std` defaults to half the width
-    of `bounds`. Sampling uses `generator`, or a `torch.Generator` seeded with `seed`, so a search repeats
-    exactly. `score_fn` gets a float64 tensor (num_experts,) and returns a number, higher is better.
-    """
-    if not (isinstance(num_experts, int) and num_experts >= 1):
-        raise ValueError(f"cem_search(num_experts={num_experts!r}) must be an integer >= 1.")
-    for name, value in (("iterations", iterations), ("population_size", population_size), ("num_elites", num_elites)):
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"cem_search({name}={value!r}) must be an integer >= 1.")
-    if num_elites > population_size:
-        raise ValueError(f"cem_search(num_elites={num_elites}) cannot exceed population_size={population_size}.")
-    low, high = (float(bound) for bound in bounds)
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"cem_search(bounds={bounds!r}) must be two finite numbers (low, high) with low < high.")
-    if init_mean is None:
-        mean = torch.full((num_experts,), 1.0 / num_experts, dtype=torch.float64)
-    else:
-        mean = torch.as_tensor(init_mean, dtype=torch.float64).flatten()
-        if mean.numel() != num_experts or not torch.isfinite(mean).all():
-            raise ValueError(f"cem_search(init_mean=...) must hold {num_experts} finite numbers, got {init_mean!r}.")
-    mean = mean.clamp(low, high)
-    std = torch.full((num_experts,), (high - low) / 2 if init_std is None else float(init_std), dtype=torch.float64)
-    if not (torch.isfinite(std).all() and (std > 0).all()):
-        raise ValueError(f"cem_search(init_std={init_std!r}) must be a finite number > 0.")
-    if not 0 <= smoothing < 1:
-        raise ValueError(f"cem_search(smoothing={smoothing!r}) must lie in [0, 1): the share of the old mean kept.")
-    if generator is None:
-        generator = torch.Generator().manual_seed(seed)
-
-    best_alphas, best_score, best_scores = mean.clone(), -math.inf, []
-    for iteration in range(iterations):
-        noise = torch.randn((population_size, num_experts), generator=generator, dtype=torch.float64)
-        population = (mean + std * noise).clamp(low, high)
-        if iteration == 0:
-            population[0] = mean  # the start point is always scored
-        scores = torch.tensor([_checked_score(score_fn, candidate) for candidate in population], dtype=torch.float64)
-        top = int(scores.argmax())
-        if scores[top] > best_score:
-            best_alphas, best_score = population[top].clone(), float(scores[top])
-        best_scores.append(best_score)
-        elites = population[scores.topk(num_elites).indices]
-        # Smoothing keeps part of the old distribution, so a lucky small elite set cannot collapse it at once.
-        mean = smoothing * mean + (1 - smoothing) * elites.mean(0)
-        std = smoothing * std + (1 - smoothing) * elites.std(0, unbiased=False)
-    return CEMResult(
-        alphas=best_alphas.float(), score=best_score, best_scores=best_scores, mean=mean.float(), std=std.float()
-    )
-
-
-def _checked_score(score_fn: Callable, alphas: torch.Tensor) -> float:
-    value = score_fn(alphas.clone())
-    try:
-        score = float(value)
-    except (TypeError, ValueError):
-        score = math.nan
-    if not math.isfinite(score):
-        raise ValueError(
-            f"score_fn returned {value!r} for alphas {[round(a, 4) for a in alphas.tolist()]}: it must return a "
-            "finite number (higher is better)."
-        )
-    return score
-
-
-# ------------------------------------------------------------------------------------ two-pass inference ----
 def _few_shot_pairs(examples) -> list[tuple[str, str]]:
     pairs = []
     for index, example in enumerate(examples):
@@ -967,8 +473,10 @@ def _drop_shared_left_padding(input_ids: torch.Tensor, attention_mask: torch.Ten
 
 
 __all__ = [
+    "BASELINES",
     "CEMResult",
     "DEFAULT_CLASSIFICATION_TEMPLATE",
+    "REWARD_RANGE",
     "SVFReinforceTrainer",
     "SelfAdaptiveModel",
     "add_svf_expert",
