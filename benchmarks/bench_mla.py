@@ -19,7 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 
@@ -29,7 +28,7 @@ if _REPO_ROOT not in sys.path:  # run from a checkout without installing the pac
 
 from transformers import PretrainedConfig  # noqa: E402
 
-from slam_hf.bench.models import cache_nbytes  # noqa: E402
+from slam_hf.bench.measure import CLOCKS, cache_nbytes, count_parameters, interleave, synchronize  # noqa: E402
 from slam_hf.slam_attention import SlamAttention  # noqa: E402
 from slam_hf.slam_compat import DynamicCache  # noqa: E402
 from slam_hf.slam_layers import SlamRotaryEmbedding  # noqa: E402
@@ -60,8 +59,13 @@ def parse_args():
 
 def make_config(args, **fields):
     config = PretrainedConfig()
-    common = dict(hidden_size=args.hidden_size, num_attention_heads=args.num_heads, attention_bias=False,
-                  attention_dropout=0.0, norm_eps=1e-6)  # fmt: skip
+    common = dict(
+        hidden_size=args.hidden_size,
+        num_attention_heads=args.num_heads,
+        attention_bias=False,
+        attention_dropout=0.0,
+        norm_eps=1e-6,
+    )
     for name, value in {**common, **fields}.items():
         setattr(config, name, value)
     config._attn_implementation = args.attn
@@ -70,20 +74,29 @@ def make_config(args, **fields):
 
 def build_layers(args, device, dtype):
     mha_config = make_config(
-        args, head_dim=args.hidden_size // args.num_heads, num_key_value_heads=args.num_heads,
+        args,
+        head_dim=args.hidden_size // args.num_heads,
+        num_key_value_heads=args.num_heads,
         position_embedding_type="rope",
-    )  # fmt: skip
+    )
     mla_config = make_config(
-        args, kv_lora_rank=args.kv_lora_rank, q_lora_rank=args.q_lora_rank, qk_nope_head_dim=args.qk_nope_head_dim,
-        qk_rope_head_dim=args.qk_rope_head_dim, v_head_dim=args.v_head_dim,
-    )  # fmt: skip
+        args,
+        kv_lora_rank=args.kv_lora_rank,
+        q_lora_rank=args.q_lora_rank,
+        qk_nope_head_dim=args.qk_nope_head_dim,
+        qk_rope_head_dim=args.qk_rope_head_dim,
+        v_head_dim=args.v_head_dim,
+    )
     mla = SlamLatentAttention(mla_config, layer_idx=0).to(device, dtype).eval()
     layers = {
         "MLA absorbed": (mla, True, SlamRotaryEmbedding(args.qk_rope_head_dim, 10000.0).to(device)),
         "MLA expanded": (mla, False, SlamRotaryEmbedding(args.qk_rope_head_dim, 10000.0).to(device)),
-        "MHA": (SlamAttention(mha_config, layer_idx=0).to(device, dtype).eval(), None,
-                SlamRotaryEmbedding(mha_config.head_dim, 10000.0).to(device)),
-    }  # fmt: skip
+        "MHA": (
+            SlamAttention(mha_config, layer_idx=0).to(device, dtype).eval(),
+            None,
+            SlamRotaryEmbedding(mha_config.head_dim, 10000.0).to(device),
+        ),
+    }
     return layers
 
 
@@ -96,8 +109,7 @@ def main():
         raise SystemExit("--timer process measures CPU time; use the wall timer on an accelerator")
     torch.manual_seed(args.seed)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    clock = time.process_time if args.timer == "process" else time.perf_counter
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = CLOCKS[args.timer]
     batch, context = args.batch_size, args.context
     layers = build_layers(args, device, dtype)
 
@@ -119,11 +131,11 @@ def main():
         if absorb is not None:
             layer.absorb = absorb
         cos_sin = [rope(torch.full((batch, 1), context + s, device=device), dtype) for s in range(args.steps)]
-        sync()
+        synchronize(device)
         start = clock()
         for s in range(args.steps):
             out, _ = layer(token, cos_sin[s], None, cache=caches[name])
-        sync()
+        synchronize(device)
         elapsed = (clock() - start) / args.steps
         for cached in caches[name].layers:  # back to `context` tokens (crop()'s argument changed across releases)
             cached.keys, cached.values = cached.keys[:, :, :context], cached.values[:, :, :context]
@@ -133,17 +145,11 @@ def main():
     a, e = sample("MLA absorbed")[1], sample("MLA expanded")[1]
     max_diff = (a.float() - e.float()).abs().max().item()
 
-    times = {name: [] for name in layers}
     names = list(layers)
-    for _ in range(1):  # warm-up
-        for name in names:
-            sample(name)
-    for r in range(args.repeats):
-        for name in names if r % 2 == 0 else reversed(names):
-            times[name].append(sample(name)[0])
+    times = interleave({name: (lambda name=name: sample(name)[0]) for name in names}, 1, args.repeats)
     median = {name: statistics.median(t) for name, t in times.items()}
 
-    params = {name: sum(p.numel() for p in layer.parameters()) for name, (layer, _, _) in layers.items()}
+    params = {name: count_parameters(layer) for name, (layer, _, _) in layers.items()}
     print(
         f"batch {batch}, context {context}, hidden {args.hidden_size}, heads {args.num_heads}, attn {args.attn}, "
         f"{args.dtype} on {args.device}, torch threads {torch.get_num_threads()}, timer {args.timer}, "

@@ -46,7 +46,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -62,8 +61,8 @@ from transformers.cache_utils import DynamicLayer  # noqa: E402
 from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
 
 from slam_hf import SlamV3Config, SlamV3ForConditionalGeneration  # noqa: E402
-from slam_hf.bench.machine import cpu_name, software_versions  # noqa: E402
-from slam_hf.bench.models import cache_nbytes  # noqa: E402
+from slam_hf.bench.machine import cpu_name, git_state, load_average, software_versions  # noqa: E402
+from slam_hf.bench.measure import cache_nbytes, count_parameters, interleave, interleaved, timed  # noqa: E402
 from slam_hf.configuration_slam import ENCODER_PATHS  # noqa: E402
 from slam_hf.slam_attention import SlamAttention  # noqa: E402
 from slam_hf.slam_compat import EncoderDecoderCache, output_cache  # noqa: E402
@@ -105,31 +104,50 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--memory-len", type=int, default=64, help="encoder prompt / memory tokens (cross-attention)")
     p.add_argument(
-        "--prefill-batch", type=int, default=1,
+        "--prefill-batch",
+        type=int,
+        default=1,
         help="sequences prefilled (untimed); the cache is repeated to --batch-size (shared prefix)",
-    )  # fmt: skip
+    )
     p.add_argument("--decode-steps", type=int, default=8, help="new tokens per timed sample")
     p.add_argument("--decode-repeats", type=int, default=4, help="timed samples per variant (after 1 warm-up)")
     p.add_argument("--cache-batch", type=int, default=2)
     p.add_argument("--cache-new-tokens", type=int, nargs=2, default=[4, 12], help="two generation lengths")
     # Encoder paths (section 3).
     p.add_argument(
-        "--encoder-shapes", nargs="+", default=["128x64x32", "256x256x8", "512x512x4"], metavar="HxLxB",
+        "--encoder-shapes",
+        nargs="+",
+        default=["128x64x32", "256x256x8", "512x512x4"],
+        metavar="HxLxB",
         help="hidden x sequence x batch",
-    )  # fmt: skip
+    )
     p.add_argument("--encoder-layers", type=int, default=2, help="layers per path (the SlamV3Config default)")
     p.add_argument("--encoder-threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--encoder-repeats", type=int, default=None, help="timed repeats (default: by shape)")
     p.add_argument("--no-profile", action="store_true", help="skip the encoder-path profile")
     args = p.parse_args(argv)
-    given = {token.split("=")[0][2:].replace("-", "_") for token in (sys.argv[1:] if argv is None else argv)
-             if token.startswith("--")}  # fmt: skip
+    given = {
+        token.split("=")[0][2:].replace("-", "_")
+        for token in (sys.argv[1:] if argv is None else argv)
+        if token.startswith("--")
+    }
     if args.quick:
         quick = dict(
-            hidden_size=512, num_heads=8, kv_lora_rank=128, decoder_layers=2, intermediate_size=1408, context=512,
-            batch_size=4, memory_len=32, decode_steps=4, decode_repeats=2, cache_new_tokens=[2, 6],
-            encoder_shapes=["128x64x16", "256x128x4"], encoder_threads=[1], encoder_repeats=3,
-        )  # fmt: skip
+            hidden_size=512,
+            num_heads=8,
+            kv_lora_rank=128,
+            decoder_layers=2,
+            intermediate_size=1408,
+            context=512,
+            batch_size=4,
+            memory_len=32,
+            decode_steps=4,
+            decode_repeats=2,
+            cache_new_tokens=[2, 6],
+            encoder_shapes=["128x64x16", "256x128x4"],
+            encoder_threads=[1],
+            encoder_repeats=3,
+        )
         for name, value in quick.items():
             if name not in given:  # explicit options win over the quick sizes
                 setattr(args, name, value)
@@ -163,19 +181,6 @@ def set_threads(n):
     torch.set_num_threads(n)
 
 
-def git_state():
-    try:
-
-        def git(*command):
-            return subprocess.run(["git", *command], cwd=_REPO_ROOT, capture_output=True, text=True).stdout
-
-        changed = [line[3:] for line in git("status", "--porcelain", "slam_hf").splitlines() if line.strip()]
-        head = git("rev-parse", "--short", "HEAD").strip()
-        return head + (f" (uncommitted: {', '.join(changed)})" if changed else "")
-    except OSError:
-        return "unknown"
-
-
 def environment():
     return {
         "cpu": cpu_name(),
@@ -184,13 +189,9 @@ def environment():
         "platform": platform.platform(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "git": git_state(),
-        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "git": git_state(_REPO_ROOT),
+        "loadavg_at_start": load_average(),
     }
-
-
-def count_params(module):
-    return sum(p.numel() for p in module.parameters())
 
 
 def fmt_ratio(x):
@@ -204,12 +205,21 @@ def tiny_vision():
 
 def v3_config(args):
     config = SlamV3Config(
-        vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_attention_heads=args.num_heads,
-        num_key_value_heads=args.num_heads, intermediate_size=args.intermediate_size, encoder_layers=1,
-        decoder_layers=args.decoder_layers, kv_lora_rank=args.kv_lora_rank, q_lora_rank=args.q_lora_rank,
-        qk_nope_head_dim=args.qk_nope_head_dim, qk_rope_head_dim=args.qk_rope_head_dim, v_head_dim=args.v_head_dim,
-        max_position_embeddings=args.context + 4 * args.decode_steps + 64, vision_config=tiny_vision(),
-    )  # fmt: skip
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        num_attention_heads=args.num_heads,
+        num_key_value_heads=args.num_heads,
+        intermediate_size=args.intermediate_size,
+        encoder_layers=1,
+        decoder_layers=args.decoder_layers,
+        kv_lora_rank=args.kv_lora_rank,
+        q_lora_rank=args.q_lora_rank,
+        qk_nope_head_dim=args.qk_nope_head_dim,
+        qk_rope_head_dim=args.qk_rope_head_dim,
+        v_head_dim=args.v_head_dim,
+        max_position_embeddings=args.context + 4 * args.decode_steps + 64,
+        vision_config=tiny_vision(),
+    )
     config._attn_implementation = "sdpa"
     return config
 
@@ -249,24 +259,43 @@ def v3_with_mha(model, seed):
 def bart_config(args):
     # FFN sized to the parameters of SLAM's GeGLU MLP (3 * H * I == 2 * H * ffn); no biases-free option in Bart
     config = BartConfig(
-        vocab_size=args.vocab_size, d_model=args.hidden_size, encoder_layers=1, decoder_layers=args.decoder_layers,
-        encoder_attention_heads=args.num_heads, decoder_attention_heads=args.num_heads,
-        encoder_ffn_dim=3 * args.intermediate_size // 2, decoder_ffn_dim=3 * args.intermediate_size // 2,
-        max_position_embeddings=max(args.context + 4 * args.decode_steps + 64, 256), dropout=0.0,
-        attention_dropout=0.0, activation_dropout=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        decoder_start_token_id=1, forced_eos_token_id=None, forced_bos_token_id=None,
-    )  # fmt: skip
+        vocab_size=args.vocab_size,
+        d_model=args.hidden_size,
+        encoder_layers=1,
+        decoder_layers=args.decoder_layers,
+        encoder_attention_heads=args.num_heads,
+        decoder_attention_heads=args.num_heads,
+        encoder_ffn_dim=3 * args.intermediate_size // 2,
+        decoder_ffn_dim=3 * args.intermediate_size // 2,
+        max_position_embeddings=max(args.context + 4 * args.decode_steps + 64, 256),
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        forced_eos_token_id=None,
+        forced_bos_token_id=None,
+    )
     config._attn_implementation = "sdpa"
     return config
 
 
 def llama_model(args):
     config = LlamaConfig(
-        vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_attention_heads=args.num_heads,
-        num_key_value_heads=args.num_heads, num_hidden_layers=args.decoder_layers,
-        intermediate_size=args.intermediate_size, max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        num_attention_heads=args.num_heads,
+        num_key_value_heads=args.num_heads,
+        num_hidden_layers=args.decoder_layers,
+        intermediate_size=args.intermediate_size,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
     config._attn_implementation = "sdpa"
     return LlamaForCausalLM(config).eval()
 
@@ -275,14 +304,30 @@ def deepseek_model(args):
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
     config = DeepseekV3Config(
-        vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-        moe_intermediate_size=args.intermediate_size // 4, num_hidden_layers=args.decoder_layers,
-        num_attention_heads=args.num_heads, num_key_value_heads=args.num_heads, n_routed_experts=4,
-        n_shared_experts=1, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=args.decoder_layers,
-        kv_lora_rank=args.kv_lora_rank, q_lora_rank=args.q_lora_rank, qk_nope_head_dim=args.qk_nope_head_dim,
-        qk_rope_head_dim=args.qk_rope_head_dim, v_head_dim=args.v_head_dim, max_position_embeddings=256,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, num_mtp_layers=0,
-    )  # fmt: skip
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        moe_intermediate_size=args.intermediate_size // 4,
+        num_hidden_layers=args.decoder_layers,
+        num_attention_heads=args.num_heads,
+        num_key_value_heads=args.num_heads,
+        n_routed_experts=4,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        first_k_dense_replace=args.decoder_layers,
+        kv_lora_rank=args.kv_lora_rank,
+        q_lora_rank=args.q_lora_rank,
+        qk_nope_head_dim=args.qk_nope_head_dim,
+        qk_rope_head_dim=args.qk_rope_head_dim,
+        v_head_dim=args.v_head_dim,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        num_mtp_layers=0,
+    )
     config._attn_implementation = "sdpa"
     return DeepseekV3ForCausalLM(config).eval()
 
@@ -310,8 +355,12 @@ def measure_cache(model, prompt, new_tokens, encoder_decoder):
     points = []
     for n in new_tokens:
         out = model.generate(
-            input_ids=prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, return_dict_in_generate=True,
-        )  # fmt: skip
+            input_ids=prompt,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            return_dict_in_generate=True,
+        )
         self_cache, cross_cache = split_cache(output_cache(out))
         points.append((self_cache.get_seq_length(), cache_nbytes(self_cache), cache_nbytes(cross_cache), self_cache))
     (len1, b1, _, _), (len2, b2, cross, last) = points
@@ -552,10 +601,7 @@ def section_decode(args, report, models):
     names = list(variants)
     for name in names:  # warm-up
         sample(name, record=False)
-    times = {name: [] for name in names}
-    for r in range(args.decode_repeats):
-        for name in names if r % 2 == 0 else reversed(names):
-            times[name].extend(sample(name))
+    times = interleave({name: (lambda name=name: sample(name)) for name in names}, 0, args.decode_repeats)
     clock = "proc" if args.timer == "process" else "wall"
     median = {n: statistics.median(t[clock] for t in ts) for n, ts in times.items()}
     fastest = {n: min(t[clock] for t in ts) for n, ts in times.items()}
@@ -594,13 +640,13 @@ def section_decode(args, report, models):
         f"depends on shapes, not values; --prefill-batch {batch} prefills every row)"
     )
     attn_params = {
-        "MLA": count_params(v3.model.decoder.layers[0].self_attn),
-        "MHA": count_params(v3_mha.model.decoder.layers[0].self_attn),
+        "MLA": count_parameters(v3.model.decoder.layers[0].self_attn),
+        "MHA": count_parameters(v3_mha.model.decoder.layers[0].self_attn),
     }
     decoder_params = {
-        "v3": count_params(v3.model.decoder) + count_params(v3.lm_head),
-        "v3_mha": count_params(v3_mha.model.decoder) + count_params(v3_mha.lm_head),
-        "bart": count_params(bart.model.decoder) + count_params(bart.lm_head),
+        "v3": count_parameters(v3.model.decoder) + count_parameters(v3.lm_head),
+        "v3_mha": count_parameters(v3_mha.model.decoder) + count_parameters(v3_mha.lm_head),
+        "bart": count_parameters(bart.model.decoder) + count_parameters(bart.lm_head),
     }
     report(
         f"self-attention params per layer: MLA {attn_params['MLA']:,}, MHA {attn_params['MHA']:,}; decoder + lm_head "
@@ -668,9 +714,16 @@ def section_decode(args, report, models):
 def encoder_config(hidden, layers):
     heads = max(2, hidden // 64) if hidden >= 256 else hidden // 32
     config = SlamV3Config(
-        vocab_size=1024, hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden,
-        encoder_layers=layers, decoder_layers=1, kv_lora_rank=32, qk_rope_head_dim=16, vision_config=tiny_vision(),
-    )  # fmt: skip
+        vocab_size=1024,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        encoder_layers=layers,
+        decoder_layers=1,
+        kv_lora_rank=32,
+        qk_rope_head_dim=16,
+        vision_config=tiny_vision(),
+    )
     config._attn_implementation = "sdpa"
     return config
 
@@ -706,10 +759,7 @@ def paths_inputs(encoder, hidden, is_image, real):
     return position_embeddings, allowed, has_key
 
 
-def timed(fn, clock):
-    start = clock_pair()
-    fn()
-    return elapsed(start)[clock]
+TIMERS = {"proc": "process", "wall": "wall"}  # this script's clock names -> slam_hf.bench.measure's
 
 
 def section_encoder(args, report):
@@ -733,7 +783,7 @@ def section_encoder(args, report):
             f"\n-- {threads} thread(s), {'process' if clock == 'proc' else 'wall'} time, ms (median; 'min' ratio = "
             "fastest sequential / fastest batched) --"
         )
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        load = (load_average() or [None])[0]
         results[f"load_{threads}t"] = load
         if clock == "wall" and load is not None and load > 0.5:
             report(
@@ -811,11 +861,9 @@ def bench_encoder_shape(args, report, threads, clock, hidden, length, batch, ful
     out = {"shape": [hidden, length, batch], "threads": threads, "clock": clock, "repeats": repeats}
     for part, (fn, no_grad, train) in parts.items():
         model.train(train)
-        times = {True: [], False: []}
         with torch.set_grad_enabled(not no_grad):
-            for r in range(repeats):
-                for b in (True, False) if r % 2 == 0 else (False, True):
-                    times[b].append(timed(lambda: fn(b), clock))
+            samplers = {b: (lambda b=b: timed(lambda: fn(b), TIMERS[clock])) for b in (True, False)}
+            times = interleave(samplers, 0, repeats)
         med = {b: statistics.median(t) for b, t in times.items()}
         ratio = med[False] / med[True]
         min_ratio = min(times[False]) / min(times[True])
@@ -825,9 +873,15 @@ def bench_encoder_shape(args, report, threads, clock, hidden, length, batch, ful
             f"{f'{hidden}x{length}x{batch}':<14}{label:<18}{med[False] * 1e3:>11.1f}{med[True] * 1e3:>10.1f}"
             f"{ratio:>12.3f}x{min_ratio:>7.3f}x  {'OK' if ok else 'FAIL'} ({checks[part]:.1e})"
         )
-        out[part] = {"sequential_s": med[False], "batched_s": med[True], "ratio": ratio, "min_ratio": min_ratio,
-                     "max_abs_diff": checks[part], "equal": ok,
-                     "samples": {"batched": times[True], "sequential": times[False]}}  # fmt: skip
+        out[part] = {
+            "sequential_s": med[False],
+            "batched_s": med[True],
+            "ratio": ratio,
+            "min_ratio": min_ratio,
+            "max_abs_diff": checks[part],
+            "equal": ok,
+            "samples": {"batched": times[True], "sequential": times[False]},
+        }
     paths.batch_paths = True
     return out
 
@@ -882,8 +936,7 @@ def profile_paths(args, report):
     clock = "proc" if args.timer == "process" else "wall"
 
     def med(fn, n=5):
-        fn()
-        return statistics.median(timed(fn, clock) for _ in range(n)) * 1e3
+        return interleaved({"fn": fn}, 1, n, clock=TIMERS[clock])["fn"]["median_s"] * 1e3
 
     a, b = torch.randn(2048, 1024), torch.randn(1024, 2048)
     peak = 2 * 2048 * 1024 * 2048 / (med(lambda: a @ b) / 1e3) / 1e9
@@ -933,7 +986,7 @@ def profile_paths(args, report):
                     (k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1))
                     for _ in range(layers)
                 ]
-            ),  # fmt: skip
+            ),
             f"  SDPA x{layers}, bool mask (as now)": med(
                 lambda: [sdpa(q, k_rep, v_rep, attn_mask=bool_mask) for _ in range(layers)]
             ),
@@ -1007,8 +1060,14 @@ def summary(args, report, results):
         r = results["decode"]
         target = f"<= {DECODE_TARGET:.2f}"
         rows.append((f"decode step @{args.context}, absorbed MLA / MHA", r["ratio"], target, r["pass"]))
-        rows.append(("  same, both caches preallocated", r["ratio_preallocated"], f"<= {DECODE_TARGET:.2f}",
-                     r["pass_preallocated"]))  # fmt: skip
+        rows.append(
+            (
+                "  same, both caches preallocated",
+                r["ratio_preallocated"],
+                f"<= {DECODE_TARGET:.2f}",
+                r["pass_preallocated"],
+            )
+        )
         mla_e = r["median_s"]["MLA expanded (absorb=False)"] / r["median_s"]["MHA, same decoder"]
         rows.append(("  (reference) expanded MLA / MHA", mla_e, "", None))
     if "encoder" in results:
@@ -1016,8 +1075,11 @@ def summary(args, report, results):
         for key, shape in r.items():
             if not isinstance(shape, dict) or "paths_forward" not in shape:
                 continue
-            for part, label in (("paths_forward", "paths fwd"), ("paths_train", "paths fwd+bwd"),
-                                ("encoder_forward", "whole encoder fwd")):  # fmt: skip
+            for part, label in (
+                ("paths_forward", "paths fwd"),
+                ("paths_train", "paths fwd+bwd"),
+                ("encoder_forward", "whole encoder fwd"),
+            ):
                 if part not in shape:
                     continue
                 ratio = shape[part]["ratio"]
@@ -1071,7 +1133,7 @@ def main(argv=None):
             gc.collect()
     summary(args, report, results)
     total = time.perf_counter() - started
-    env["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    env["loadavg_at_end"] = load_average()
     end_load = env["loadavg_at_end"]
     report(f"\ntotal time {total:.0f} s wall; load average at end " + (f"{end_load[0]:.2f}" if end_load else "n/a"))
     if args.out:

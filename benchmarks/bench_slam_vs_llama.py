@@ -49,7 +49,17 @@ if _REPO_ROOT not in sys.path:  # run from a checkout without installing the pac
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from slam_hf import SlamV1Config, SlamV1ForCausalLM, SlamV2Config, SlamV2ForCausalLM  # noqa: E402
-from slam_hf.bench.machine import software_versions  # noqa: E402
+from slam_hf.bench.diagnostics import PartTimer, profile_table, saved_for_backward  # noqa: E402
+from slam_hf.bench.machine import cpu_name, load_average, software_versions  # noqa: E402
+from slam_hf.bench.measure import (  # noqa: E402
+    CLOCKS,
+    MALLOC_ENV,
+    PeakMemory,
+    count_parameters,
+    interleaved,
+    synchronize,
+    timed,
+)
 
 MODEL_CHOICES = ("v1", "v2", "llama")
 LABELS = {"v1": "SLAM v1", "v2": "SLAM v2", "llama": "Llama"}
@@ -65,8 +75,8 @@ INTERMEDIATE_MULTIPLE = 8  # solved intermediate sizes are rounded to a multiple
 
 
 # --------------------------------------------------------------------------------------------- setup
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _run_options(p):
+    """Models, device, dtype, sequence lengths, timing protocol."""
     p.add_argument("--models", nargs="+", default=list(MODEL_CHOICES), choices=MODEL_CHOICES)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -78,38 +88,56 @@ def parse_args(argv=None):
     p.add_argument("--long-seq", type=int, default=4096, help="lengths >= this use --long-warmup / --long-repeats")
     p.add_argument("--long-warmup", type=int, default=1)
     p.add_argument("--long-repeats", type=int, default=3)
-    # Model size (shared by all models).
+
+
+def _model_size_options(p):
+    """Model size (shared by all models)."""
     p.add_argument("--hidden-size", type=int, default=256)
     p.add_argument("--num-heads", type=int, default=8)
     p.add_argument("--num-kv-heads", type=int, default=None, help="GQA; default = --num-heads (MHA)")
     p.add_argument(
-        "--intermediate-size", type=int, default=768,
+        "--intermediate-size",
+        type=int,
+        default=768,
         help="SwiGLU inner size of the parameter reference model (see --match-params-to)",
-    )  # fmt: skip
+    )
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--rope-theta", type=float, default=10000.0)
     p.add_argument("--norm-eps", type=float, default=1e-6)
-    # Parameter matching.
+
+
+def _parameter_matching_options(p):
+    """Parameter matching: which model is the reference and how the others are sized."""
     p.add_argument(
-        "--match-params-to", default=None, choices=["v1", "v2"],
+        "--match-params-to",
+        default=None,
+        choices=["v1", "v2"],
         help="reference model whose parameter count the others match (default: v2 if benchmarked, else v1)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--llama-layers", type=int, default=None,
+        "--llama-layers",
+        type=int,
+        default=None,
         help="Llama depth (default: v2's 1 + ef_num_blocks + 1 distinct layers when v2 is the reference, "
         "else v1's 2 + 2 * ef_cycles)",
-    )  # fmt: skip
+    )
     p.add_argument("--llama-intermediate-size", type=int, default=None, help="default: solved to match parameters")
     p.add_argument("--v1-intermediate-size", type=int, default=None, help="default: solved to match parameters")
     p.add_argument("--v2-intermediate-size", type=int, default=None, help="default: solved to match parameters")
     p.add_argument("--param-tolerance", type=float, default=0.03, help="max relative parameter difference")
-    # SLAM v1 EF geometry.
+
+
+def _slam_v1_options(p):
+    """SLAM v1 encoder-fusion geometry."""
     p.add_argument("--ef-cycles", type=int, default=2, help="SLAM v1: depth = 2 + 2 * ef_cycles layers")
     # 288 / 32 = stride 256: windows tile 512 and 2048 exactly (no mostly-empty trailing window), and
     # each token pair on a window border is shared. See benchmarks/README.md for the geometry sweep.
     p.add_argument("--ef-segment-length", type=int, default=288, help="SLAM v1 window")
     p.add_argument("--ef-segment-overlap", type=int, default=32, help="SLAM v1 window overlap")
-    # SLAM v2.
+
+
+def _slam_v2_options(p):
+    """SLAM v2 fusion cycles, segments and attention experts."""
     p.add_argument("--v2-ef-cycles", type=int, default=2, help="SLAM v2 fusion cycles (the config default)")
     p.add_argument("--v2-num-blocks", type=int, default=4, help="SLAM v2 shared blocks = segments per rotation")
     # 256: divides 512, 2048 and 8192, so every segment is full; from 1024 tokens on all four slots hold
@@ -118,19 +146,28 @@ def parse_args(argv=None):
     p.add_argument("--moa-experts", type=int, default=8)
     p.add_argument("--moa-top-k", type=int, default=2)
     p.add_argument("--router-aux-loss-coef", type=float, default=0.01)
-    # Generation.
+
+
+def _generation_options(p):
+    """Generation throughput."""
     p.add_argument("--gen-prompt-len", type=int, default=128)
     p.add_argument("--gen-new-tokens", type=int, default=64)
     p.add_argument("--gen-batch-size", type=int, default=1)
     p.add_argument("--gen-repeats", type=int, default=3)
-    # What to run.
+
+
+def _sections_options(p):
+    """Which sections run."""
     p.add_argument("--no-train", action="store_true", help="skip training throughput")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurements")
     p.add_argument("--no-generate", action="store_true", help="skip generation throughput")
     p.add_argument("--no-moa", action="store_true", help="skip the MoA micro-benchmark")
     p.add_argument("--moa-seq-lens", type=int, nargs="+", default=[512, 2048])
     p.add_argument("--moa-repeats", type=int, default=7)
-    # Held-out loss (small models trained on the Shakespeare corpus).
+
+
+def _heldout_options(p):
+    """Held-out loss (small models trained on the Shakespeare corpus)."""
     p.add_argument("--heldout-steps", type=int, default=0, help="training steps per model; 0 skips the section")
     p.add_argument("--heldout-models", nargs="+", default=["v2", "llama"], choices=MODEL_CHOICES)
     p.add_argument("--heldout-seq-len", type=int, default=1024)
@@ -139,48 +176,87 @@ def parse_args(argv=None):
     p.add_argument("--heldout-num-heads", type=int, default=4)
     p.add_argument("--heldout-intermediate-size", type=int, default=384, help="of the parameter reference model")
     p.add_argument(
-        "--heldout-v2-segment-length", type=int, default=None,
+        "--heldout-v2-segment-length",
+        type=int,
+        default=None,
         help="default: --v2-segment-length (256: four segments of a 1024-token row, the published four parts)",
-    )  # fmt: skip
+    )
     p.add_argument("--heldout-lr", type=float, default=1e-3)
     p.add_argument("--heldout-eval-batches", type=int, default=None, help="cap on validation batches (default all)")
-    # Diagnostics.
+
+
+def _diagnostics_options(p):
+    """Diagnostics, clock, threads and output."""
     p.add_argument(
-        "--v2-sweep", type=int, nargs="+", default=None, metavar="S",
+        "--v2-sweep",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="S",
         help="also measure SLAM v2 training tok/s with these ef_segment_length values (vs Llama)",
-    )  # fmt: skip
+    )
     p.add_argument("--sweep-seq-lens", type=int, nargs="+", default=[2048])
     p.add_argument(
-        "--breakdown", type=int, default=None, metavar="SEQ",
+        "--breakdown",
+        type=int,
+        default=None,
+        metavar="SEQ",
         help="time forward and backward of each part (layer, fusion cycle, MoA layer) of one training step",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--breakdown-generate", action="store_true",
+        "--breakdown-generate",
+        action="store_true",
         help="time the forward of each part during one generate() call (prefill + decode)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--saved-memory", type=int, default=None, metavar="SEQ",
+        "--saved-memory",
+        type=int,
+        default=None,
+        metavar="SEQ",
         help="MiB of tensors saved for backward by each part in one training forward (explains step memory)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--profile", type=int, default=None, metavar="SEQ",
+        "--profile",
+        type=int,
+        default=None,
+        metavar="SEQ",
         help="also run torch.profiler on one training step of each model at this sequence length",
-    )  # fmt: skip
+    )
     p.add_argument("--profile-generate", action="store_true", help="torch.profiler table of one generate() call")
     p.add_argument("--profile-rows", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--timer", default="wall", choices=["wall", "process"],
+        "--timer",
+        default="wall",
+        choices=["wall", "process"],
         help="wall: perf_counter (default). process: CPU time of this process (CPU only; with --threads 1 it "
         "is insensitive to other processes competing for the cores, i.e. a fair comparison on a busy machine)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch.set_num_threads (default: leave torch's default; 1 is steadier on a shared, busy CPU)",
-    )  # fmt: skip
+    )
     p.add_argument("--json-out", default=None, help="write all results to this JSON file")
     # Internal: one isolated memory measurement in a fresh process (see measure_memory).
     p.add_argument("--_memory-worker", nargs=2, metavar=("MODEL", "SEQ"), default=None, help=argparse.SUPPRESS)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for add_options in (
+        _run_options,
+        _model_size_options,
+        _parameter_matching_options,
+        _slam_v1_options,
+        _slam_v2_options,
+        _generation_options,
+        _sections_options,
+        _heldout_options,
+        _diagnostics_options,
+    ):
+        add_options(p)
     args = p.parse_args(argv)
     args.models = list(dict.fromkeys(args.models))  # unique, in the given order
     if args.timer == "process" and args.device == "cuda":
@@ -281,10 +357,6 @@ def make_config(name, args, **overrides):
     return config
 
 
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
-
-
 def _params_at(name, args, intermediate_size):
     with torch.device("meta"):  # shapes only: no memory, no init
         return count_parameters(CLASSES[name](CONFIGS[name](args, intermediate_size)))
@@ -324,17 +396,25 @@ def make_batch(args, seq_len, batch_size, salt=0):
     return ids.to(args.device)
 
 
-def synchronize(args):
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-
-
 def train_step(model, optimizer, ids):
     loss = model(input_ids=ids, labels=ids, use_cache=False).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss
+
+
+def greedy_generate(args, model, prompt, **kwargs):
+    """Exactly --gen-new-tokens new tokens (min_new_tokens suppresses eos), greedy, with the KV cache."""
+    return model.generate(
+        input_ids=prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=args.gen_new_tokens,
+        min_new_tokens=args.gen_new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        **kwargs,
+    )
 
 
 def make_optimizer(model, lr=1e-4):
@@ -431,11 +511,14 @@ def cost_model(args, seq_len):
             k, experts = args.moa_top_k, args.moa_experts
             expert_heads = heads // k
             moa_kv = expert_heads * kv_heads // heads
-            add(parts, {
-                "qkv_o_proj": h * experts + 2 * h * moa_kv * d + 2 * k * h * expert_heads * d,
-                "attention": 2 * k * expert_heads * d * (L + 1) / 2,
-                "mlp": 3 * h * inter,
-            })  # fmt: skip
+            add(
+                parts,
+                {
+                    "qkv_o_proj": h * experts + 2 * h * moa_kv * d + 2 * k * h * expert_heads * d,
+                    "attention": 2 * k * expert_heads * d * (L + 1) / 2,
+                    "mlp": 3 * h * inter,
+                },
+            )
             extra["v2"] = dict(geo, coverage=slots / L)
         total = sum(parts.values())
         out[name] = {"macs_per_token": total, "fractions": {k: v / total for k, v in parts.items()}}
@@ -447,38 +530,6 @@ def cost_model(args, seq_len):
 
 
 # ----------------------------------------------------------------------------------------- timing
-def timed(args, fn):
-    clock = time.process_time if args.timer == "process" else time.perf_counter
-    synchronize(args)
-    start = clock()
-    fn()
-    synchronize(args)
-    return clock() - start
-
-
-def summarize(times):
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "times_s": times,
-    }
-
-
-def interleaved(args, fns, warmup, repeats):
-    """Warm up each callable, then time them alternately (order reversed every round); medians."""
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-    synchronize(args)
-    times = {name: [] for name in fns}
-    order = list(fns)
-    for r in range(repeats):
-        for name in order if r % 2 == 0 else reversed(order):
-            times[name].append(timed(args, fns[name]))
-    return {name: summarize(t) for name, t in times.items()}
-
-
 def ratio_text(stats, name, key="tokens_per_s"):
     if name == BASELINE or BASELINE not in stats:
         return ""
@@ -493,7 +544,7 @@ def bench_training(args, models, optimizers):
             model.train()
         fns = {name: (lambda m=models[name], o=optimizers[name]: train_step(m, o, ids)) for name in models}
         warmup, repeats = repeats_for(args, seq)
-        stats = interleaved(args, fns, warmup, repeats)
+        stats = interleaved(fns, warmup, repeats, clock=args.timer, device=args.device)
         for name in models:
             stats[name]["tokens_per_s"] = args.batch_size * seq / stats[name]["median_s"]
         results[seq] = stats
@@ -512,16 +563,7 @@ def bench_generation(args, models):
     outputs = {}
 
     def generate(model, name):
-        outputs[name] = model.generate(
-            input_ids=prompt,
-            attention_mask=mask,
-            max_new_tokens=n,
-            min_new_tokens=n,  # suppresses eos: always exactly n new tokens
-            do_sample=False,
-            num_beams=1,
-            use_cache=True,
-            pad_token_id=0,
-        )
+        outputs[name] = greedy_generate(args, model, prompt, num_beams=1, use_cache=True)
 
     def prefill(model):
         model(input_ids=prompt, attention_mask=mask, use_cache=True, logits_to_keep=1)
@@ -529,8 +571,20 @@ def bench_generation(args, models):
     for model in models.values():
         model.eval()
     with torch.inference_mode():
-        gen = interleaved(args, {k: (lambda m=m, k=k: generate(m, k)) for k, m in models.items()}, 1, args.gen_repeats)
-        pre = interleaved(args, {k: (lambda m=m: prefill(m)) for k, m in models.items()}, 1, args.gen_repeats)
+        gen = interleaved(
+            {k: (lambda m=m, k=k: generate(m, k)) for k, m in models.items()},
+            1,
+            args.gen_repeats,
+            clock=args.timer,
+            device=args.device,
+        )
+        pre = interleaved(
+            {k: (lambda m=m: prefill(m)) for k, m in models.items()},
+            1,
+            args.gen_repeats,
+            clock=args.timer,
+            device=args.device,
+        )
     results = {}
     for name in models:
         assert outputs[name].shape == (args.gen_batch_size, args.gen_prompt_len + n), outputs[name].shape
@@ -609,7 +663,7 @@ def bench_moa(args):
 
         fns = {name: (lambda m=m: step(m)) for name, m in modules.items()}
         warmup, repeats = repeats_for(args, seq)
-        stats = interleaved(args, fns, max(warmup, 2), max(repeats, args.moa_repeats))
+        stats = interleaved(fns, max(warmup, 2), max(repeats, args.moa_repeats), clock=args.timer, device=args.device)
         attention_ratio = stats["moa_attention"]["median_s"] / stats["dense_attention"]["median_s"]
         layer_ratio = stats["moa_layer"]["median_s"] / stats["dense_layer"]["median_s"]
         results["seq"][seq] = {"stats": stats, "attention_ratio": attention_ratio, "layer_ratio": layer_ratio}
@@ -654,12 +708,12 @@ def bench_heldout(args):
     tokenizer = load_default_tokenizer()
     small.vocab_size = len(tokenizer)
     names = list(dict.fromkeys(args.heldout_models))
-    small.match_params_to = args.match_params_to if args.match_params_to in names else (
-        "v2" if "v2" in names else "v1" if "v1" in names else None)  # fmt: skip
-    if small.match_params_to is None:
-        small.match_params_to = "llama"
-    small.sizes = plan_sizes(small, names) if small.match_params_to != "llama" else {
-        n: small.intermediate_size for n in names}  # fmt: skip
+    references = [n for n in (args.match_params_to, "v2", "v1") if n in names]
+    small.match_params_to = references[0] if references else "llama"
+    if small.match_params_to == "llama":
+        small.sizes = {n: small.intermediate_size for n in names}
+    else:
+        small.sizes = plan_sizes(small, names)
 
     corpus = load_shakespeare_corpus()
     seq, batch, steps = args.heldout_seq_len, args.heldout_batch_size, args.heldout_steps
@@ -676,12 +730,22 @@ def bench_heldout(args):
         f"v2 segment {small.v2_segment_length}, lr {args.heldout_lr} (warmup 10 %, cosine to 10 %)",
         flush=True,
     )
-    results = {"config": {"seq_len": seq, "batch_size": batch, "steps": steps, "training_tokens": steps * batch * seq,
-                          "hidden_size": small.hidden_size, "num_heads": small.num_heads,
-                          "v2_segment_length": small.v2_segment_length, "intermediate_sizes": small.sizes,
-                          "lr": args.heldout_lr, "validation_tokens": valid.numel(),
-                          "eval_tokens": sum(b.numel() for b in eval_batches)},
-               "models": {}}  # fmt: skip
+    results = {
+        "config": {
+            "seq_len": seq,
+            "batch_size": batch,
+            "steps": steps,
+            "training_tokens": steps * batch * seq,
+            "hidden_size": small.hidden_size,
+            "num_heads": small.num_heads,
+            "v2_segment_length": small.v2_segment_length,
+            "intermediate_sizes": small.sizes,
+            "lr": args.heldout_lr,
+            "validation_tokens": valid.numel(),
+            "eval_tokens": sum(b.numel() for b in eval_batches),
+        },
+        "models": {},
+    }
     warm = max(1, steps // 10)
 
     def schedule(step):
@@ -697,7 +761,7 @@ def bench_heldout(args):
         optimizer = make_optimizer(model, lr=args.heldout_lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         model.train()
-        clock = time.process_time if args.timer == "process" else time.perf_counter
+        clock = CLOCKS[args.timer]
         started = clock()
         recent = []
         for step in range(steps):
@@ -757,15 +821,19 @@ def bench_v2_sweep(args):
         ids = make_batch(args, seq, args.batch_size)
         fns = {k: (lambda m=models[k], o=optimizers[k]: train_step(m, o, ids)) for k in models}
         warmup, repeats = repeats_for(args, seq)
-        stats = interleaved(args, fns, warmup, repeats)
+        stats = interleaved(fns, warmup, repeats, clock=args.timer, device=args.device)
         llama_tps = args.batch_size * seq / stats["llama"]["median_s"]
         rows = {}
         for s in args.v2_sweep:
             tps = args.batch_size * seq / stats[f"v2 S={s}"]["median_s"]
             sweep_args.v2_segment_length = s
             cost = cost_model(sweep_args, seq)
-            rows[s] = {"tokens_per_s": tps, "ratio": tps / llama_tps, "predicted": cost["v2"]["predicted_speedup"],
-                       "batched": cost["geometry"]["v2"]["batched"]}  # fmt: skip
+            rows[s] = {
+                "tokens_per_s": tps,
+                "ratio": tps / llama_tps,
+                "predicted": cost["v2"]["predicted_speedup"],
+                "batched": cost["geometry"]["v2"]["batched"],
+            }
             print(
                 f"  sweep seq={seq:<6d} v2 segment {s:<5d} {tps:9.1f} tok/s  ratio vs llama {tps / llama_tps:.3f} "
                 f"(predicted {rows[s]['predicted']:.3f}; batched cycle: {rows[s]['batched']})",
@@ -796,33 +864,6 @@ MEMORY_METHOD = {
 }
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_cpu_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _trim_cpu_heap():
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def memory_worker(args):
     """Runs in a fresh process: one model, one sequence length (or 'gen'); prints one JSON line."""
     name, seq = args._memory_worker
@@ -834,10 +875,7 @@ def memory_worker(args):
 
         def step():
             with torch.inference_mode():
-                model.generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.gen_new_tokens,
-                    min_new_tokens=args.gen_new_tokens, do_sample=False, pad_token_id=0,
-                )  # fmt: skip
+                greedy_generate(args, model, ids)
     else:
         ids = make_batch(args, int(seq), args.batch_size)
         optimizer = make_optimizer(model)
@@ -847,38 +885,20 @@ def memory_worker(args):
             train_step(model, optimizer, ids)
 
     step()  # warmup: allocates AdamW states, lazy kernels, caches
-    synchronize(args)
-    if args.device == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        synchronize(args)
-        peak = torch.cuda.max_memory_allocated()
-        result = {"before_mib": before / mib, "peak_mib": peak / mib, "step_delta_mib": (peak - before) / mib}
-    else:
-        import resource
-
-        _trim_cpu_heap()
-        exact = _reset_cpu_peak()
-        maxrss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # noqa: E731  (KiB on Linux)
-        before = _status_kib("VmRSS") * 1024 if exact else maxrss()
-        step()
-        peak = _status_kib("VmHWM") * 1024 if exact else maxrss()
-        result = {
-            "before_mib": before / mib,
-            "peak_mib": peak / mib,
-            "step_delta_mib": (peak - before) / mib,
-            "peak_reset": exact,
-        }
+    synchronize(args.device)
+    memory = PeakMemory(args.device, reset=True).start()
+    step()
+    reading = memory.read()
+    result = {"before_mib": reading["before"] / mib, "peak_mib": reading["peak"] / mib}
+    result["step_delta_mib"] = reading["delta"] / mib
+    if args.device != "cuda":
+        result["peak_reset"] = reading["exact"]
     print("MEMORY_RESULT " + json.dumps(result), flush=True)
 
 
 def measure_memory(args, argv, jobs):
     env = dict(os.environ)
-    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    env["MALLOC_TRIM_THRESHOLD_"] = "65536"
+    env.update(MALLOC_ENV)
     env["PYTHONPATH"] = os.pathsep.join([_REPO_ROOT] + [x for x in [env.get("PYTHONPATH")] if x])
     results = {}
     for name, seq in jobs:
@@ -916,55 +936,20 @@ def model_parts(name, model):
 
 
 def breakdown(args, models, optimizers, seq):
-    """Forward / backward time of each part of one training step, with module hooks (process or wall clock).
-
-    Backward times run from a module's backward pre-hook (gradient w.r.t. its output ready) to its backward
-    hook (gradients w.r.t. its inputs ready), so they are approximate; 'rest' is the step minus the
-    top-level parts: embeddings, final norm, lm_head + loss (forward and backward) and the AdamW step.
-    """
-    clock = time.process_time if args.timer == "process" else time.perf_counter
+    """Forward / backward time of each part of one training step, with module hooks (process or wall clock; see
+    PartTimer). 'rest' is the step minus the top-level parts: embeddings, final norm, lm_head + loss (forward and
+    backward) and the AdamW step."""
     ids = make_batch(args, seq, args.batch_size)
     results = {}
     for name, model in models.items():
-        parts = model_parts(name, model)
-        acc = {label: {"forward": 0.0, "backward": 0.0, "calls": 0} for label, _ in parts}
-        handles = []
-        for label, module in parts:
-            starts = {"f": [], "b": []}
-
-            def fpre(mod, inp, label=label, starts=starts):
-                synchronize(args)
-                starts["f"].append(clock())
-
-            def fpost(mod, inp, out, label=label, starts=starts):
-                synchronize(args)
-                acc[label]["forward"] += clock() - starts["f"].pop()
-                acc[label]["calls"] += 1
-
-            def bpre(mod, grad_out, label=label, starts=starts):
-                synchronize(args)
-                starts["b"].append(clock())
-
-            def bpost(mod, grad_in, grad_out, label=label, starts=starts):
-                synchronize(args)
-                acc[label]["backward"] += clock() - starts["b"].pop()
-
-            handles += [
-                module.register_forward_pre_hook(fpre),
-                module.register_forward_hook(fpost),
-                module.register_full_backward_pre_hook(bpre),
-                module.register_full_backward_hook(bpost),
-            ]
         model.train()
         optimizer = optimizers[name]
-        train_step(model, optimizer, ids)  # warmup
-        for v in acc.values():
-            v.update(forward=0.0, backward=0.0, calls=0)
-        total = timed(args, lambda: train_step(model, optimizer, ids))
-        for h in handles:
-            h.remove()
-        top = sum(v["forward"] + v["backward"] for label, v in acc.items() if not label.startswith(" "))
-        results[name] = {"step_s": total, "parts": acc, "rest_s": total - top}
+        with PartTimer(model_parts(name, model), args.timer, args.device) as timer:
+            train_step(model, optimizer, ids)  # warmup
+            timer.reset()
+            total = timed(lambda: train_step(model, optimizer, ids), args.timer, args.device)
+        acc, rest = timer.times, total - timer.top_level_seconds()
+        results[name] = {"step_s": total, "parts": acc, "rest_s": rest}
         print(f"\n=== breakdown: {name}, one training step at seq {seq}: {1e3 * total:.0f} ms ===")
         print(f"  {'part':<28}{'calls':>6}{'forward ms':>12}{'backward ms':>13}{'share':>8}")
         for label, v in acc.items():
@@ -973,53 +958,24 @@ def breakdown(args, models, optimizers, seq):
                 f"  {label:<28}{v['calls']:>6}{1e3 * v['forward']:>12.1f}{1e3 * v['backward']:>13.1f}"
                 f"{100 * both / total:>7.1f}%"
             )
-        rest = total - top
         print(f"  {'rest (embed, lm_head+loss, AdamW)':<46}{1e3 * rest:>13.1f}{100 * rest / total:>7.1f}%")
     return results
 
 
-def _part_stack_hooks(parts, stack):
-    """Forward hooks that keep `stack[-1]` = label of the innermost part running now."""
-
-    def push(mod, inp, label):
-        stack.append(label)
-
-    def pop(mod, inp, out):
-        stack.pop()
-
-    handles = []
-    for label, module in parts:
-        handles.append(module.register_forward_pre_hook(lambda m, i, label=label: push(m, i, label)))
-        handles.append(module.register_forward_hook(pop))
-    return handles
-
-
 def saved_memory(args, models, seq):
-    """MiB of tensors that one training forward saves for backward, attributed to the innermost part running
-    when they were saved (each storage counted once; parameters listed separately). This is what a training
-    step holds at its peak besides weights, optimizer states and short-lived temporaries."""
+    """MiB of tensors that one training forward saves for backward, by the innermost part running when they were
+    saved (parameters listed separately): what a training step holds at its peak besides weights, optimizer states
+    and short-lived temporaries."""
     ids = make_batch(args, seq, args.batch_size)
     results = {}
     for name, model in models.items():
         model.train()
-        parts = model_parts(name, model)
-        stack, seen = ["rest (embed, norm, lm_head, loss)"], {}
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-        def pack(t):
-            key = t.untyped_storage().data_ptr()
-            if key not in seen:
-                seen[key] = ("parameters" if key in params else stack[-1], t.untyped_storage().nbytes())
-            return t
-
-        handles = _part_stack_hooks(parts, stack)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(input_ids=ids, labels=ids, use_cache=False)
-        for h in handles:
-            h.remove()
-        totals = {}
-        for label, nbytes in seen.values():
-            totals[label] = totals.get(label, 0) + nbytes / 2**20
+        totals = saved_for_backward(
+            model,
+            model_parts(name, model),
+            lambda: model(input_ids=ids, labels=ids, use_cache=False),
+            "rest (embed, norm, lm_head, loss)",
+        )
         results[name] = totals
         print(
             f"\n=== saved for backward: {name}, seq {seq}: {sum(totals.values()):.1f} MiB "
@@ -1033,37 +989,16 @@ def saved_memory(args, models, seq):
 
 def breakdown_generate(args, models):
     """Forward time of each part during one generate() (prefill + decode; inner parts are nested)."""
-    clock = time.process_time if args.timer == "process" else time.perf_counter
     prompt = make_batch(args, args.gen_prompt_len, args.gen_batch_size, salt=7)
     results = {}
     for name, model in models.items():
         model.eval()
         parts = [("model forward (all calls)", model)] + model_parts(name, model)
-        acc = {label: 0.0 for label, _ in parts}
-        starts, handles = {}, []
-        for label, module in parts:
-
-            def pre(m, i, label=label):
-                synchronize(args)
-                starts[label] = clock()
-
-            def post(m, i, o, label=label):
-                synchronize(args)
-                acc[label] += clock() - starts[label]
-
-            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-
-        def run():
-            model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.gen_new_tokens,
-                           min_new_tokens=args.gen_new_tokens, do_sample=False, pad_token_id=0)  # fmt: skip
-
-        with torch.inference_mode():
-            run()
-            for k in acc:
-                acc[k] = 0.0
-            total = timed(args, run)
-        for h in handles:
-            h.remove()
+        with torch.inference_mode(), PartTimer(parts, args.timer, args.device, backward=False) as timer:
+            greedy_generate(args, model, prompt)
+            timer.reset()
+            total = timed(lambda: greedy_generate(args, model, prompt), args.timer, args.device)
+        acc = {label: v["forward"] for label, v in timer.times.items()}
         results[name] = {"generate_s": total, "parts_s": acc}
         print(
             f"\n=== generate breakdown: {name}, {args.gen_prompt_len} + {args.gen_new_tokens} tokens: "
@@ -1075,21 +1010,14 @@ def breakdown_generate(args, models):
 
 
 def profile_step(args, models, optimizers, seq):
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
-    sort_by = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
     ids = make_batch(args, seq, args.batch_size)
     tables = {}
     for name, model in models.items():
         optimizer = optimizers[name]
         model.train()
         train_step(model, optimizer, ids)
-        synchronize(args)
-        with profile(activities=activities, record_shapes=False) as prof:
-            train_step(model, optimizer, ids)
-            synchronize(args)
-        table = prof.key_averages().table(sort_by=sort_by, row_limit=args.profile_rows, max_name_column_width=60)
+        synchronize(args.device)
+        table, sort_by = profile_table(lambda: train_step(model, optimizer, ids), args.device, args.profile_rows)
         tables[name] = table
         print(f"\n=== torch.profiler: {name}, one training step at seq {seq} (sorted by {sort_by}) ===")
         print(table)
@@ -1097,25 +1025,13 @@ def profile_step(args, models, optimizers, seq):
 
 
 def profile_generate(args, models):
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
-    sort_by = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
     prompt = make_batch(args, args.gen_prompt_len, args.gen_batch_size, salt=7)
     tables = {}
     for name, model in models.items():
         model.eval()
-
-        def run():
-            model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.gen_new_tokens,
-                           min_new_tokens=args.gen_new_tokens, do_sample=False, pad_token_id=0)  # fmt: skip
-
         with torch.inference_mode():
-            run()
-            with profile(activities=activities) as prof:
-                run()
-                synchronize(args)
-        table = prof.key_averages().table(sort_by=sort_by, row_limit=args.profile_rows, max_name_column_width=60)
+            greedy_generate(args, model, prompt)
+            table, _ = profile_table(lambda: greedy_generate(args, model, prompt), args.device, args.profile_rows)
         tables[name] = table
         print(f"\n=== torch.profiler: {name}, generate {args.gen_prompt_len} + {args.gen_new_tokens} tokens ===")
         print(table)
@@ -1174,8 +1090,11 @@ def report(args, params, costs, train, memory, gen, moa, heldout):
                 continue
             rows.append((f"{title} {label}", values, ratios, "  ".join(notes)))
     if gen:
-        for key, title in (("tokens_per_s", "generate tok/s"), ("prefill_tokens_per_s", "  prompt prefill tok/s"),
-                           ("decode_tokens_per_s", "  decode-only tok/s (est.)")):  # fmt: skip
+        for key, title in (
+            ("tokens_per_s", "generate tok/s"),
+            ("prefill_tokens_per_s", "  prompt prefill tok/s"),
+            ("decode_tokens_per_s", "  decode-only tok/s (est.)"),
+        ):
             if not all(gen[n][key] for n in names):
                 continue
             values = {n: f"{gen[n][key]:.1f}" for n in names}
@@ -1203,9 +1122,10 @@ def report(args, params, costs, train, memory, gen, moa, heldout):
         diff = f" ({100 * (params[n] - ref) / ref:+.2f} %)" if ref and n != args.match_params_to else ""
         counts.append(f"{n} {params[n]:,}{diff}")
     print(
-        "params: " + ",  ".join(counts)
+        "params: "
+        + ",  ".join(counts)
         + f"   (reference {args.match_params_to}, tolerance ±{100 * args.param_tolerance:.0f} %)"
-    )  # fmt: skip
+    )
     print("sizes: " + describe_sizes(args))
     if memory:
         print(f"memory method ({args.device}): {MEMORY_METHOD[args.device]}")
@@ -1309,6 +1229,7 @@ def describe_sizes(args):
 def environment(args):
     env = {
         **software_versions(),
+        "cpu": cpu_name(),
         "platform": platform.platform(),
         "device": args.device,
         "dtype": args.dtype,
@@ -1317,11 +1238,58 @@ def environment(args):
         "torch_num_interop_threads": torch.get_num_interop_threads(),
         "cpu_count": os.cpu_count(),
     }
-    if hasattr(os, "getloadavg"):
-        env["loadavg_at_start"] = os.getloadavg()
+    if load_average() is not None:
+        env["loadavg_at_start"] = load_average()
     if args.device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     return env
+
+
+def ratios_over_llama(args, train, memory, gen):
+    """Every measured ratio model / llama, by metric, for the JSON file."""
+    ratios = {}
+    if BASELINE not in args.models:
+        return ratios
+    for n in args.models:
+        if n == BASELINE:
+            continue
+        r = ratios[n] = {}
+        for seq, stats in (train or {}).items():
+            r[f"train_tokens_per_s@{seq}"] = stats[n]["tokens_per_s"] / stats[BASELINE]["tokens_per_s"]
+            r[f"train_tokens_per_s_min_time@{seq}"] = stats[BASELINE]["min_s"] / stats[n]["min_s"]
+        for seq, stats in (memory or {}).items():
+            if stats[BASELINE]["step_delta_mib"] > 0:
+                r[f"step_memory@{seq}"] = stats[n]["step_delta_mib"] / stats[BASELINE]["step_delta_mib"]
+        if gen:
+            for key in ("tokens_per_s", "prefill_tokens_per_s", "decode_tokens_per_s"):
+                if gen[n][key] and gen[BASELINE][key]:
+                    r[f"generate_{key}"] = gen[n][key] / gen[BASELINE][key]
+    return ratios
+
+
+def write_json(args, env, params, costs, sections, verdicts, elapsed):
+    train, memory, gen = sections["train"], sections["memory"], sections["generate"]
+    ratios = ratios_over_llama(args, train, memory, gen)
+    payload = {
+        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "environment": env,
+        "parameters": params,
+        "cost_model": {str(k): v for k, v in costs.items()},
+        "train": {str(k): v for k, v in (train or {}).items()},
+        "memory": memory,
+        "memory_method": MEMORY_METHOD[args.device],
+        **{key: sections[key] for key in ("generate", "moa", "heldout", "v2_sweep")},
+        **{key: sections[key] for key in ("breakdown", "breakdown_generate", "saved_for_backward_mib")},
+        "ratios_over_llama": ratios,
+        "targets": verdicts,
+        "profile_tables": sections["profile_tables"],
+        "profile_generate_tables": sections["profile_generate_tables"],
+        "elapsed_s": elapsed,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+    with open(args.json_out, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    print(f"wrote {args.json_out}")
 
 
 def main(argv=None):
@@ -1404,47 +1372,17 @@ def main(argv=None):
     elapsed = time.perf_counter() - started
     print(f"\ntotal time {elapsed:.1f} s")
     if args.json_out:
-        ratios = {}
-        if BASELINE in args.models:
-            for n in args.models:
-                if n == BASELINE:
-                    continue
-                r = ratios[n] = {}
-                for seq, stats in (train or {}).items():
-                    r[f"train_tokens_per_s@{seq}"] = stats[n]["tokens_per_s"] / stats[BASELINE]["tokens_per_s"]
-                    r[f"train_tokens_per_s_min_time@{seq}"] = stats[BASELINE]["min_s"] / stats[n]["min_s"]
-                for seq, stats in (memory or {}).items():
-                    if stats[BASELINE]["step_delta_mib"] > 0:
-                        r[f"step_memory@{seq}"] = stats[n]["step_delta_mib"] / stats[BASELINE]["step_delta_mib"]
-                if gen:
-                    for key in ("tokens_per_s", "prefill_tokens_per_s", "decode_tokens_per_s"):
-                        if gen[n][key] and gen[BASELINE][key]:
-                            r[f"generate_{key}"] = gen[n][key] / gen[BASELINE][key]
-        payload = {
-            "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-            "environment": env,
-            "parameters": params,
-            "cost_model": {str(k): v for k, v in costs.items()},
-            "train": {str(k): v for k, v in (train or {}).items()},
+        sections = {
+            "train": train,
             "memory": memory,
-            "memory_method": MEMORY_METHOD[args.device],
             "generate": gen,
             "moa": moa,
             "heldout": heldout,
             "v2_sweep": sweep,
-            "breakdown": parts,
-            "breakdown_generate": gen_parts,
-            "saved_for_backward_mib": saved,
-            "ratios_over_llama": ratios,
-            "targets": verdicts,
-            "profile_tables": tables,
-            "profile_generate_tables": gen_tables,
-            "elapsed_s": elapsed,
         }
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
-        print(f"wrote {args.json_out}")
+        sections.update(breakdown=parts, breakdown_generate=gen_parts, saved_for_backward_mib=saved)
+        sections.update(profile_tables=tables, profile_generate_tables=gen_tables)
+        write_json(args, env, params, costs, sections, verdicts, elapsed)
     return 0
 
 

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from slam_hf.bench.models import (
     BENCH_MODELS,
     MODEL_NAMES,
-    active_parameters,
     build_config,
     build_model,
     cache_bytes,
@@ -15,15 +14,29 @@ from slam_hf.bench.models import (
     lm_batch,
     lm_loss,
     next_token_logits_and_targets,
-    parameter_usage,
 )
+from slam_hf.bench.parameters import active_parameters, parameter_usage
 
 torch.set_num_threads(1)
 
-SMOKE = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=4,
-             max_position_embeddings=32, num_experts=4, num_experts_per_tok=2)  # fmt: skip
-PUBLISHED = dict(hidden_size=512, num_attention_heads=16, intermediate_size=2048, num_hidden_layers=6,
-                 max_position_embeddings=128, num_experts=8, num_experts_per_tok=2)  # fmt: skip
+SMOKE = dict(
+    hidden_size=32,
+    num_attention_heads=4,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    max_position_embeddings=32,
+    num_experts=4,
+    num_experts_per_tok=2,
+)
+PUBLISHED = dict(
+    hidden_size=512,
+    num_attention_heads=16,
+    intermediate_size=2048,
+    num_hidden_layers=6,
+    max_position_embeddings=128,
+    num_experts=8,
+    num_experts_per_tok=2,
+)
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 VOCAB = 500
 MOE = ("mixtral", "deepseek_v3", "jamba", "hunyuan_moe", "slam_v2")
@@ -59,8 +72,17 @@ def top_k_of(config):
 
 
 def test_registry():
-    assert MODEL_NAMES == ("slam_v1", "slam_v2", "slam_v3", "llama", "mixtral", "deepseek_v3", "jamba",
-                           "hunyuan_dense", "hunyuan_moe")  # fmt: skip
+    assert MODEL_NAMES == (
+        "slam_v1",
+        "slam_v2",
+        "slam_v3",
+        "llama",
+        "mixtral",
+        "deepseek_v3",
+        "jamba",
+        "hunyuan_dense",
+        "hunyuan_moe",
+    )
     for name, spec in BENCH_MODELS.items():
         assert spec["family"] == ("slam" if name.startswith("slam_") else "baseline")
         assert spec["objective"] == ("prefix_to_continuation" if name == "slam_v3" else "causal_lm")
@@ -189,8 +211,12 @@ def test_cache_bytes():
     for name in ("llama", "slam_v1", "mixtral", "hunyuan_dense"):
         model = smoke(name)
         c = model.config
-        assert cache_bytes(model, name, x) == {"per_token": 2 * 4 * c.num_attention_heads * 8 * 4, "fixed": 0,
-                                               "lengths": [16, 32], "bytes": [16 * 1024, 32 * 1024]}  # fmt: skip
+        assert cache_bytes(model, name, x) == {
+            "per_token": 2 * 4 * c.num_attention_heads * 8 * 4,
+            "fixed": 0,
+            "lengths": [16, 32],
+            "bytes": [16 * 1024, 32 * 1024],
+        }
     jamba = smoke("jamba")
     c = jamba.config
     measured = cache_bytes(jamba, "jamba", x)

@@ -1,1 +1,4 @@
-"""`slam-hf bench`: the model zoo (`models`), the runner (`runner`) and the reports (`report`). Not remote code."""
+"""`slam-hf bench` and the scripts in benchmarks/: the model zoo (`models`, with `parameters` for the active-parameter
+accounting), the runner (`runner`), the reports (`report`), and what every benchmark measures with: timing loops,
+peak memory, parameter and cache counts (`measure`), per-part diagnostics (`diagnostics`) and the machine and
+software a run ran on (`machine`). Not remote code."""

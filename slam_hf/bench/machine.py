@@ -4,7 +4,9 @@ benchmark scripts record next to their numbers. Not remote code."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
+import subprocess
 
 
 def software_versions(*extra: str) -> dict:
@@ -37,3 +39,22 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """The 1-, 5- and 15-minute load averages (None where the OS has none): a busy machine makes timings noisy."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
+def git_state(repo_root) -> str:
+    """Short commit of `repo_root`, plus the files under slam_hf/ that differ from it: what code produced a result."""
+
+    def git(*command):
+        return subprocess.run(["git", *command], cwd=repo_root, capture_output=True, text=True).stdout
+
+    try:
+        changed = [line[3:] for line in git("status", "--porcelain", "slam_hf").splitlines() if line.strip()]
+        head = git("rev-parse", "--short", "HEAD").strip()
+    except OSError:
+        return "unknown"
+    return head + (f" (uncommitted: {', '.join(changed)})" if changed else "")

