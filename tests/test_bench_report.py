@@ -4,10 +4,13 @@ import copy
 import json
 import math
 import statistics
+import subprocess
+import sys
 
 import pytest
 from PIL import Image, ImageStat
 
+from slam_hf.bench import plots
 from slam_hf.bench import report as bench_report
 from slam_hf.bench.report import (
     PALETTE,
@@ -24,8 +27,8 @@ STEPS = 60
 
 def measured(values):
     values = [float(v) for v in values]
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "values": values, "n": len(values)}  # fmt: skip
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std, "values": values, "n": len(values)}
 
 
 def curves(final_loss, seed, steps=STEPS, every=20):
@@ -34,8 +37,8 @@ def curves(final_loss, seed, steps=STEPS, every=20):
     def loss(step):
         return final_loss + (6.2 - final_loss) * math.exp(-step / 12) + 0.04 * math.sin(step * (1.3 + seed))
 
-    return {"train": [[step, loss(step)] for step in range(1, steps + 1)],
-            "eval": [[step, loss(step) + 0.1] for step in range(every, steps + 1, every)]}  # fmt: skip
+    train = [[step, loss(step)] for step in range(1, steps + 1)]
+    return {"train": train, "eval": [[step, loss(step) + 0.1] for step in range(every, steps + 1, every)]}
 
 
 def model(name, label, family, loss, tokens_per_second, params, **overrides):
@@ -57,12 +60,15 @@ def model(name, label, family, loss, tokens_per_second, params, **overrides):
         "loss_curve_roughness": measured([0.011, 0.013]),
     }
     entry = {
-        "name": name, "label": label, "class": f"{label.replace(' ', '')}ForCausalLM", "family": family,
+        "name": name,
+        "label": label,
+        "class": f"{label.replace(' ', '')}ForCausalLM",
+        "family": family,
         "notes": f"{label} at the shared shape.",
         "budget": {"train_tokens": STEPS * 8 * 64, "steps": STEPS, "complete": True, "reason": None},
         "metrics": metrics,
         "curves": {str(seed): curves(loss, seed) for seed in SEEDS},
-    }  # fmt: skip
+    }
     for key, value in overrides.items():
         entry[key] = value
     return entry
@@ -72,8 +78,8 @@ def make_results():
     slam_v2 = model("slam-v2", "SLAM v2", "slam", 3.10, 21000, 2.4e6)
     slam_v1 = model("slam-v1", "SLAM v1", "slam", 3.30, 9000, 2.3e6)
     # Stopped by the time cap after 40 of 60 steps, and its generation could not be measured.
-    slam_v1["budget"] = {"train_tokens": 40 * 8 * 64, "steps": 40, "complete": False,
-                         "reason": "stopped by the 600 s per-model time cap after 40 of 60 steps"}  # fmt: skip
+    reason = "stopped by the 600 s per-model time cap after 40 of 60 steps"
+    slam_v1["budget"] = {"train_tokens": 40 * 8 * 64, "steps": 40, "complete": False, "reason": reason}
     slam_v1["metrics"]["generation_tokens_per_second"] = {"not_measured": "generate() unsupported by this head"}
     slam_v1["curves"] = {str(seed): curves(3.30, seed, steps=40) for seed in SEEDS}
     llama = model("llama", "Llama", "baseline", 3.20, 30000, 2.4e6)
@@ -101,7 +107,7 @@ def make_results():
             "epochs": 1.5,
             "eval_tokens": 16384,
             "data": "Shakespeare (synthetic)",
-        },  # fmt: skip
+        },
         "models": [slam_v2, slam_v1, llama, gpt2],
     }
 
@@ -199,8 +205,8 @@ def test_unknown_metrics_are_rendered_generically(results):
 
 
 def _color_pixels(image, color, tolerance=12):
-    return sum(count for count, rgb in image.getcolors(image.width * image.height)
-               if max(abs(a - b) for a, b in zip(rgb, color)) <= tolerance)  # fmt: skip
+    colors = image.getcolors(image.width * image.height)
+    return sum(count for count, rgb in colors if max(abs(a - b) for a, b in zip(rgb, color)) <= tolerance)
 
 
 def test_write_reports(results, tmp_path):
@@ -237,6 +243,10 @@ def test_loss_plot_with_diverged_seed_and_linear_axis(results, tmp_path):
     assert report.plotted == [m["name"] for m in results["models"]] and not report.not_plotted
     with Image.open(report.path) as image:
         assert image.size == (640, 400)
+    # The diverged point is left out: that seed's line stops a step early, and so does the mean over seeds.
+    figure, _, _ = plots.loss_curves_figure(results)
+    llama_lines = _lines_of(figure.axes[0], PALETTE[2]) + _lines_of(figure.axes[0], PALETTE[2], tint=0.6)
+    assert sorted(max(line.get_xdata()) for line in llama_lines) == [STEPS - 1, STEPS - 1, STEPS, STEPS]
     # results.json stays strict JSON: the NaN is stored as null, which validates.
     stored = json.loads(bench_report.dumps_results(results))
     assert stored["models"][2]["curves"]["1"]["train"][-1] == [STEPS, None]
@@ -265,3 +275,99 @@ def test_caveats_are_validated_rendered_and_added_on_re_render(results, tmp_path
     annotated = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert annotated["caveats"] == [note] and annotated["models"] == results["models"]
     assert f"- {note}" in (out / "leaderboard.md").read_text(encoding="utf-8")
+
+
+def _lines_of(ax, color, tint=0.0):
+    """The lines drawn in `color` (a PALETTE entry; `tint`: blended towards white as for single seeds)."""
+    rgb = pytest.approx([(c + (255 - c) * tint) / 255 for c in color])
+    return [line for line in ax.get_lines() if list(line.get_color()) == rgb]
+
+
+def test_loss_figure_draws_seeds_means_and_evaluations_in_each_models_style(results):
+    figure, plotted, not_plotted = plots.loss_curves_figure(results, log_y=True)
+    ax = figure.axes[0]
+    assert plotted == ["slam-v2", "slam-v1", "llama", "gpt2"] and not not_plotted
+    assert ax.get_yscale() == "log"
+    for index, entry in enumerate(results["models"]):
+        assert plots.model_style(results, entry) == (PALETTE[index], plots.MARKERS[index])
+        (mean,) = [line for line in _lines_of(ax, PALETTE[index]) if line.get_linestyle() != "None"]
+        (evals,) = [line for line in _lines_of(ax, PALETTE[index]) if line.get_linestyle() == "None"]
+        assert len(_lines_of(ax, PALETTE[index], tint=0.6)) == len(SEEDS)  # one thin line per seed
+        assert mean.get_linestyle() == ("--" if entry["family"] == "baseline" else "-")
+        # The thick line is the mean over seeds, step by step; the markers the mean held-out loss.
+        per_seed = [dict(entry["curves"][str(seed)]["train"]) for seed in SEEDS]
+        steps, losses = mean.get_data()
+        assert list(steps) == sorted(per_seed[0])
+        assert list(losses) == pytest.approx([statistics.fmean(curve[step] for curve in per_seed) for step in steps])
+        eval_points = [point for seed in SEEDS for point in entry["curves"][str(seed)]["eval"]]
+        assert evals.get_marker() == plots.MARKERS[index]
+        assert list(evals.get_xdata()) == sorted({step for step, _ in eval_points})
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["SLAM v2", "SLAM v1 (incomplete budget)", "Llama", "GPT-2"]
+    title, subtitle, caption = (text.get_text() for text in figure.texts)
+    assert title == "Synthetic bench: training loss"
+    assert subtitle.startswith("thin: each of 2 seeds; thick: mean over seeds") and subtitle.endswith("; log y")
+    assert caption == "incomplete budget (less training than planned): SLAM v1 (20,480 of 30,720 tokens)"
+    assert ax.get_xlabel() == "training step (512 tokens per step)" and ax.get_ylabel() == "loss (nats per token)"
+
+
+def test_a_loss_of_zero_keeps_the_loss_axis_linear_and_says_why(results):
+    _model(results, "llama")["curves"]["0"]["train"][10][1] = 0.0
+    figure, _, _ = plots.loss_curves_figure(results, log_y=True)
+    assert figure.axes[0].get_yscale() == "linear"
+    subtitle = figure.texts[1].get_text().replace("\n", " ")  # wrapped to the figure's width
+    assert subtitle.endswith("; linear y (a loss <= 0 cannot be shown on a log scale)")
+
+
+def test_quality_figure_marks_bars_and_labels_each_model(results):
+    figure, plotted, not_plotted = plots.quality_figure(results)
+    ax = figure.axes[0]
+    assert plotted == ["slam-v2", "slam-v1", "llama"] and list(not_plotted) == ["GPT-2"]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "linear"
+    assert len(ax.containers) == len(plotted)
+    x_bars = []
+    for container, name in zip(ax.containers, plotted):
+        entry = _model(results, name)
+        x, y = entry["metrics"]["train_tokens_per_second"], entry["metrics"]["heldout_perplexity"]
+        point, _, (x_bar, y_bar) = container.lines
+        assert point.get_marker() == plots.model_style(results, entry)[1]
+        assert (point.get_xdata()[0], point.get_ydata()[0]) == (x["mean"], y["mean"])
+        (x_low, _), (x_high, _) = x_bar.get_segments()[0]
+        (_, y_low), (_, y_high) = y_bar.get_segments()[0]
+        assert (x_low, x_high) == pytest.approx((x["mean"] - x["std"], x["mean"] + x["std"]))  # ± 1 std
+        x_bars.append((x_low, x_high))
+        assert (y_low, y_high) == pytest.approx((y["mean"] - y["std"], y["mean"] + y["std"]))
+    lowest = min(low for low, _ in x_bars)
+    assert lowest / 2 < ax.get_xlim()[0] < lowest  # the x axis spans the error bars, plus a margin
+    labels = {text.get_text(): text.get_window_extent() for text in ax.texts}
+    assert set(labels) == {"SLAM v2", "SLAM v1 (incomplete budget)", "Llama"}
+    boxes = list(labels.values())
+    for i, box in enumerate(boxes):  # every label readable: inside the figure and clear of the others
+        assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1 and figure.bbox.y0 <= box.y0 <= figure.bbox.y1
+        assert not any(box.overlaps(other) for other in boxes[i + 1 :])
+    assert ax.get_xlabel() == "train tokens/s (log scale)" and ax.get_ylabel() == "perplexity"
+    assert "better: bottom right (higher train tokens/s, lower perplexity)" in figure.texts[1].get_text()
+
+
+def test_labels_with_dollar_signs_are_not_math(results, tmp_path):
+    from matplotlib.cbook import is_math_text
+
+    _model(results, "slam-v2")["label"] = "SLAM $v2$"
+    figure, _, _ = plots.quality_figure(results)
+    (label,) = [text for text in figure.axes[0].texts if "v2" in text.get_text()]
+    assert label.get_text() == r"SLAM \$v2\$" and not is_math_text(label.get_text())  # shown as typed
+    plots.plot_loss_curves(results, tmp_path / "loss.png")  # renders
+
+
+def test_markdown_works_without_matplotlib_and_the_plots_say_how_to_install_it(results, monkeypatch, tmp_path):
+    for name in [name for name in sys.modules if name.split(".")[0] == "matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # what `import` sees where matplotlib is not installed
+    assert "## Leaderboard" in render_markdown(results)
+    for plot in (plot_loss_curves, plot_quality_vs_throughput):
+        with pytest.raises(ImportError, match=r"pip install 'slam_hf\[bench\]'"):
+            plot(results, tmp_path / "plot.png")
+
+
+def test_importing_the_reports_needs_no_matplotlib():
+    code = "import sys; sys.modules['matplotlib'] = None; import slam_hf.bench.report, slam_hf.bench.plots"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -33,8 +33,8 @@ from pathlib import Path
 import yaml
 
 from .machine import cpu_name, software_versions
+from .schema import SCHEMA
 
-SCHEMA = "slam_hf.bench/1"
 logger = logging.getLogger(__name__)
 BENCH_KEYS = {
     "title": str,
