@@ -15,9 +15,34 @@ NORM_POSITIONS = ("pre", "post")
 POSITION_EMBEDDING_TYPES = ("rope", "learned", "none")
 
 
+# The fields every SLAM variant has (DESIGN §2), in each variant's signature; `SlamConfigMixin._init_shared` sets and
+# checks them.
+SHARED_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "mlp_type",
+    "norm_type",
+    "norm_position",
+    "norm_eps",
+    "position_embedding_type",
+    "rope_theta",
+    "max_position_embeddings",
+    "attention_bias",
+    "mlp_bias",
+    "attention_dropout",
+    "hidden_dropout",
+    "initializer_range",
+    "use_cache",
+)
+
+
 def _require_positive(config, *names):
     for name in names:
-        value = getattr(config, name)
+        value = getattr(config, name, None)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
@@ -26,6 +51,54 @@ def _require_choice(config, name, choices):
     value = getattr(config, name)
     if value not in choices:
         raise ValueError(f"`{name}`={value!r} is not supported; choose one of {', '.join(map(repr, choices))}.")
+
+
+def _check_heads(config, owner=""):
+    """Derive `head_dim` when it is None (hidden_size / heads) and check the head counts; `owner` prefixes the
+    messages ("vision ")."""
+    _require_positive(config, "hidden_size", "num_attention_heads", "num_key_value_heads")
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    if config.head_dim is None:
+        if config.hidden_size % heads:
+            raise ValueError(
+                f"{owner}`hidden_size` ({config.hidden_size}) must be divisible by `num_attention_heads` ({heads}); "
+                "change one of them or set `head_dim` explicitly."
+            )
+        config.head_dim = config.hidden_size // heads
+    _require_positive(config, "head_dim")
+    if heads % kv_heads:
+        raise ValueError(
+            f"{owner}`num_key_value_heads` ({kv_heads}) must divide `num_attention_heads` ({heads}); use a divisor "
+            "(equal to the heads for MHA, 1 for MQA)."
+        )
+
+
+def _check_layer_choices(config, position_embedding_types):
+    _require_choice(config, "mlp_type", MLP_TYPES)
+    _require_choice(config, "norm_type", NORM_TYPES)
+    _require_choice(config, "norm_position", NORM_POSITIONS)
+    _require_choice(config, "position_embedding_type", position_embedding_types)
+
+
+def _check_ranges(config):
+    for name in ("norm_eps", "rope_theta", "initializer_range"):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"`{name}` must be > 0, got {getattr(config, name)!r}.")
+    for name in ("attention_dropout", "hidden_dropout"):
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise ValueError(f"`{name}` must be in [0, 1), got {getattr(config, name)!r}.")
+
+
+def check_latent_attention_dims(config):
+    """The dimensions of Multi-head Latent Attention: SlamV3Config checks them at construction, and
+    `SlamLatentAttention` for whatever config it is built from (the one place they are checked)."""
+    _require_positive(config, "hidden_size", "num_attention_heads")
+    _require_positive(config, "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    if getattr(config, "q_lora_rank", None) is not None:
+        _require_positive(config, "q_lora_rank")
+    if config.qk_rope_head_dim % 2:
+        # rotate_half splits the rope dims into two halves
+        raise ValueError(f"`qk_rope_head_dim` must be even (RoPE rotates pairs), got {config.qk_rope_head_dim}.")
 
 
 # The one class -> Auto-factory table: the Auto factories that load each kind of SLAM class (the keys `auto_map`
@@ -103,77 +176,40 @@ class SlamConfigMixin:
         # The installed package registers its classes itself; only Hub users without slam_hf need the entries.
         logger.warning(message)
 
-    def _init_shared(
-        self,
-        *,
-        vocab_size,
-        hidden_size,
-        num_attention_heads,
-        num_key_value_heads,
-        head_dim,
-        intermediate_size,
-        mlp_type,
-        norm_type,
-        norm_position,
-        norm_eps,
-        position_embedding_type,
-        rope_theta,
-        max_position_embeddings,
-        attention_bias,
-        mlp_bias,
-        attention_dropout,
-        hidden_dropout,
-        initializer_range,
-        use_cache,
-    ):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
-        self.head_dim = head_dim
-        self.intermediate_size = intermediate_size
-        self.mlp_type = mlp_type
-        self.norm_type = norm_type
-        self.norm_position = norm_position
-        self.norm_eps = norm_eps
-        self.position_embedding_type = position_embedding_type
-        self.rope_theta = rope_theta
-        self.max_position_embeddings = max_position_embeddings
-        self.attention_bias = attention_bias
-        self.mlp_bias = mlp_bias
-        self.attention_dropout = attention_dropout
-        self.hidden_dropout = hidden_dropout
-        self.initializer_range = initializer_range
-        self.use_cache = use_cache
-
-        _require_positive(self, "vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads")
-        _require_positive(self, "intermediate_size", "max_position_embeddings")
-        if self.head_dim is None:
-            if hidden_size % num_attention_heads:
-                raise ValueError(
-                    f"`hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` "
-                    f"({num_attention_heads}); "
-                    "change one of them or set `head_dim` explicitly."
-                )
-            self.head_dim = hidden_size // num_attention_heads
-        _require_positive(self, "head_dim")
+    def _init_shared(self, arguments: dict):
+        """Set and check the fields every variant has (SHARED_FIELDS), taken from a variant __init__'s `locals()`, so
+        each field is written once, in the signature that documents its default."""
+        for name in SHARED_FIELDS:
+            setattr(self, name, arguments[name])
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        _require_positive(self, "vocab_size", "intermediate_size", "max_position_embeddings")
+        _check_heads(self)
         if self.position_embedding_type == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even `head_dim`, got {self.head_dim}.")
-        if num_attention_heads % self.num_key_value_heads:
+        _check_layer_choices(self, POSITION_EMBEDDING_TYPES)
+        _check_ranges(self)
+
+    def _derive_num_hidden_layers(self, given, derived: int, rule: str, variant: str, field: str):
+        """`num_hidden_layers` counts cache layers and follows from `field`: a different given value is an error."""
+        if given is not None and given != derived:
             raise ValueError(
-                f"`num_key_value_heads` ({self.num_key_value_heads}) must divide `num_attention_heads` "
-                f"({num_attention_heads}); use a divisor (equal to the heads for MHA, 1 for MQA)."
+                f"`num_hidden_layers` is derived as {rule} = {derived} for {variant}, got {given}; set `{field}` "
+                "instead."
             )
-        _require_choice(self, "mlp_type", MLP_TYPES)
-        _require_choice(self, "norm_type", NORM_TYPES)
-        _require_choice(self, "norm_position", NORM_POSITIONS)
-        _require_choice(self, "position_embedding_type", POSITION_EMBEDDING_TYPES)
-        for name in ("norm_eps", "rope_theta", "initializer_range"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}.")
-        for name in ("attention_dropout", "hidden_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)!r}.")
+        self.num_hidden_layers = derived
+
+    def _finish_init(self, is_causal, tie_word_embeddings, pad_token_id, bos_token_id, eos_token_id, **kwargs):
+        """The fields transformers' base config owns, then its __init__ (with the rest of the arguments)."""
+        if not isinstance(is_causal, bool):
+            raise TypeError(f"`is_causal` must be True or False, got {is_causal!r}.")
+        self.is_causal = is_causal
+        self.tie_word_embeddings = tie_word_embeddings
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        super().__init__(**kwargs)
+        self._check_auto_map()
 
 
 class SlamV1Config(SlamConfigMixin, PretrainedConfig):
@@ -231,27 +267,14 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
         eos_token_id: int | None = 2,
         **kwargs,
     ):
-        self._init_shared(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            num_attention_heads=num_attention_heads,
-            num_key_value_heads=num_key_value_heads,
-            head_dim=head_dim,
-            intermediate_size=intermediate_size,
-            mlp_type=mlp_type,
-            norm_type=norm_type,
-            norm_position=norm_position,
-            norm_eps=norm_eps,
-            position_embedding_type=position_embedding_type,
-            rope_theta=rope_theta,
-            max_position_embeddings=max_position_embeddings,
-            attention_bias=attention_bias,
-            mlp_bias=mlp_bias,
-            attention_dropout=attention_dropout,
-            hidden_dropout=hidden_dropout,
-            initializer_range=initializer_range,
-            use_cache=use_cache,
+        self._init_shared(locals())
+        self._init_windows(ef_cycles, ef_segment_length, ef_segment_overlap)
+        self._derive_num_hidden_layers(
+            num_hidden_layers, 2 + 2 * ef_cycles, "2 + 2 * ef_cycles", "SLAM v1", "ef_cycles"
         )
+        self._finish_init(is_causal, tie_word_embeddings, pad_token_id, bos_token_id, eos_token_id, **kwargs)
+
+    def _init_windows(self, ef_cycles, ef_segment_length, ef_segment_overlap):
         self.ef_cycles = ef_cycles
         self.ef_segment_length = ef_segment_length
         self.ef_segment_overlap = ef_segment_overlap
@@ -261,22 +284,6 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
                 f"`ef_segment_overlap` ({ef_segment_overlap!r}) must be an integer in [0, ef_segment_length="
                 f"{ef_segment_length}); windows advance by length - overlap tokens, so lower the overlap."
             )
-        derived_layers = 2 + 2 * ef_cycles
-        if num_hidden_layers is not None and num_hidden_layers != derived_layers:
-            raise ValueError(
-                f"`num_hidden_layers` is derived as 2 + 2 * ef_cycles = {derived_layers} for SLAM v1, got "
-                f"{num_hidden_layers}; set `ef_cycles` instead."
-            )
-        self.num_hidden_layers = derived_layers
-        if not isinstance(is_causal, bool):
-            raise TypeError(f"`is_causal` must be True or False, got {is_causal!r}.")
-        self.is_causal = is_causal
-        self.tie_word_embeddings = tie_word_embeddings
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        super().__init__(**kwargs)
-        self._check_auto_map()
 
     @property
     def ef_stride(self) -> int:
@@ -284,7 +291,7 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
 
     @property
     def layer_schedule(self) -> list[str]:
-        """The architecture as data: one entry per cache layer."""
+        """One label per cache layer, for summaries (training reports); the model builds its layers from the fields."""
         return ["full"] + ["ef_a", "ef_b"] * self.ef_cycles + ["full"]
 
 
@@ -360,46 +367,35 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
         eos_token_id: int | None = 2,
         **kwargs,
     ):
-        self._init_shared(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            num_attention_heads=num_attention_heads,
-            num_key_value_heads=num_key_value_heads,
-            head_dim=head_dim,
-            intermediate_size=intermediate_size,
-            mlp_type=mlp_type,
-            norm_type=norm_type,
-            norm_position=norm_position,
-            norm_eps=norm_eps,
-            position_embedding_type=position_embedding_type,
-            rope_theta=rope_theta,
-            max_position_embeddings=max_position_embeddings,
-            attention_bias=attention_bias,
-            mlp_bias=mlp_bias,
-            attention_dropout=attention_dropout,
-            hidden_dropout=hidden_dropout,
-            initializer_range=initializer_range,
-            use_cache=use_cache,
+        self._init_shared(locals())
+        self._init_segments(ef_cycles, ef_num_blocks, ef_segment_length)
+        self._init_moa(moa_num_experts, moa_top_k, moa_expert_heads, router_aux_loss_coef, output_router_logits)
+        self._derive_num_hidden_layers(
+            num_hidden_layers, 2 + ef_cycles, "1 + ef_cycles + 1", "SLAM v2 (one KV-cache layer per cycle)", "ef_cycles"
         )
+        self._finish_init(is_causal, tie_word_embeddings, pad_token_id, bos_token_id, eos_token_id, **kwargs)
+
+    def _init_segments(self, ef_cycles, ef_num_blocks, ef_segment_length):
         self.ef_cycles = ef_cycles
         self.ef_num_blocks = ef_num_blocks
         _require_positive(self, "ef_cycles", "ef_num_blocks")
+        max_length = self.max_position_embeddings
         if ef_segment_length is None:
-            if max_position_embeddings % ef_num_blocks:
+            if max_length % ef_num_blocks:
                 raise ValueError(
                     f"`ef_segment_length` defaults to max_position_embeddings / ef_num_blocks, but "
-                    f"{max_position_embeddings} is not divisible by {ef_num_blocks}; set `ef_segment_length`."
+                    f"{max_length} is not divisible by {ef_num_blocks}; set `ef_segment_length`."
                 )
-            ef_segment_length = max_position_embeddings // ef_num_blocks
+            ef_segment_length = max_length // ef_num_blocks
         self.ef_segment_length = ef_segment_length
         _require_positive(self, "ef_segment_length")
-        if ef_segment_length > max_position_embeddings:
+        if ef_segment_length > max_length:
             raise ValueError(
-                f"`ef_segment_length` ({ef_segment_length}) exceeds max_position_embeddings "
-                f"({max_position_embeddings}): no sequence could fill a segment. "
-                "Lower it or raise max_position_embeddings."
+                f"`ef_segment_length` ({ef_segment_length}) exceeds max_position_embeddings ({max_length}): no "
+                "sequence could fill a segment. Lower it or raise max_position_embeddings."
             )
 
+    def _init_moa(self, moa_num_experts, moa_top_k, moa_expert_heads, router_aux_loss_coef, output_router_logits):
         self.moa_num_experts = moa_num_experts
         self.moa_top_k = moa_top_k
         _require_positive(self, "moa_num_experts", "moa_top_k")
@@ -408,16 +404,17 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
                 f"`moa_top_k` ({moa_top_k}) cannot exceed `moa_num_experts` ({moa_num_experts}); "
                 f"use moa_top_k = moa_num_experts for the dense mixture."
             )
+        heads = self.num_attention_heads
         if moa_expert_heads is None:
-            if num_attention_heads % moa_top_k:
+            if heads % moa_top_k:
                 raise ValueError(
-                    f"`moa_expert_heads` defaults to num_attention_heads / moa_top_k, but {num_attention_heads} heads "
+                    f"`moa_expert_heads` defaults to num_attention_heads / moa_top_k, but {heads} heads "
                     f"are not divisible by moa_top_k={moa_top_k}; set `moa_expert_heads`."
                 )
-            moa_expert_heads = num_attention_heads // moa_top_k
+            moa_expert_heads = heads // moa_top_k
         self.moa_expert_heads = moa_expert_heads
         _require_positive(self, "moa_expert_heads")
-        kv_groups = num_attention_heads // self.num_key_value_heads
+        kv_groups = heads // self.num_key_value_heads
         if moa_expert_heads % kv_groups:
             raise ValueError(
                 f"`moa_expert_heads` ({moa_expert_heads}) must be a multiple of num_attention_heads / "
@@ -428,30 +425,13 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
         self.router_aux_loss_coef = router_aux_loss_coef
         self.output_router_logits = output_router_logits
 
-        derived_layers = 2 + ef_cycles
-        if num_hidden_layers is not None and num_hidden_layers != derived_layers:
-            raise ValueError(
-                f"`num_hidden_layers` is derived as 1 + ef_cycles + 1 = {derived_layers} for SLAM v2 (one KV-cache "
-                f"layer per cycle), got {num_hidden_layers}; set `ef_cycles` instead."
-            )
-        self.num_hidden_layers = derived_layers
-        if not isinstance(is_causal, bool):
-            raise TypeError(f"`is_causal` must be True or False, got {is_causal!r}.")
-        self.is_causal = is_causal
-        self.tie_word_embeddings = tie_word_embeddings
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        super().__init__(**kwargs)
-        self._check_auto_map()
-
     @property
     def moa_key_value_heads(self) -> int:
         return self.moa_expert_heads * self.num_key_value_heads // self.num_attention_heads
 
     @property
     def layer_schedule(self) -> list[str]:
-        """The architecture as data: one entry per cache layer."""
+        """One label per cache layer, for summaries (training reports); the model builds its layers from the fields."""
         return ["full"] + [f"fusion_{cycle}" for cycle in range(self.ef_cycles)] + ["moa"]
 
 
@@ -503,6 +483,7 @@ class SlamV3VisionConfig(PretrainedConfig):
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        self.head_dim = head_dim
         self.intermediate_size = intermediate_size
         self.mlp_type = mlp_type
         self.norm_type = norm_type
@@ -516,31 +497,14 @@ class SlamV3VisionConfig(PretrainedConfig):
         self.hidden_dropout = hidden_dropout
         self.projector_type = projector_type
         self.initializer_range = initializer_range
-        _require_positive(self, "patch_size", "num_channels", "hidden_size", "num_hidden_layers")
-        _require_positive(self, "num_attention_heads", "num_key_value_heads", "intermediate_size")
-        if head_dim is None:
-            if hidden_size % num_attention_heads:
-                raise ValueError(
-                    f"vision `hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` "
-                    f"({num_attention_heads}); change one of them or set `head_dim`."
-                )
-            head_dim = hidden_size // num_attention_heads
-        self.head_dim = head_dim
-        _require_positive(self, "head_dim")
-        if num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"vision `num_key_value_heads` ({self.num_key_value_heads}) must divide `num_attention_heads` "
-                f"({num_attention_heads})."
-            )
-        _require_choice(self, "mlp_type", MLP_TYPES)
-        _require_choice(self, "norm_type", NORM_TYPES)
-        _require_choice(self, "norm_position", NORM_POSITIONS)
-        _require_choice(self, "position_embedding_type", ("rope", "none"))
+        _require_positive(self, "patch_size", "num_channels", "num_hidden_layers", "intermediate_size")
+        _check_heads(self, owner="vision ")
+        _check_layer_choices(self, ("rope", "none"))
         _require_choice(self, "projector_type", ("linear", "mlp"))
-        if position_embedding_type == "rope" and head_dim % 4:
+        if position_embedding_type == "rope" and self.head_dim % 4:
             raise ValueError(
                 "2D RoPE rotates (row, column) pairs, so the vision `head_dim` must be a multiple of 4, "
-                f"got {head_dim}."
+                f"got {self.head_dim}."
             )
         super().__init__(**kwargs)
 
@@ -615,7 +579,7 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
         decoder_start_token_id: int | None = 1,
         **kwargs,
     ):
-        if num_key_value_heads is None:
+        if num_key_value_heads is None:  # GQA with 4 query heads per key-value head where the heads allow it
             num_key_value_heads = (
                 max(1, num_attention_heads // 4) if num_attention_heads % 4 == 0 else num_attention_heads
             )
@@ -625,27 +589,28 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
                 f"got {position_embedding_type!r}: the joint "
                 "image+text sequence has no fixed length for a learned table."
             )
-        self._init_shared(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            num_attention_heads=num_attention_heads,
-            num_key_value_heads=num_key_value_heads,
-            head_dim=head_dim,
-            intermediate_size=intermediate_size,
-            mlp_type=mlp_type,
-            norm_type=norm_type,
-            norm_position=norm_position,
-            norm_eps=norm_eps,
-            position_embedding_type=position_embedding_type,
-            rope_theta=rope_theta,
-            max_position_embeddings=max_position_embeddings,
-            attention_bias=attention_bias,
-            mlp_bias=mlp_bias,
-            attention_dropout=attention_dropout,
-            hidden_dropout=hidden_dropout,
-            initializer_range=initializer_range,
-            use_cache=use_cache,
+        self._init_shared(locals())
+        self._init_encoder(encoder_layers, fusion_num_latents, aux_dim, decoder_layers)
+        self._init_latent_attention(kv_lora_rank, q_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim)
+        self._init_vision(vision_config, image_token_id)
+        self._derive_num_hidden_layers(
+            num_hidden_layers,
+            decoder_layers,
+            "decoder_layers",
+            "SLAM v3 (one self-attention cache layer per decoder layer)",
+            "decoder_layers",
         )
+        if is_encoder_decoder is not True:
+            raise ValueError("SLAM v3 is an encoder-decoder model; `is_encoder_decoder` must be True.")
+        self.decoder_start_token_id = decoder_start_token_id
+        # is_causal is False (a saved config.json repeats it): the encoder is bidirectional and the decoder's causality
+        # is built in. `is_encoder_decoder` is a field of the base config, set through its __init__ (or reset to False).
+        kwargs.pop("is_causal", None)
+        self._finish_init(
+            False, tie_word_embeddings, pad_token_id, bos_token_id, eos_token_id, is_encoder_decoder=True, **kwargs
+        )
+
+    def _init_encoder(self, encoder_layers, fusion_num_latents, aux_dim, decoder_layers):
         self.encoder_layers = encoder_layers
         self.fusion_num_latents = fusion_num_latents
         self.aux_dim = aux_dim
@@ -658,17 +623,15 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
         if aux_dim is not None:
             _require_positive(self, "aux_dim")
 
+    def _init_latent_attention(self, kv_lora_rank, q_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim):
         self.kv_lora_rank = kv_lora_rank
         self.q_lora_rank = q_lora_rank
         self.qk_nope_head_dim = self.head_dim if qk_nope_head_dim is None else qk_nope_head_dim
         self.qk_rope_head_dim = qk_rope_head_dim
         self.v_head_dim = self.head_dim if v_head_dim is None else v_head_dim
-        _require_positive(self, "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
-        if q_lora_rank is not None:
-            _require_positive(self, "q_lora_rank")
-        if qk_rope_head_dim % 2:
-            raise ValueError(f"`qk_rope_head_dim` must be even (RoPE rotates pairs), got {qk_rope_head_dim}.")
+        check_latent_attention_dims(self)
 
+    def _init_vision(self, vision_config, image_token_id):
         if vision_config is None:
             vision_config = SlamV3VisionConfig()
         elif isinstance(vision_config, dict):
@@ -678,33 +641,15 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
                 f"`vision_config` must be a dict, a SlamV3VisionConfig or None, got {type(vision_config).__name__}."
             )
         self.vision_config = vision_config
-        if type(image_token_id) is not int or not 0 <= image_token_id < vocab_size:
+        if type(image_token_id) is not int or not 0 <= image_token_id < self.vocab_size:
             raise ValueError(
-                f"`image_token_id` must be a token id in [0, vocab_size={vocab_size}), got {image_token_id!r}."
+                f"`image_token_id` must be a token id in [0, vocab_size={self.vocab_size}), got {image_token_id!r}."
             )
         self.image_token_id = image_token_id
 
-        if num_hidden_layers is not None and num_hidden_layers != decoder_layers:
-            raise ValueError(
-                f"`num_hidden_layers` is derived as decoder_layers = {decoder_layers} for SLAM v3 (one self-attention "
-                f"cache layer per decoder layer), got {num_hidden_layers}; set `decoder_layers` instead."
-            )
-        self.num_hidden_layers = decoder_layers
-        if is_encoder_decoder is not True:
-            raise ValueError("SLAM v3 is an encoder-decoder model; `is_encoder_decoder` must be True.")
-        self.is_causal = False  # the encoder is bidirectional; the decoder's causality is built in
-        self.tie_word_embeddings = tie_word_embeddings
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        self.decoder_start_token_id = decoder_start_token_id
-        # a field of the base config: set through its __init__, which would otherwise reset it to False
-        super().__init__(is_encoder_decoder=True, **kwargs)
-        self._check_auto_map()
-
     @property
     def layer_schedule(self) -> list[str]:
-        """The architecture as data: encoder layers (four paths each), the fusion node, decoder layers."""
+        """Labels of encoder layers (four paths each), the fusion node and decoder layers, for summaries."""
         encoder = [f"paths_{layer}" for layer in range(self.encoder_layers)]
         fusion = ["fusion"] + (["latent_bottleneck"] if self.fusion_num_latents else [])
         return encoder + fusion + [f"mla_decoder_{layer}" for layer in range(self.decoder_layers)]

@@ -160,7 +160,7 @@ class SlamImageProcessor(PilBackend):
         return (height // patch_size) * (width // patch_size)
 
     # ------------------------------------------------------------------ inputs
-    def _flatten_images(self, images) -> list:
+    def flatten_images(self, images) -> list:
         """A single image, a 4-D batch, or (nested) lists of them -> flat list of single images."""
         flat = []
 
@@ -251,7 +251,7 @@ class SlamImageProcessor(PilBackend):
         do_rescale = kwargs.get("do_rescale")
         alpha_max = 1.0 / kwargs["rescale_factor"] if do_rescale else 1.0
         arrays = []
-        for image in self._flatten_images(images):
+        for image in self.flatten_images(images):
             array = self._to_chw_array(
                 image,
                 do_convert_rgb=kwargs.get("do_convert_rgb"),

@@ -126,7 +126,7 @@ class SlamProcessor(ProcessorMixin):
         # The image processor's own flattening, so the count is the number of images it will return.
         if isinstance(images, (list, tuple)) and not images:
             return 0  # an empty row of nested images
-        return len(self.image_processor._flatten_images(images))
+        return len(self.image_processor.flatten_images(images))
 
     def _process_images(self, images, **kwargs):
         # One replacement per processed image (the base counts with make_flat_list_of_images, see validate_inputs).

@@ -1,4 +1,5 @@
-"""Multi-head / grouped-query self-attention dispatched through transformers' attention interface."""
+"""Multi-head / grouped-query self-attention dispatched through transformers' attention interface, and the one way
+every SLAM attention calls a kernel (`run_attention`, `SlamAttentionBase`, `masked_attention_implementation`)."""
 
 import torch
 from torch import nn
@@ -32,23 +33,49 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return output, weights
 
 
-class SlamAttention(nn.Module):
+def masked_attention_implementation(config) -> str:
+    """The kernel for attention under SLAM's own boolean masks (windows, segments, encoder paths): eager when the
+    model runs eager, else sdpa, which takes any mask and so also serves the other backends a model may request."""
+    return "eager" if config._attn_implementation == "eager" else "sdpa"
+
+
+def run_attention(module, query, key, value, attention_mask, implementation=None, **kwargs):
+    """Attention through transformers' attention interface, with what `module` (a `SlamAttentionBase`) holds: the
+    backend of its config unless `implementation` is given, its `scaling`, its `attention_dropout` while training.
+
+    query (N, heads, Lq, D), key / value (N, kv_heads, Lk, D) -> (output (N, Lq, heads, Dv), weights or None).
+    """
+    attention_fn = get_attention_function(implementation or module.config._attn_implementation, eager_attention_forward)
+    dropout = module.attention_dropout if module.training else 0.0
+    return attention_fn(module, query, key, value, attention_mask, scaling=module.scaling, dropout=dropout, **kwargs)
+
+
+class SlamAttentionBase(nn.Module):
+    """What every SLAM attention holds for `run_attention` and the kernels: its config, cache layer, causality
+    (None keeps the class's), softmax scaling and dropout."""
+
+    def __init__(self, config, layer_idx: int | None, scaling: float, is_causal: bool | None = None):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        if is_causal is not None:
+            self.is_causal = is_causal
+        self.scaling = scaling
+        self.attention_dropout = config.attention_dropout
+
+
+class SlamAttention(SlamAttentionBase):
     """Self-attention with Llama projection names; `num_key_value_heads < num_attention_heads` gives GQA.
 
     `project` and `attend` are separate so windowed layers can gather windows between the two.
     """
 
     def __init__(self, config, layer_idx: int, is_causal: bool = True):
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.is_causal = is_causal
+        super().__init__(config, layer_idx, config.head_dim**-0.5, is_causal)
         self.head_dim = config.head_dim
         self.num_heads = config.num_attention_heads
         self.num_key_value_heads = config.num_key_value_heads
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
         self.use_rope = config.position_embedding_type == "rope"
         hidden, bias = config.hidden_size, config.attention_bias
         self.q_proj = make_linear(config, hidden, self.num_heads * self.head_dim, bias)
@@ -68,19 +95,7 @@ class SlamAttention(nn.Module):
 
     def attend(self, q, k, v, attention_mask, implementation=None, **kwargs):
         # q: (N, heads, Lq, D), k, v: (N, kv_heads, Lk, D) -> (N, Lq, hidden)
-        attention_fn = get_attention_function(
-            implementation or self.config._attn_implementation, eager_attention_forward
-        )
-        output, weights = attention_fn(
-            self,
-            q,
-            k,
-            v,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0,
-            **kwargs,
-        )
+        output, weights = run_attention(self, q, k, v, attention_mask, implementation, **kwargs)
         output = output.reshape(*output.shape[:2], -1).contiguous()
         return self.o_proj(output), weights
 
@@ -91,4 +106,11 @@ class SlamAttention(nn.Module):
         return self.attend(q, k, v, attention_mask, **kwargs)
 
 
-__all__ = ["SlamAttention", "eager_attention_forward", "repeat_kv"]
+__all__ = [
+    "SlamAttention",
+    "SlamAttentionBase",
+    "eager_attention_forward",
+    "masked_attention_implementation",
+    "repeat_kv",
+    "run_attention",
+]

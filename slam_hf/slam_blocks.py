@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .slam_attention import SlamAttention, eager_attention_forward
-from .slam_compat import GradientCheckpointingLayer, get_attention_function
+from .slam_attention import SlamAttention, run_attention
+from .slam_compat import GradientCheckpointingLayer
 from .slam_grouped import ModuleLayers, StackedLayers, finish_grouped
 from .slam_layers import SlamMLP, apply_rotary_pos_emb, make_norm
 from .slam_moa import SlamMixtureOfAttention
@@ -77,8 +77,9 @@ class SlamWindowedLayer(SlamLayer):
             if plan.num_windows == 0:  # the cache still holds this block's K/V of every token
                 return self._no_windows(hidden_states)
             # (B, heads, L, D) -> (B * windows, heads, window tokens, D)
-            q, k, v = (gather(t.transpose(1, 2), index).transpose(1, 2) for t, index in
-                       ((q, plan.query_slots), (k, plan.key_index), (v, plan.key_index)))  # fmt: skip
+            q = gather(q.transpose(1, 2), plan.query_slots).transpose(1, 2)
+            k = gather(k.transpose(1, 2), plan.key_index).transpose(1, 2)
+            v = gather(v.transpose(1, 2), plan.key_index).transpose(1, 2)
 
         attn_output, _ = self.self_attn.attend(q, k, v, plan.mask, implementation=plan.implementation)
         rows = plan.valid_rows
@@ -226,16 +227,9 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
         def split_segments(t):  # (g, B * m * tokens, heads, D) -> (g * B * m, heads, tokens, D)
             return t.reshape(segments, -1, *t.shape[2:]).transpose(1, 2)
 
-        attention_fn = get_attention_function(plan.implementation, eager_attention_forward)
-        attn_output, _ = attention_fn(
-            attention,
-            split_segments(group.q),
-            split_segments(group.k),
-            split_segments(group.v),
-            None if plan.mask is None else plan.mask[group.slots].flatten(0, 1),
-            scaling=attention.scaling,
-            dropout=attention.attention_dropout if self.training else 0.0,
-        )
+        mask = None if plan.mask is None else plan.mask[group.slots].flatten(0, 1)
+        q, k, v = split_segments(group.q), split_segments(group.k), split_segments(group.v)
+        attn_output, _ = run_attention(attention, q, k, v, mask, plan.implementation)
         attn_output = attn_output.reshape(*group.rows.shape[:2], -1)  # (g, B * m * q_len, heads * D)
         output = group.layers.linear("self_attn.o_proj", attn_output)
         return finish_grouped(group.layers, group.rows, output, self.pre_norm, self.blocks[0].dropout)

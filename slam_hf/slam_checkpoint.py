@@ -1,7 +1,7 @@
 """Checkpoint integrity for SLAM models: a checksum manifest written at save time and checked at load time, and
 strict weight-key checks.
 
-Remote code: imports only the standard library and transformers, and is copied flat next to the weights.
+Remote code: imports only the standard library and its slam_compat.py sibling, and is copied flat next to the weights.
 
 Why a manifest: huggingface_hub checks a download's size but not its content, and a file corrupted before upload
 gets a matching Hub checksum anyway. `save_pretrained` records the size and sha256 of every weight file it wrote in
@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 
-from transformers.utils.hub import cached_file
+from .slam_compat import cached_file_or_none
 
 CHECKSUMS_NAME = "checksums.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -105,13 +105,7 @@ def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
         return 0
     source = os.fspath(pretrained_model_name_or_path)
     hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
-    manifest_path = cached_file(
-        source,
-        CHECKSUMS_NAME,
-        **hub_kwargs,
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-    )
+    manifest_path = cached_file_or_none(source, CHECKSUMS_NAME, hub_kwargs)
     where = source + (f" (revision {hub_kwargs['revision']})" if hub_kwargs.get("revision", "main") != "main" else "")
     if manifest_path is None:
         return _check_safetensors_layout(source, hub_kwargs, where, kwargs.get("variant"))
@@ -119,7 +113,7 @@ def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
         recorded = json.load(f).get("files", {})
 
     def resolve(name):
-        path = cached_file(source, name, **hub_kwargs, _raise_exceptions_for_missing_entries=False)
+        path = cached_file_or_none(source, name, hub_kwargs, unreachable_is_missing=False)
         if path is None:
             raise OSError(
                 f"{name} is listed in {CHECKSUMS_NAME} of {where} but the file is missing. Upload the complete "
@@ -157,10 +151,9 @@ def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
 def _check_safetensors_layout(source, hub_kwargs: dict, where: str, variant) -> int:
     """Without a manifest: each safetensors file must be exactly as long as its header says (catches truncation,
     which safetensors reports without naming the file). Returns how many files were checked."""
-    missing_ok = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
 
     def locate(name):
-        return cached_file(source, name, **hub_kwargs, **missing_ok)
+        return cached_file_or_none(source, name, hub_kwargs)
 
     # Other formats (no safetensors file or index): transformers reports them.
     files = {name: locate(name) for name in _weight_files(locate, variant) if name.endswith(".safetensors")}

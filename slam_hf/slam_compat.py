@@ -1,7 +1,9 @@
 """The one place that knows how transformers' contract differs between the releases we support (remote code).
 
 Everything else imports these names from here, so a transformers release that moves or renames one of them is
-fixed in a single file. Only public entry points are used; the comments say from which release on.
+fixed in a single file. Public entry points where transformers has them; where it has none, the private name is
+used here only, behind a named function whose comment says why (`call_checkpointed`, `cached_file_or_none`,
+`share_attention_implementation`, `UploadHookMixin`).
 
 The cache argument: transformers 5.24 renamed the cache argument of every forward and the cache field of every
 output class from `past_key_values` to `cache` (`@deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")`
@@ -21,6 +23,7 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.hub import cached_file
 
 # The output field (and forward argument) that holds the cache in the running release: "cache" from 5.24 on.
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -36,6 +39,59 @@ def get_attention_function(implementation: str, eager_fallback):
     if implementation == "eager":
         return eager_fallback
     return ALL_ATTENTION_FUNCTIONS[implementation]
+
+
+def call_checkpointed(layer, function, *args):
+    """`function(*args)` under the gradient checkpointing that `gradient_checkpointing_enable()` set on `layer`.
+
+    Why private: transformers stores the checkpoint function it built from the user's `gradient_checkpointing_kwargs`
+    (use_reentrant, ...) on every `GradientCheckpointingLayer` as `_gradient_checkpointing_func` and has no public
+    accessor. A batched computation that runs several layers' weights without calling the layers (SLAM v3's
+    parallel paths) uses it so that it checkpoints exactly as the layers would.
+    """
+    return layer._gradient_checkpointing_func(function, *args)
+
+
+def share_attention_implementation(config):
+    """Give the sub-configs (SLAM v3's vision config) the attention backend transformers settled on for the model.
+
+    Why: `PreTrainedModel.__init__` stores the backend it settles on (sdpa when none was asked for) on the private
+    `_attn_implementation_internal`, which does not reach sub-configs; the vision tower is no PreTrainedModel and reads
+    its sub-config. The `_attn_implementation` setter, which transformers' from_pretrained uses, propagates it.
+    """
+    config._attn_implementation = config._attn_implementation
+
+
+def cached_file_or_none(source, filename, hub_kwargs: dict, unreachable_is_missing: bool = True):
+    """transformers' `cached_file`, but None instead of an error for a file the repo or folder does not have (and,
+    with `unreachable_is_missing`, for a Hub that cannot be reached).
+
+    Why private: `cached_file` offers this only through its `_raise_exceptions_for_*` flags (5.10 to 5.25); the
+    public `has_file` asks the Hub without resolving the local cache or a folder.
+    """
+    return cached_file(
+        source,
+        filename,
+        **hub_kwargs,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=not unreachable_is_missing,
+    )
+
+
+class UploadHookMixin:
+    """Calls `self.before_upload(folder)` right before `push_to_hub` or `save_pretrained(push_to_hub=True)` uploads a
+    folder (mixed in before `PreTrainedModel`).
+
+    Why private: both upload through `PushToHubMixin._upload_modified_files(working_dir, ...)` (5.10 to 5.25), after
+    `save_pretrained` has written the folder and before it returns; transformers has no public hook there.
+    """
+
+    def before_upload(self, working_dir):
+        pass
+
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        self.before_upload(working_dir)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
 
 def cache_output(cache) -> dict:
@@ -105,7 +161,10 @@ __all__ = [
     "DynamicCache",
     "EncoderDecoderCache",
     "GradientCheckpointingLayer",
+    "UploadHookMixin",
     "cache_output",
+    "cached_file_or_none",
+    "call_checkpointed",
     "create_bidirectional_mask",
     "create_causal_mask",
     "forward_arguments",
@@ -113,4 +172,5 @@ __all__ = [
     "init",
     "is_tracing",
     "output_cache",
+    "share_attention_implementation",
 ]

@@ -12,25 +12,21 @@ as in BART); every later step reads them back instead of re-projecting the memor
 import torch
 from torch import nn
 
-from .slam_attention import eager_attention_forward
-from .slam_compat import GradientCheckpointingLayer, get_attention_function
+from .slam_attention import SlamAttentionBase, run_attention
+from .slam_compat import GradientCheckpointingLayer
 from .slam_layers import SlamMLP, make_linear, make_norm
 from .slam_mla import SlamLatentAttention
 
 
-class SlamCrossAttention(nn.Module):
+class SlamCrossAttention(SlamAttentionBase):
     """Queries from the decoder (or latents), keys and values from the memory; Llama projection names, GQA."""
 
     is_causal = False
 
     def __init__(self, config, layer_idx: int | None = None):
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
+        super().__init__(config, layer_idx, config.head_dim**-0.5)
         self.head_dim = config.head_dim
         self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
         hidden, bias = config.hidden_size, config.attention_bias
         self.q_proj = make_linear(config, hidden, config.num_attention_heads * self.head_dim, bias)
         self.k_proj = make_linear(config, hidden, config.num_key_value_heads * self.head_dim, bias)
@@ -55,11 +51,7 @@ class SlamCrossAttention(nn.Module):
         batch, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
         key, value = self.memory_key_values(memory, cache)
-        attention_fn = get_attention_function(self.config._attn_implementation, eager_attention_forward)
-        output, _ = attention_fn(
-            self, query, key, value, memory_mask, scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0, is_causal=False,
-        )  # fmt: skip
+        output, _ = run_attention(self, query, key, value, memory_mask, is_causal=False)
         return self.o_proj(output.reshape(batch, length, -1))
 
 

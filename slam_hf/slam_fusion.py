@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .configuration_slam import ENCODER_PATHS
-from .slam_attention import eager_attention_forward
+from .slam_attention import run_attention
 from .slam_blocks import SlamLayer
-from .slam_compat import GradientCheckpointingLayer, get_attention_function, is_tracing
+from .slam_compat import GradientCheckpointingLayer, call_checkpointed, is_tracing
 from .slam_grouped import ModuleLayers, StackedLayers, finish_grouped
 from .slam_layers import apply_rotary_pos_emb, make_linear
 
@@ -48,10 +48,11 @@ class SlamParallelPaths(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.paths = nn.ModuleDict(
-            {name: nn.ModuleList([SlamLayer(config, None, is_causal=False) for _ in range(config.encoder_layers)])
-             for name in ENCODER_PATHS}
-        )  # fmt: skip
+
+        def path():
+            return nn.ModuleList([SlamLayer(config, None, is_causal=False) for _ in range(config.encoder_layers)])
+
+        self.paths = nn.ModuleDict({name: path() for name in ENCODER_PATHS})
         self.num_layers = config.encoder_layers
         self.pre_norm = config.norm_position == "pre"
         self.batch_paths = True
@@ -80,14 +81,13 @@ class SlamParallelPaths(nn.Module):
                 if group[0].gradient_checkpointing and self.training:
                     # The batched run never calls the paths' SlamLayers, so their checkpointing flag (set by
                     # gradient_checkpointing_enable) is honoured here: layer i of the paths is one checkpoint.
-                    states = group[0]._gradient_checkpointing_func(run, *args)
+                    states = call_checkpointed(group[0], run, *args)
                 else:
                     states = run(*args)
         else:
-            states = torch.stack([
-                self._sequential_path(self.paths[ENCODER_PATHS[p]], hidden_states, position_embeddings, allowed[i])
-                for i, p in enumerate(active)
-            ])  # fmt: skip
+            paths = [self.paths[ENCODER_PATHS[p]] for p in active]
+            run = partial(self._sequential_path, hidden_states=hidden_states, position_embeddings=position_embeddings)
+            states = torch.stack([run(path, allowed=path_allowed) for path, path_allowed in zip(paths, allowed)])
         states = states * has_key[active, ..., None].to(states.dtype)
         output = hidden_states.new_zeros(len(ENCODER_PATHS), *hidden_states.shape)
         return output.index_copy(0, torch.tensor(active, device=output.device), states)
@@ -113,11 +113,7 @@ class SlamParallelPaths(nn.Module):
         if position_embeddings is not None:
             cos, sin = (t.expand(batch, -1, -1).repeat(paths, 1, 1) for t in position_embeddings)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        attention_fn = get_attention_function(implementation, eager_attention_forward)
-        output, _ = attention_fn(
-            attention, q, k, v, allowed.flatten(0, 1)[:, None], scaling=attention.scaling,
-            dropout=attention.attention_dropout if self.training else 0.0, is_causal=False,
-        )  # fmt: skip
+        output, _ = run_attention(attention, q, k, v, allowed.flatten(0, 1)[:, None], implementation, is_causal=False)
         output = layers.linear("self_attn.o_proj", output.reshape(paths, batch * length, -1))
         return finish_grouped(layers, rows, output, self.pre_norm, first.dropout).view(paths, batch, length, hidden)
 

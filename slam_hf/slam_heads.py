@@ -164,10 +164,14 @@ class SlamForCausalLMMixin(SlamLMHeadMixin):
         )
 
 
-class SlamForMaskedLMMixin(SlamLMHeadMixin):
-    """Masked LM on the bidirectional trunk."""
+class SlamBidirectionalHeadMixin(SlamHeadMixin):
+    """The forward of the heads on the bidirectional trunk: run it, then `head_outputs` (the head's own part)."""
 
     head_is_causal = False
+
+    def head_outputs(self, hidden_states, attention_mask, labels, **kwargs):
+        """(logits, loss or None, labelled tokens that weigh the balancing loss, or None) of the head."""
+        raise NotImplementedError
 
     @forward_arguments
     def forward(
@@ -191,14 +195,9 @@ class SlamForMaskedLMMixin(SlamLMHeadMixin):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        hidden_states = outputs.last_hidden_state
-        validate_labels(labels, hidden_states.shape[:2])
-        logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        labelled = None if labels is None else (labels != -100).sum()
-        loss, extra = self._finish_loss(loss, outputs, attention_mask, labelled, kwargs.get("num_items_in_batch"))
+        logits, loss, labelled = self.head_outputs(outputs.last_hidden_state, attention_mask, labels, **kwargs)
+        num_items_in_batch = None if labelled is None else kwargs.get("num_items_in_batch")
+        loss, extra = self._finish_loss(loss, outputs, attention_mask, labelled, num_items_in_batch)
         return self.output_class(
             loss=loss,
             logits=logits,
@@ -207,10 +206,21 @@ class SlamForMaskedLMMixin(SlamLMHeadMixin):
         )
 
 
-class SlamForSequenceClassificationMixin(SlamHeadMixin):
-    """Bidirectional trunk, mean over real tokens, linear classifier (`config.num_labels`, `problem_type`)."""
+class SlamForMaskedLMMixin(SlamLMHeadMixin, SlamBidirectionalHeadMixin):
+    """Masked LM on the bidirectional trunk."""
 
-    head_is_causal = False
+    def head_outputs(self, hidden_states, attention_mask, labels, **kwargs):
+        validate_labels(labels, hidden_states.shape[:2])
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        labelled = None if labels is None else (labels != -100).sum()
+        return logits, loss, labelled
+
+
+class SlamForSequenceClassificationMixin(SlamBidirectionalHeadMixin):
+    """Bidirectional trunk, mean over real tokens, linear classifier (`config.num_labels`, `problem_type`)."""
 
     def __init__(self, config):
         config = self._build_trunk(config)
@@ -218,43 +228,17 @@ class SlamForSequenceClassificationMixin(SlamHeadMixin):
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
-    @forward_arguments
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        output_router_logits: bool | None = None,
-        **kwargs,
-    ):
-        outputs = self._run_trunk(
-            output_router_logits,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
-        logits = self.score(mean_pool(outputs.last_hidden_state, attention_mask))
+    def head_outputs(self, hidden_states, attention_mask, labels, **kwargs):
+        logits = self.score(mean_pool(hidden_states, attention_mask))
         loss = None
         if labels is not None:
             validate_labels(labels, logits.shape[:1] if labels.dim() == 1 else logits.shape)
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
-        loss, extra = self._finish_loss(loss, outputs, attention_mask)
-        return self.output_class(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            **self._router_fields(extra, output_router_logits, labels),
-        )
+        return logits, loss, None  # one label per row: the balancing loss keeps its weight
 
 
 __all__ = [
+    "SlamBidirectionalHeadMixin",
     "SlamForCausalLMMixin",
     "SlamForMaskedLMMixin",
     "SlamForSequenceClassificationMixin",

@@ -24,24 +24,9 @@ query-key products cost (see `use_absorption`). Training keeps the expanded path
 import torch
 from torch import nn
 
-from .slam_attention import eager_attention_forward
-from .slam_compat import get_attention_function
+from .configuration_slam import check_latent_attention_dims
+from .slam_attention import SlamAttentionBase, run_attention
 from .slam_layers import SlamRMSNorm, apply_rotary_pos_emb, make_linear
-
-
-def _check_dims(config):
-    """Fail at construction, naming the field, instead of with a shape error deep inside forward."""
-    dims = ("hidden_size", "num_attention_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
-    for name in dims:
-        value = getattr(config, name, None)
-        if type(value) is not int or value <= 0:
-            raise ValueError(f"{name} must be a positive int for latent attention, got {value!r}")
-    q_lora_rank = getattr(config, "q_lora_rank", None)
-    if q_lora_rank is not None and (type(q_lora_rank) is not int or q_lora_rank <= 0):
-        raise ValueError(f"q_lora_rank must be None or a positive int, got {q_lora_rank!r}")
-    if config.qk_rope_head_dim % 2:
-        # rotate_half splits the rope dims into two halves
-        raise ValueError(f"qk_rope_head_dim must be even (RoPE rotates pairs), got {config.qk_rope_head_dim}")
 
 
 def causal_bool_mask(q_len: int, kv_len: int, device) -> torch.Tensor:
@@ -50,7 +35,7 @@ def causal_bool_mask(q_len: int, kv_len: int, device) -> torch.Tensor:
     return (torch.arange(kv_len, device=device)[None, :] <= rows)[None, None]
 
 
-class SlamLatentAttention(nn.Module):
+class SlamLatentAttention(SlamAttentionBase):
     """Causal MLA self-attention with DeepSeek projection names (q_proj or q_a_proj/q_a_layernorm/q_b_proj,
     kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj), so DeepSeek / Llama LoRA target lists apply.
 
@@ -62,10 +47,9 @@ class SlamLatentAttention(nn.Module):
     num_key_value_groups = 1  # read by the attention kernels; both paths hand them matching head counts
 
     def __init__(self, config, layer_idx: int, absorb="auto"):
-        super().__init__()
-        _check_dims(config)
-        self.config = config
-        self.layer_idx = layer_idx
+        # Fail at construction, naming the field, instead of with a shape error deep inside forward.
+        check_latent_attention_dims(config)
+        super().__init__(config, layer_idx, (config.qk_nope_head_dim + config.qk_rope_head_dim) ** -0.5)
         self.absorb = absorb
         self.num_heads = config.num_attention_heads
         self.kv_lora_rank = config.kv_lora_rank
@@ -74,8 +58,6 @@ class SlamLatentAttention(nn.Module):
         self.qk_rope_head_dim = config.qk_rope_head_dim
         self.v_head_dim = config.v_head_dim
         self.qk_head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
-        self.scaling = self.qk_head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
         hidden, bias, heads = config.hidden_size, config.attention_bias, self.num_heads
         if self.q_lora_rank is None:
             self.q_proj = make_linear(config, hidden, heads * self.qk_head_dim, bias)
@@ -142,7 +124,7 @@ class SlamLatentAttention(nn.Module):
             bias = bias.view(self.num_heads, -1)[:, self.qk_nope_head_dim :]
         return w_uk, w_uv, bias
 
-    def attend_expanded(self, q_nope, q_rope, c_kv, k_rope, attention_mask, attention_fn, **kwargs):
+    def attend_expanded(self, q_nope, q_rope, c_kv, k_rope, attention_mask, implementation, **kwargs):
         # latents (B, 1, S, r) -> per-head k (B, h, S, nope + rope), v (B, h, S, v); returns (B, Lq, h * v)
         batch, _, kv_len, _ = c_kv.shape
         q_len = q_nope.shape[2]
@@ -150,16 +132,13 @@ class SlamLatentAttention(nn.Module):
         k_nope, value = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
         key = torch.cat([k_nope, k_rope.expand(-1, self.num_heads, -1, -1)], dim=-1)
         query = torch.cat([q_nope, q_rope], dim=-1)
-        if attention_mask is None and q_len > 1 and (q_len != kv_len or attention_fn is eager_attention_forward):
+        if attention_mask is None and q_len > 1 and (q_len != kv_len or implementation == "eager"):
             # eager has no is_causal, and the kernels' is_causal aligns top-left (wrong after a cached prefix)
             attention_mask = causal_bool_mask(q_len, kv_len, query.device)
-        output, _ = attention_fn(
-            self, query, key, value, attention_mask, scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0, **kwargs,
-        )  # fmt: skip
+        output, _ = run_attention(self, query, key, value, attention_mask, implementation, **kwargs)
         return output.reshape(batch, q_len, -1)
 
-    def attend_absorbed(self, q_nope, q_rope, c_kv, k_rope, attention_mask, attention_fn, **kwargs):
+    def attend_absorbed(self, q_nope, q_rope, c_kv, k_rope, attention_mask, implementation, **kwargs):
         # Attend in latent space: MQA with one shared (r + rope)-dim key and r-dim value per cached token.
         # Heads are folded into the query length, (B, h, L, .) -> (B, 1, h * L, .), so every kernel sees
         # plain single-head attention and the latent is read once, never repeated per head.
@@ -178,10 +157,8 @@ class SlamLatentAttention(nn.Module):
         # The values are the latents, i.e. the first r columns of the key: attending over the key itself and
         # dropping its RoPE columns afterwards gives the same result, and equal key/value widths keep CPU SDPA on
         # its fused kernel (unequal widths fall back to the math kernel, ~1.6x slower at 1k context).
-        output, _ = attention_fn(
-            self, query, key, key, attention_mask, scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0, **{**kwargs, "is_causal": False},
-        )  # fmt: skip
+        kwargs["is_causal"] = False
+        output, _ = run_attention(self, query, key, key, attention_mask, implementation, **kwargs)
         latent = output[..., : self.kv_lora_rank].reshape(batch, heads, q_len, self.kv_lora_rank)  # (B, h, L, r)
         output = torch.einsum("bhlr,hvr->blhv", latent, w_uv)  # (B, L, h, v)
         if v_bias is not None:
@@ -195,9 +172,8 @@ class SlamLatentAttention(nn.Module):
         if cache is not None:
             # the cache stores and returns the compressed latent: keys (B, 1, S, r), values (B, 1, S, rope)
             c_kv, k_rope = cache.update(c_kv, k_rope, self.layer_idx)
-        attention_fn = get_attention_function(self.config._attn_implementation, eager_attention_forward)
         attend = self.attend_absorbed if self.use_absorption(q_nope.shape[2]) else self.attend_expanded
-        output = attend(q_nope, q_rope, c_kv, k_rope, attention_mask, attention_fn, **kwargs)
+        output = attend(q_nope, q_rope, c_kv, k_rope, attention_mask, self.config._attn_implementation, **kwargs)
         return self.o_proj(output), None
 
 

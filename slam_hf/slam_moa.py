@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .slam_attention import eager_attention_forward
-from .slam_compat import get_attention_function, is_tracing
+from .slam_attention import SlamAttentionBase, run_attention
+from .slam_compat import is_tracing
 from .slam_layers import apply_rotary_pos_emb, make_linear
 
 
@@ -29,7 +29,7 @@ class SlamAttentionExpert(nn.Module):
         self.o_proj = make_linear(config, width, config.hidden_size, config.attention_bias)
 
 
-class SlamMixtureOfAttention(nn.Module):
+class SlamMixtureOfAttention(SlamAttentionBase):
     """Top-k routed attention experts with shared K/V.
 
     Returns the attention output and the router logits (B, L, experts). `moa_top_k = moa_num_experts`
@@ -37,10 +37,7 @@ class SlamMixtureOfAttention(nn.Module):
     """
 
     def __init__(self, config, layer_idx: int, is_causal: bool = True):
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.is_causal = is_causal
+        super().__init__(config, layer_idx, config.head_dim**-0.5, is_causal)
         self.head_dim = config.head_dim
         self.num_experts = config.moa_num_experts
         self.top_k = config.moa_top_k
@@ -49,8 +46,6 @@ class SlamMixtureOfAttention(nn.Module):
         self.kv_groups = self.expert_heads // self.num_key_value_heads
         # Read by the attention kernels: query heads per K/V head over all routed experts of a token.
         self.num_key_value_groups = self.top_k * self.kv_groups
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
         self.use_rope = config.position_embedding_type == "rope"
         hidden, bias = config.hidden_size, config.attention_bias
         self.router = nn.Linear(hidden, self.num_experts, bias=False)
@@ -97,16 +92,7 @@ class SlamMixtureOfAttention(nn.Module):
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
 
-        attention_fn = get_attention_function(self.config._attn_implementation, eager_attention_forward)
-        output, _ = attention_fn(
-            self,
-            q,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0,
-        )
+        output, _ = run_attention(self, q, key, value, attention_mask)
         # (B, L, kv_heads * k * groups, D) -> (B * L * k, expert width), back in (token, slot) order
         output = output.reshape(batch, length, kv_heads, k, groups, head_dim).permute(0, 1, 3, 2, 4, 5)
         output = output.reshape(batch * length * k, -1)

@@ -16,8 +16,16 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .configuration_slam import auto_map_entries
+from .slam_attention import masked_attention_implementation
 from .slam_checkpoint import check_loading_info, make_weights_readable, verify_checkpoint_files, write_checksums
-from .slam_compat import DynamicCache, create_bidirectional_mask, create_causal_mask, init, is_tracing
+from .slam_compat import (
+    DynamicCache,
+    UploadHookMixin,
+    create_bidirectional_mask,
+    create_causal_mask,
+    init,
+    is_tracing,
+)
 from .slam_layers import SlamRotaryEmbedding
 from .slam_windows import padding_offsets
 
@@ -125,7 +133,7 @@ def validate_labels(labels, expected_shape, name="labels"):
         raise ValueError(f"`{name}` must have shape {tuple(expected_shape)}, got {tuple(labels.shape)}.")
 
 
-class SlamPreTrainedModel(PreTrainedModel):
+class SlamPreTrainedModel(UploadHookMixin, PreTrainedModel):
     """Capability flags, embeddings access and weight initialisation shared by every SLAM variant."""
 
     base_model_prefix = "model"
@@ -164,10 +172,9 @@ class SlamPreTrainedModel(PreTrainedModel):
             write_checksums(save_directory)
         return result
 
-    def _upload_modified_files(self, working_dir, *args, **kwargs):
+    def before_upload(self, working_dir):
         # save_pretrained(push_to_hub=True) uploads before returning: record the checksums first.
         write_checksums(working_dir)
-        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
     def get_input_embeddings(self):
         return self.base_model.embed_tokens  # `base_model` is the trunk itself or a head's `self.model`
@@ -249,8 +256,8 @@ class SlamPreTrainedModel(PreTrainedModel):
 
     @property
     def window_implementation(self) -> str:
-        """Kernel for windows and segments: eager, or sdpa (which also serves any other requested backend)."""
-        return "eager" if self.config._attn_implementation == "eager" else "sdpa"
+        """Kernel for windows and segments (their boolean masks): see `masked_attention_implementation`."""
+        return masked_attention_implementation(self.config)
 
 
 @dataclass

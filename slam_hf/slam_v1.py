@@ -39,15 +39,14 @@ class SlamV1Model(SlamV1PreTrainedModel):
         is_causal = self.is_causal = config.is_causal
         self._build_embeddings(config)
 
-        # The schedule as data: config.layer_schedule lists one entry per cache layer; an EF cycle owns
-        # two of them ("ef_a", "ef_b"), so it is built at its "ef_a" entry.
-        layers = []
-        for idx, kind in enumerate(config.layer_schedule):
-            if kind == "full":
-                layers.append(SlamLayer(config, idx, is_causal=is_causal))
-            elif kind == "ef_a":
-                layers.append(SlamEncoderFusionCycle(config, idx, is_causal=is_causal))
-        self.layers = nn.ModuleList(layers)
+        # Cache layers: 0 for the first full-attention layer, two per EF cycle (its blocks A and B), the last one for
+        # the closing full-attention layer (config.num_hidden_layers in all).
+        first = SlamLayer(config, 0, is_causal=is_causal)
+        cycles = [
+            SlamEncoderFusionCycle(config, 1 + 2 * cycle, is_causal=is_causal) for cycle in range(config.ef_cycles)
+        ]
+        last = SlamLayer(config, config.num_hidden_layers - 1, is_causal=is_causal)
+        self.layers = nn.ModuleList([first, *cycles, last])
         self.norm = make_norm(config)
         self.gradient_checkpointing = False
         self.post_init()

@@ -60,7 +60,7 @@ class SlamV2Model(SlamV2PreTrainedModel):
         super().__init__(config)
         is_causal = self.is_causal = config.is_causal
         self._build_embeddings(config)
-        # Cache layers follow config.layer_schedule: full, one per fusion cycle, moa.
+        # Cache layers: 0 for the full-attention layer, one per fusion cycle, the last one for the MoA layer.
         self.input_layer = SlamLayer(config, 0, is_causal=is_causal)
         self.fusion = SlamCyclicFusion(config, first_layer_idx=1, is_causal=is_causal)
         self.moa_layer = SlamMoALayer(config, 1 + config.ef_cycles, is_causal=is_causal)

@@ -13,6 +13,7 @@ from transformers import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from .configuration_slam import SlamV3Config
+from .slam_attention import masked_attention_implementation
 from .slam_compat import (
     DynamicCache,
     EncoderDecoderCache,
@@ -22,6 +23,7 @@ from .slam_compat import (
     init,
     is_tracing,
     output_cache,
+    share_attention_implementation,
 )
 from .slam_decoder import SlamLatentBottleneck, SlamV3DecoderLayer
 from .slam_fusion import SlamFusionNode, SlamParallelPaths, path_masks
@@ -134,9 +136,6 @@ class SlamV3Encoder(nn.Module):
                     "pass the images (SlamProcessor returns both)."
                 )
             return inputs_embeds, is_image
-        # The tower's layers read the vision sub-config, which transformers does not keep in step with the
-        # model's attention backend (the tower is not a PreTrainedModel of its own): follow the model's.
-        self.config.vision_config._attn_implementation_internal = self.config._attn_implementation
         features = self.vision_tower(pixel_values, image_grid_hw)  # (N, patches, hidden)
         if checks and placeholders != features.shape[0] * features.shape[1]:
             raise ValueError(
@@ -183,7 +182,7 @@ class SlamV3Encoder(nn.Module):
             position_ids = (real.long().cumsum(-1) - 1).clamp(min=0)  # padding does not shift positions
             position_embeddings = self.rotary_emb(position_ids, hidden_states.dtype)
         hidden_states = self.dropout(hidden_states)
-        implementation = "eager" if self.config._attn_implementation == "eager" else "sdpa"
+        implementation = masked_attention_implementation(self.config)
         allowed, has_key = path_masks(is_image, real)
         path_states = self.paths(hidden_states, position_embeddings, allowed, has_key, implementation)
         fused = self.fusion(path_states, has_key, position_embeddings, allowed[-1], implementation)
@@ -249,6 +248,7 @@ class SlamV3Model(SlamV3PreTrainedModel):
 
     def __init__(self, config: SlamV3Config):
         super().__init__(config)
+        share_attention_implementation(config)  # the vision tower reads its sub-config
         self.encoder = SlamV3Encoder(config)
         self.decoder = SlamV3Decoder(config)
         self.post_init()

@@ -96,8 +96,8 @@ def assert_context_sensitive(model, inputs, sequence, tester, what="model"):
         def next_logits(model_inputs, tokens):
             return model(**tester.with_sequence(model_inputs, tokens), use_cache=False).logits
 
-        shift = (next_logits(inputs, sequence)[:, -1].log_softmax(-1)
-                 - next_logits(inputs, changed)[:, -1].log_softmax(-1)).abs().amax(-1)  # fmt: skip
+        original = next_logits(inputs, sequence)[:, -1].log_softmax(-1)
+        shift = (original - next_logits(inputs, changed)[:, -1].log_softmax(-1)).abs().amax(-1)
         with_history = next_logits(inputs, sequence[:, :-1])[:, prompt - 1 :].argmax(-1)  # (B, new tokens)
         steps = with_history.shape[1]
         alone = sequence[:, prompt - 1 : -1].reshape(-1, 1)  # each position's token on its own: (B * steps, 1)

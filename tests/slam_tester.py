@@ -455,7 +455,7 @@ class SlamV3ModelTester(SlamModelTester):
                 projector_type="linear",
                 rope_theta=50.0,
                 mlp_type="swiglu",
-            ),  # fmt: skip
+            ),
         }
 
     def config_variants(self) -> list[dict]:
@@ -481,7 +481,7 @@ class SlamV3ModelTester(SlamModelTester):
                         "mlp_type": "gelu",
                     }
                 ),
-            ),  # fmt: skip
+            ),
             ("geglu", "layernorm", "post", "rope", dict(attention_bias=True, mlp_bias=True)),
             # MHA, latent bottleneck, aux tokens and a query bottleneck together
             (
@@ -490,7 +490,7 @@ class SlamV3ModelTester(SlamModelTester):
                 "pre",
                 "rope",
                 dict(num_key_value_heads=4, fusion_num_latents=2, aux_dim=3, q_lora_rank=8),
-            ),  # fmt: skip
+            ),
         ]
         names = ("mlp_type", "norm_type", "norm_position", "position_embedding_type")
         return [{**dict(zip(names, row[:4])), **row[4]} for row in rows]

@@ -40,14 +40,27 @@ def _doc(per_device_batch: int, **training) -> dict:
     doc = yaml.safe_load((REPO / "configs" / "slam-v1-tiny.yaml").read_text())
     doc["torch_threads"] = 1
     doc["model"].update(
-        hidden_size=64, num_attention_heads=4, intermediate_size=128, ef_cycles=1, ef_segment_length=32,
-        ef_segment_overlap=8, max_position_embeddings=128, attention_dropout=0.0, hidden_dropout=0.0,
-    )  # fmt: skip
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+        ef_cycles=1,
+        ef_segment_length=32,
+        ef_segment_overlap=8,
+        max_position_embeddings=128,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     doc["data"]["block_size"] = 64
     doc["training"].update(
-        max_steps=STEPS, per_device_train_batch_size=per_device_batch, per_device_eval_batch_size=per_device_batch,
-        warmup_steps=0, logging_steps=1, eval_steps=STEPS, seed=0, **training,
-    )  # fmt: skip
+        max_steps=STEPS,
+        per_device_train_batch_size=per_device_batch,
+        per_device_eval_batch_size=per_device_batch,
+        warmup_steps=0,
+        logging_steps=1,
+        eval_steps=STEPS,
+        seed=0,
+        **training,
+    )
     return doc
 
 
@@ -66,12 +79,9 @@ def _launch(accelerate_config: str, config: str, output_dir: Path, *extra) -> st
     """`accelerate launch --config_file configs/accelerate/<accelerate_config> -m slam_hf.cli train ...`; stdout."""
     pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(ACCELERATE_CONFIGS / accelerate_config), "--main_process_port", str(_free_port()),
-        *extra, "-m", "slam_hf.cli", "train", "--config", config,
-        "--output-dir", str(output_dir), *ROWS,
-    ]  # fmt: skip
+    launch = ["--config_file", str(ACCELERATE_CONFIGS / accelerate_config), "--main_process_port", str(_free_port())]
+    train = ["train", "--config", config, "--output-dir", str(output_dir), *ROWS]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, *extra, "-m", "slam_hf.cli", *train]
     result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout

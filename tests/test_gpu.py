@@ -12,9 +12,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def tiny_config(**overrides):
     values = dict(
-        vocab_size=512, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-        ef_segment_length=16, ef_segment_overlap=4,
-    )  # fmt: skip
+        vocab_size=512,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        ef_segment_length=16,
+        ef_segment_overlap=4,
+    )
     values.update(overrides)
     return slam_hf.SlamV1Config(**values)
 

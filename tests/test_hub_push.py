@@ -280,11 +280,17 @@ def test_check_folder_of_image_text_model_needs_processor_and_renders_its_card(t
     text_tokenizer = train_bpe_tokenizer(["what number is shown?", "0 1 2 3 4 5 6 7 8 9"], vocab_size=120)
     processor = SlamProcessor(SlamImageProcessor(size={"height": 28, "width": 28}, patch_size=14), text_tokenizer)
     config = slam_hf.SlamV3Config(
-        vocab_size=len(text_tokenizer), hidden_size=32, num_attention_heads=4, intermediate_size=64,
-        kv_lora_rank=16, qk_rope_head_dim=8, image_token_id=processor.image_token_id,
-        vision_config=dict(patch_size=14, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                           intermediate_size=64),
-    )  # fmt: skip
+        vocab_size=len(text_tokenizer),
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        image_token_id=processor.image_token_id,
+        vision_config=dict(
+            patch_size=14, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
+        ),
+    )
     folder = tmp_path / "v3"
     slam_hf.SlamV3ForConditionalGeneration(config).save_pretrained(folder)
     with pytest.raises(FolderError, match="no processor"):

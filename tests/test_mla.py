@@ -14,9 +14,17 @@ B, L = 2, 7
 def mla_config(**overrides):
     """The fields SlamV3Config will provide, small; nope != v != rope so a swapped split fails loudly."""
     fields = dict(
-        hidden_size=32, num_attention_heads=4, kv_lora_rank=12, q_lora_rank=None, qk_nope_head_dim=8,
-        qk_rope_head_dim=4, v_head_dim=6, attention_bias=False, norm_eps=1e-6, attention_dropout=0.0,
-    )  # fmt: skip
+        hidden_size=32,
+        num_attention_heads=4,
+        kv_lora_rank=12,
+        q_lora_rank=None,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=4,
+        v_head_dim=6,
+        attention_bias=False,
+        norm_eps=1e-6,
+        attention_dropout=0.0,
+    )
     fields.update(overrides)
     config = PretrainedConfig()  # a real config: older peft calls `model.config.get`
     for name, value in fields.items():

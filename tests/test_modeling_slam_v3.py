@@ -229,9 +229,14 @@ def reference_beam_search(model, inputs, num_beams, new_tokens):
 def test_beam_search_matches_reference_beam_search(tester, model):
     inputs, num_beams, new_tokens = tester.generation_inputs(), 3, 4
     out = model.generate(
-        **inputs, num_beams=num_beams, num_return_sequences=num_beams, length_penalty=0.0,
-        output_scores=True, return_dict_in_generate=True, **fixed_length(new_tokens),
-    )  # fmt: skip
+        **inputs,
+        num_beams=num_beams,
+        num_return_sequences=num_beams,
+        length_penalty=0.0,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **fixed_length(new_tokens),
+    )
     assert out.sequences.shape == (2 * num_beams, 1 + new_tokens)  # every returned answer has the same length
     for row in range(2):
         reference = reference_beam_search(model, rows_of(inputs, slice(row, row + 1)), num_beams, new_tokens)
@@ -600,8 +605,9 @@ def test_bad_inputs(tester, model):
     raises("image_grid_hw", image_grid_hw=torch.tensor([[2, 3], [2, 3]]))
     raises(  # embedded placeholders are found in `inputs_embeds` (test_inputs_embeds_with_pixel_values) and counted
         r"`inputs_embeds` hold 6 embeddings of the image placeholder token, but `pixel_values` give 2 image\(s\)",
-        input_ids=None, inputs_embeds=model.get_input_embeddings()(three),
-    )  # fmt: skip
+        input_ids=None,
+        inputs_embeds=model.get_input_embeddings()(three),
+    )
     raises(r"`labels` must have shape \(batch, answer length\)", labels=inputs["decoder_input_ids"][0])
     raises(r"`labels` must have shape \(2, 7\)", labels=inputs["decoder_input_ids"][:, :5])
     decoder_embeds = model.get_input_embeddings()(inputs["decoder_input_ids"])
@@ -680,10 +686,22 @@ def test_trainer_learns_image_to_text_task(tester, tmp_path):
     model = fresh(tester, initializer_range=0.02)
     loss_before, accuracy_before = dataset_loss_and_accuracy(model, held_out)
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=8, gradient_accumulation_steps=2,
-        learning_rate=5e-3, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, logging_steps=10,
-        save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0,
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        max_steps=40,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        learning_rate=5e-3,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
     Trainer(model=model, args=args, train_dataset=train).train()
     loss_after, accuracy_after = dataset_loss_and_accuracy(model, held_out)
     assert loss_before > 4.0 and accuracy_before < 0.5, (loss_before, accuracy_before)  # ~ln(99): knows nothing
@@ -778,8 +796,9 @@ def test_image_text_to_text_pipeline(tester, tmp_path):
 
     pipe = pipeline("image-text-to-text", model=model, processor=processor)
     for batch_size in (1, 2):  # the pipeline generates with the cache (as `generate()` passes it), padded batches
-        results = pipe(images=images, text=texts, return_full_text=False, generate_kwargs=generate_kwargs,
-                       batch_size=batch_size)  # fmt: skip
+        results = pipe(
+            images=images, text=texts, return_full_text=False, generate_kwargs=generate_kwargs, batch_size=batch_size
+        )
         assert [result["generated_text"] for result in results] == expected, f"batch_size={batch_size}"
     assert [result["input_text"] for result in results] == texts
     full = pipe(images=images[0], text=texts[0], generate_kwargs=generate_kwargs)  # prompt + answer
@@ -829,11 +848,17 @@ def test_inputs_embeds_with_pixel_values(tester, model):
     # Located placeholders that do not match the image features fail as with input_ids, naming `inputs_embeds`.
     fewer = inputs["input_ids"].clone()
     fewer[0, -tester.seq_length + tester.image_start] = tester.first_regular_token_id  # row 0: 3 placeholders
-    with pytest.raises(ValueError, match=r"`inputs_embeds` hold 7 embeddings of the image placeholder token, but "
-                                         r"`pixel_values` give 2 image\(s\) x 4 patches = 8 features"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"`inputs_embeds` hold 7 embeddings of the image placeholder token, but "
+        r"`pixel_values` give 2 image\(s\) x 4 patches = 8 features",
+    ):
         model(**{**embedded, "inputs_embeds": embedding(fewer)})
-    with pytest.raises(ValueError, match=r"`inputs_embeds` hold 8 embeddings of the image placeholder token \(id 5\) "
-                                         "but no `pixel_values`"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"`inputs_embeds` hold 8 embeddings of the image placeholder token \(id 5\) "
+        "but no `pixel_values`",
+    ):
         model(**{**embedded, "pixel_values": None})
 
 

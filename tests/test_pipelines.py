@@ -28,11 +28,9 @@ from slam_hf.data import load_default_tokenizer
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 
 VARIANTS = {
-    "slam_v1": (SlamV1Config, SlamV1ForCausalLM, SlamV1ForMaskedLM, SlamV1ForSequenceClassification,
-                SlamV1ModelTester),
-    "slam_v2": (SlamV2Config, SlamV2ForCausalLM, SlamV2ForMaskedLM, SlamV2ForSequenceClassification,
-                SlamV2ModelTester),
-}  # fmt: skip
+    "slam_v1": (SlamV1Config, SlamV1ForCausalLM, SlamV1ForMaskedLM, SlamV1ForSequenceClassification, SlamV1ModelTester),
+    "slam_v2": (SlamV2Config, SlamV2ForCausalLM, SlamV2ForMaskedLM, SlamV2ForSequenceClassification, SlamV2ModelTester),
+}
 PROMPTS = ["To be, or not to be", "Friends, Romans", "All the world's a stage, and all the men and women", "O"]
 LABELS = ["comedy", "history", "tragedy"]
 
@@ -48,8 +46,12 @@ def build(variant, head, tokenizer, **overrides):
     config_class, *heads, tester_class = VARIANTS[variant]
     tester = tester_class()
     kwargs = {**tester.shared_config_kwargs(), **tester.variant_config_kwargs(), "vocab_size": len(tokenizer)}
-    kwargs.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, **overrides)  # fmt: skip
+    kwargs.update(
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **overrides,
+    )
     torch.manual_seed(0)
     return heads[head](config_class(**kwargs)).eval()
 
@@ -78,17 +80,32 @@ def test_classification_pipelines_batched(variant, tokenizer):
     """text-classification, zero-shot-classification (an NLI-style head with an "entailment" label) and fill-mask,
     with batch_size=2 vs 1, padded on the right as encoder pipelines do."""
     tokenizer = load_default_tokenizer()  # right padding
-    classifier = build(variant, 2, tokenizer, num_labels=3, id2label=dict(enumerate(LABELS)),
-                       label2id={label: i for i, label in enumerate(LABELS)})  # fmt: skip
-    nli = build(variant, 2, tokenizer, num_labels=3, id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
-                label2id={"entailment": 0, "neutral": 1, "contradiction": 2})  # fmt: skip
+    classifier = build(
+        variant,
+        2,
+        tokenizer,
+        num_labels=3,
+        id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)},
+    )
+    nli = build(
+        variant,
+        2,
+        tokenizer,
+        num_labels=3,
+        id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
+        label2id={"entailment": 0, "neutral": 1, "contradiction": 2},
+    )
     masked = build(variant, 1, tokenizer)
     cases = [
         (pipeline("text-classification", model=classifier, tokenizer=tokenizer), PROMPTS, dict(top_k=None)),
-        (pipeline("zero-shot-classification", model=nli, tokenizer=tokenizer), PROMPTS,
-         dict(candidate_labels=["love", "war", "a stage play"])),
+        (
+            pipeline("zero-shot-classification", model=nli, tokenizer=tokenizer),
+            PROMPTS,
+            dict(candidate_labels=["love", "war", "a stage play"]),
+        ),
         (pipeline("fill-mask", model=masked, tokenizer=tokenizer), [p + " <mask>" for p in PROMPTS], dict(top_k=3)),
-    ]  # fmt: skip
+    ]
     for pipe, inputs, kwargs in cases:
         alone = pipe(inputs, batch_size=1, **kwargs)
         batched = pipe(inputs, batch_size=2, **kwargs)

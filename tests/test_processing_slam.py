@@ -338,12 +338,21 @@ def test_remote_code_without_pillow_names_the_package(tmp_path, tokenizer, monke
     SlamImageProcessor.register_for_auto_class("AutoImageProcessor")
     make_processor(tokenizer).save_pretrained(tmp_path / "saved")
     (tmp_path / "loader.py").write_text(NO_PILLOW_LOADER)
-    env = {**os.environ, "PYTHONPATH": "", "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": "",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     result = subprocess.run(
         [sys.executable, str(tmp_path / "loader.py"), str(tmp_path / "saved")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     for error in json.loads(result.stdout.strip().splitlines()[-1]):
         assert error is not None and error[0] == "ImportError", error
