@@ -38,9 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-from .training.image_text import train_image_text
+from .training.console import show_status_lines
 from .training.run_config import IMAGE_TEXT_TASK, ConfigError, load_run_config, variants
-from .training.text import train_text
 from .training.trainer import distributed_teardown, using_torch_threads
 
 
@@ -49,8 +48,13 @@ def train(args) -> dict:
     t_start = time.perf_counter()
     run = load_run_config(args.config)
     with using_torch_threads(run["torch_threads"]), distributed_teardown():
+        # Training-only imports (datasets, Trainer, model cards) stay out of `generate` and `--help`.
         if variants()[run["variant"]].task == IMAGE_TEXT_TASK:
+            from .training.image_text import train_image_text
+
             return train_image_text(args, run, t_start)
+        from .training.text import train_text
+
         return train_text(args, run, t_start)
 
 
@@ -186,22 +190,30 @@ def _looks_like_repo_id(name: str) -> bool:
 # argument parsing
 
 
+EXAMPLES = """examples:
+  slam-hf train --config configs/slam-v1-tiny.yaml --output-dir outputs/slam-v1-tiny
+  slam-hf train --config configs/slam-v2-tiny.yaml --output-dir outputs/slam-v2-tiny
+  slam-hf train --config configs/slam-v3-tiny.yaml --output-dir outputs/slam-v3-tiny
+  slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --max-new-tokens 40
+  slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --greedy --no-cache
+  slam-hf generate --model outputs/slam-v3-tiny --image digits.png --input "what number is shown?"
+  slam-hf push --model outputs/slam-v1-tiny --repo your-name/slam-v1-tiny"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slam-hf",
         description="Train SLAM models with transformers, generate from them and publish them to the Hub.",
-        epilog="examples:\n"
-        "  slam-hf train --config configs/slam-v1-tiny.yaml --output-dir outputs/slam-v1-tiny\n"
-        "  slam-hf train --config configs/slam-v2-tiny.yaml --output-dir outputs/slam-v2-tiny\n"
-        "  slam-hf train --config configs/slam-v3-tiny.yaml --output-dir outputs/slam-v3-tiny\n"
-        '  slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --max-new-tokens 40\n'
-        '  slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --greedy --no-cache\n'
-        '  slam-hf generate --model outputs/slam-v3-tiny --image digits.png --input "what number is shown?"\n'
-        "  slam-hf push --model outputs/slam-v1-tiny --repo your-name/slam-v1-tiny",
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,push,bench}")
+    for add_subcommand in (_add_train, _add_generate, _add_push, _add_bench):
+        add_subcommand(sub)
+    return parser
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train from a YAML config and write a Hub-ready folder",
@@ -232,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=train)
 
+
+def _add_generate(sub) -> None:
     g = sub.add_parser(
         "generate",
         help="continue a prompt (or answer about an image) with a trained model",
@@ -262,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-cache", action="store_true", help="generate without the KV cache (use_cache=False)")
     g.set_defaults(func=generate)
 
+
+def _add_push(sub) -> None:
     h = sub.add_parser(
         "push",
         help="check a saved SLAM folder and upload it to the Hub",
@@ -285,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     h.set_defaults(func=push)
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser(
         "bench",
         help="train and measure SLAM models against transformers baselines",
@@ -308,7 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="reuse (model, seed) runs that already finished in --output-dir with the same settings and software",
     )
     b.set_defaults(func=bench)
-    return parser
 
 
 def bench(args) -> dict:
@@ -389,6 +406,7 @@ _positive_float = _positive(float, "number")
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    show_status_lines("[slam-hf] %(message)s")
     from .bench.runner import BenchConfigError
     from .hub import FolderError
 

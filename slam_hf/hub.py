@@ -309,8 +309,14 @@ def push_folder(
     if not isinstance(repo_id, str) or repo_id.count("/") > 1 or not repo_id.strip("/") or " " in repo_id:
         raise FolderError(f"--repo must be NAME or ORG/NAME, got {repo_id!r}")
     report = check_folder(folder, repo_id)
-    result = {"repo_id": repo_id, "commit": None, "url": None, "files": report.files, "written": report.written,
-              "summary": report.summary()}  # fmt: skip
+    result = {
+        "repo_id": repo_id,
+        "commit": None,
+        "url": None,
+        "files": report.files,
+        "written": report.written,
+        "summary": report.summary(),
+    }
     if dry_run:
         return result
     api = HfApi(token=token)

@@ -19,6 +19,27 @@ from slam_hf.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "slam-v1-tiny.yaml"
+# What `slam-hf train` writes for a text model, and in addition for SLAM v3 (its remote code and processor).
+TEXT_FOLDER_FILES = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "configuration_slam.py",
+    "modeling_slam.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "README.md",
+    "training_metrics.json",
+)
+IMAGE_TEXT_FOLDER_FILES = TEXT_FOLDER_FILES + (
+    "slam_mla.py",
+    "slam_fusion.py",
+    "slam_decoder.py",
+    "slam_vision.py",
+    "processor_config.json",
+    "processing_slam.py",
+    "image_processing_slam.py",
+)
 
 # Tiny models on a shared 2-core machine: one intra-op thread (OpenMP spin-waiting made steps ~25x slower).
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
@@ -34,10 +55,7 @@ def trained(tmp_path_factory):
 
 def test_train_writes_hub_folder(trained):
     files = {p.name for p in trained.iterdir()}
-    expected = {
-        "model.safetensors", "config.json", "generation_config.json", "configuration_slam.py", "modeling_slam.py",
-        "tokenizer.json", "tokenizer_config.json", "README.md", "training_metrics.json",
-    }  # fmt: skip
+    expected = set(TEXT_FOLDER_FILES)
     assert expected <= files
     assert not {"pytorch_model.bin", "training_args.bin"} & files
     assert not any(name.startswith("checkpoint-") for name in files)
@@ -336,11 +354,19 @@ def test_v2_evaluation_scores_the_lm_loss_alone():
     from slam_hf import SlamV2Config, SlamV2ForCausalLM
     from slam_hf.training.trainer import lm_loss_only
 
-    model = SlamV2ForCausalLM(
-        SlamV2Config(vocab_size=64, hidden_size=32, num_attention_heads=4, intermediate_size=32, ef_cycles=1,
-                     ef_segment_length=4, max_position_embeddings=32, moa_num_experts=4, moa_top_k=2,
-                     router_aux_loss_coef=0.5)
-    ).eval()  # fmt: skip
+    config = SlamV2Config(
+        vocab_size=64,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=32,
+        ef_cycles=1,
+        ef_segment_length=4,
+        max_position_embeddings=32,
+        moa_num_experts=4,
+        moa_top_k=2,
+        router_aux_loss_coef=0.5,
+    )
+    model = SlamV2ForCausalLM(config).eval()
     ids = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
         full = model(input_ids=ids, labels=ids)
@@ -411,20 +437,13 @@ def test_v3_yaml_is_valid():
 
     run = load_run_config(TINY_V3)
     assert run["variant"] == "slam_v3" and run["torch_threads"] == 1
-    assert run["data"] == {
-        "num_digits": 2, "train_rows": 8000, "eval_rows": 500, "test_rows": 500, "max_shift": 2, "seed": 0,
-    }  # fmt: skip
+    assert run["data"] == dict(num_digits=2, train_rows=8000, eval_rows=500, test_rows=500, max_shift=2, seed=0)
     assert run["model"]["vision_config"]["patch_size"] == 14
 
 
 def test_v3_train_writes_hub_folder_and_card(trained_v3):
     files = {p.name for p in trained_v3.iterdir()}
-    expected = {
-        "model.safetensors", "config.json", "generation_config.json", "configuration_slam.py", "modeling_slam.py",
-        "slam_mla.py", "slam_fusion.py", "slam_decoder.py", "slam_vision.py", "tokenizer.json",
-        "tokenizer_config.json", "processor_config.json", "processing_slam.py", "image_processing_slam.py",
-        "README.md", "training_metrics.json",
-    }  # fmt: skip
+    expected = set(IMAGE_TEXT_FOLDER_FILES)
     assert expected <= files, expected - files
     assert not {"pytorch_model.bin", "training_args.bin"} & files
     assert not any(name.startswith("checkpoint-") for name in files)
@@ -516,8 +535,7 @@ def test_v3_generate_with_image(trained_v3, digit_png, capsys):
 
     # A placeholder written into the prompt is used as is.
     capsys.readouterr()
-    main(["generate", "--model", str(trained_v3), "--image", str(path), "--input", "<image>what number is shown?",
-          "--max-new-tokens", "4"])  # fmt: skip
+    main(argv[:-1] + ["<image>what number is shown?", "--max-new-tokens", "4"])
     assert _last_line(capsys.readouterr().out) == answer
 
 
@@ -574,10 +592,8 @@ def test_v3_folder_loads_without_slam_hf(trained_v3, digit_png, tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(trained_v3), str(path)], cwd=tmp_path, env=env, capture_output=True,
-        text=True,
-    )  # fmt: skip
+    command = [sys.executable, "-c", script, str(trained_v3), str(path)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     model_module, processor_module, tokens = json.loads(result.stdout.strip().splitlines()[-1])
     assert not model_module.startswith("slam_hf") and not processor_module.startswith("slam_hf")

@@ -10,19 +10,23 @@ genre classifier on plays none of whose passages reached training.
 
 import copy
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from safetensors import safe_open
 from training_common import (
     BLOCK_SIZE,
     EVAL_BLOCKS,
     LN_VOCAB,
+    assert_fit_lowered_loss,
+    assert_only_lora_trains,
+    fit_adapter,
     logged_train_losses,
     masked_once,
+    merged_logits_of,
+    reloaded_adapter,
+    saved_adapter_keys,
     training_args,
 )
 from transformers import (
@@ -366,57 +370,29 @@ def test_peft_lora_train_save_reload_merge(lm_blocks, tmp_path, target_modules, 
     assert len(lora_layers) == 4 * len(wrapped)
     assert not isinstance(model.get_base_model().lm_head, LoraLayer)
     # Only LoRA matrices train: r * (in + out) per wrapped Linear.
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_A" in name or "lora_B" in name for name in trainable)
-    expected = sum(LORA_RANK * (m.in_features + m.out_features) for m in lora_layers.values())
-    n_trainable, n_total = model.get_nb_trainable_parameters()
-    assert n_trainable == sum(p.numel() for p in trainable.values()) == expected
-    assert n_total == expected + sum(p.numel() for p in SlamV1ForCausalLM(tiny_config()).parameters())
+    trainable = assert_only_lora_trains(model, lora_layers, LORA_RANK)
+    n_base = sum(p.numel() for p in SlamV1ForCausalLM(tiny_config()).parameters())
+    assert model.get_nb_trainable_parameters()[1] == sum(p.numel() for p in trainable.values()) + n_base
     with torch.no_grad():  # lora_B starts at zero: the adapter is an identity until trained
         torch.testing.assert_close(model.eval()(input_ids=probe["input_ids"]).logits, base_logits, atol=0, rtol=0)
 
-    args = training_args(
-        tmp_path / "run",
-        per_device_train_batch_size=8,
-        max_steps=LORA_STEPS,
-        learning_rate=LORA_LR,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=fit_rows)
-    trainer.train()
-    model.eval()
+    trainer = fit_adapter(model, fit_rows, tmp_path / "run", 8, LORA_LR, LORA_STEPS)
     assert all(p.abs().sum() > 0 for name, p in trainable.items() if "lora_B" in name)
     with torch.no_grad():
         lora_loss = model(**fit_batch).loss.item()
         lora_logits = model(input_ids=probe["input_ids"]).logits
     print(f"\nLoRA {target_modules}: loss on the fitted batch {base_loss:.3f} -> {lora_loss:.3f}")
-    losses = logged_train_losses(trainer)
-    assert len(losses) == LORA_STEPS and losses[-1] < losses[0], losses
-    assert lora_loss < base_loss - LORA_MIN_DROP, (base_loss, lora_loss)
+    assert_fit_lowered_loss(trainer, LORA_STEPS, base_loss, lora_loss, LORA_MIN_DROP)
 
-    # The adapter directory holds only the adapter.
-    model.save_pretrained(adapter_dir)
-    files = set(os.listdir(adapter_dir))
-    assert {"adapter_model.safetensors", "adapter_config.json"} <= files
-    assert not files & {"model.safetensors", "pytorch_model.bin"}
-    with safe_open(adapter_dir / "adapter_model.safetensors", "pt") as f:
-        keys = list(f.keys())
+    keys = saved_adapter_keys(model, adapter_dir)
     assert len(keys) == 2 * len(lora_layers) and all("lora_A" in k or "lora_B" in k for k in keys), keys
 
     # Reload onto a fresh base from the same directory: identical logits.
-    fresh = SlamV1ForCausalLM.from_pretrained(base_dir)
-    reloaded = peft.PeftModel.from_pretrained(fresh, adapter_dir).eval()
+    reloaded = reloaded_adapter(SlamV1ForCausalLM, base_dir, adapter_dir)
     with torch.no_grad():
         reloaded_logits = reloaded(input_ids=probe["input_ids"]).logits
     torch.testing.assert_close(reloaded_logits, lora_logits, atol=0, rtol=0)
 
     # Merging folds the adapter into plain Linear weights.
-    merged = reloaded.merge_and_unload()
-    assert type(merged) is SlamV1ForCausalLM
-    assert not any(isinstance(m, LoraLayer) for m in merged.modules())
-    assert not any("lora" in name for name, _ in merged.named_parameters())
-    with torch.no_grad():
-        merged_logits = merged(input_ids=probe["input_ids"]).logits
-    torch.testing.assert_close(merged_logits, lora_logits, atol=1e-5, rtol=0)
+    merged_logits = merged_logits_of(reloaded, SlamV1ForCausalLM, probe["input_ids"], lora_logits)
     assert (merged_logits - base_logits).abs().max() > 0.1  # the merge did change the model (measured 1.1 and 1.7)

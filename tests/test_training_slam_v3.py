@@ -13,14 +13,20 @@ test fails when training stops working, not when a kernel changes the last digit
 """
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from slam_common import single_threaded_torch
-from training_common import logged_train_losses, training_args
+from training_common import (
+    assert_fit_lowered_loss,
+    assert_only_lora_trains,
+    fit_adapter,
+    logged_train_losses,
+    reloaded_adapter,
+    saved_adapter_keys,
+    training_args,
+)
 from transformers import Trainer, set_seed
 
 from slam_hf import SlamV3Config, SlamV3ForConditionalGeneration, data
@@ -50,10 +56,15 @@ def tiny_config(vocab_size, **overrides):
         qk_rope_head_dim=16,
         max_position_embeddings=128,
         vision_config=dict(
-            patch_size=PATCH_SIZE, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=256, mlp_type="gelu", projector_type="linear",
+            patch_size=PATCH_SIZE,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=256,
+            mlp_type="gelu",
+            projector_type="linear",
         ),
-    )  # fmt: skip
+    )
     fields.update(overrides)
     return SlamV3Config(**fields)
 
@@ -242,54 +253,35 @@ def test_peft_lora_on_decoder_train_save_reload(digits, tmp_path):
         base_loss = base(**fit_batch).loss.item()
 
     lora_config = peft.LoraConfig(
-        task_type="SEQ_2_SEQ_LM", r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
+        task_type="SEQ_2_SEQ_LM",
+        r=LORA_RANK,
+        lora_alpha=2 * LORA_RANK,
+        lora_dropout=0.0,
         target_modules=DECODER_LORA_PATTERN,
-    )  # fmt: skip
+    )
     model = peft.get_peft_model(base, lora_config)
     lora_layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
     # One decoder layer: MLA q_proj, kv_b_proj, o_proj and cross-attention q_proj, o_proj; nothing in the encoder.
     suffixes = sorted(name.split(".decoder.layers.0.", 1)[1] for name in lora_layers)
-    assert suffixes == ["cross_attn.o_proj", "cross_attn.q_proj", "self_attn.kv_b_proj", "self_attn.o_proj",
-                        "self_attn.q_proj"], sorted(lora_layers)  # fmt: skip
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_A" in name or "lora_B" in name for name in trainable)
-    expected = sum(LORA_RANK * (m.in_features + m.out_features) for m in lora_layers.values())
-    assert model.get_nb_trainable_parameters()[0] == expected
+    mla = ["self_attn.kv_b_proj", "self_attn.o_proj", "self_attn.q_proj"]
+    assert suffixes == ["cross_attn.o_proj", "cross_attn.q_proj", *mla], sorted(lora_layers)
+    trainable = assert_only_lora_trains(model, lora_layers, LORA_RANK)
     with torch.no_grad():  # lora_B starts at zero: the adapter is an identity until trained
         torch.testing.assert_close(model.eval()(**probe).logits, base_logits, atol=0, rtol=0)
 
-    args = training_args(
-        tmp_path / "run",
-        per_device_train_batch_size=32,
-        max_steps=LORA_STEPS,
-        learning_rate=1e-2,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=fit_rows, data_collator=collator)
-    trainer.train()
-    model.eval()
+    trainer = fit_adapter(model, fit_rows, tmp_path / "run", 32, 1e-2, LORA_STEPS, data_collator=collator)
     assert all(p.abs().sum() > 0 for name, p in trainable.items() if "lora_B" in name)
     with torch.no_grad():
         lora_loss = model(**fit_batch).loss.item()
         lora_logits = model(**probe).logits
     print(f"\nLoRA on the decoder: loss on the fitted batch {base_loss:.3f} -> {lora_loss:.3f}")
-    losses = logged_train_losses(trainer)
-    assert len(losses) == LORA_STEPS and losses[-1] < losses[0], losses
-    assert lora_loss < base_loss - LORA_MIN_DROP, (base_loss, lora_loss)
+    assert_fit_lowered_loss(trainer, LORA_STEPS, base_loss, lora_loss, LORA_MIN_DROP)
 
-    # The adapter directory holds only the adapter.
-    model.save_pretrained(adapter_dir)
-    files = set(os.listdir(adapter_dir))
-    assert {"adapter_model.safetensors", "adapter_config.json"} <= files
-    assert not files & {"model.safetensors", "pytorch_model.bin"}
-    with safe_open(adapter_dir / "adapter_model.safetensors", "pt") as f:
-        keys = list(f.keys())
+    keys = saved_adapter_keys(model, adapter_dir)
     assert len(keys) == 2 * len(lora_layers) and all(".decoder." in k for k in keys), keys
 
     # Reload onto a fresh base from the same directory: identical logits, identical greedy answers.
-    fresh = SlamV3ForConditionalGeneration.from_pretrained(base_dir)
-    reloaded = peft.PeftModel.from_pretrained(fresh, adapter_dir).eval()
+    reloaded = reloaded_adapter(SlamV3ForConditionalGeneration, base_dir, adapter_dir)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**probe).logits, lora_logits, atol=0, rtol=0)
         moved = (lora_logits - base_logits).abs().max().item()

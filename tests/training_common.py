@@ -4,10 +4,13 @@ The `tokenizer`, `lm_blocks` and `genre` fixtures (tests/conftest.py, module sco
 """
 
 import math
+import os
 
 import numpy as np
+import torch
 from datasets import Dataset, concatenate_datasets
-from transformers import DataCollatorForLanguageModeling, TrainingArguments
+from safetensors import safe_open
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 from slam_hf import data
 
@@ -77,3 +80,72 @@ def genre_of(tokenizer):
         "train": train.map(encode, batched=True, remove_columns=["text", "work"]),
         "held_out": held_out.map(encode, batched=True, remove_columns=["text", "work"]),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# PEFT LoRA on every variant: what each test checks the same way
+# --------------------------------------------------------------------------------------------------
+
+
+def assert_only_lora_trains(model, lora_layers, rank) -> dict:
+    """Only the LoRA matrices train, r * (in + out) per wrapped Linear; returns them by name."""
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_A" in name or "lora_B" in name for name in trainable)
+    expected = sum(rank * (m.in_features + m.out_features) for m in lora_layers.values())
+    assert model.get_nb_trainable_parameters()[0] == sum(p.numel() for p in trainable.values()) == expected
+    return trainable
+
+
+def fit_adapter(model, fit_rows, output_dir, batch_size, learning_rate, steps, **trainer_kwargs):
+    """Trains the adapter on `fit_rows` at a constant learning rate, logging every step; the model ends in eval mode.
+    Returns the Trainer."""
+    args = training_args(
+        output_dir,
+        per_device_train_batch_size=batch_size,
+        max_steps=steps,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=fit_rows, **trainer_kwargs)
+    trainer.train()
+    model.eval()
+    return trainer
+
+
+def assert_fit_lowered_loss(trainer, steps, base_loss, lora_loss, min_drop) -> None:
+    """The logged training loss fell over the fit, and the fitted batch's loss dropped by more than `min_drop`."""
+    losses = logged_train_losses(trainer)
+    assert len(losses) == steps and losses[-1] < losses[0], losses
+    assert lora_loss < base_loss - min_drop, (base_loss, lora_loss)
+
+
+def saved_adapter_keys(model, adapter_dir) -> list[str]:
+    """Saves the adapter to `adapter_dir`, which must hold only the adapter; returns its tensor names."""
+    model.save_pretrained(adapter_dir)
+    files = set(os.listdir(adapter_dir))
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= files
+    assert not files & {"model.safetensors", "pytorch_model.bin"}
+    with safe_open(adapter_dir / "adapter_model.safetensors", "pt") as f:
+        return list(f.keys())
+
+
+def reloaded_adapter(model_class, base_dir, adapter_dir):
+    """The saved adapter on a fresh base model loaded from `base_dir`, in eval mode."""
+    import peft
+
+    return peft.PeftModel.from_pretrained(model_class.from_pretrained(base_dir), adapter_dir).eval()
+
+
+def merged_logits_of(reloaded, model_class, input_ids, lora_logits):
+    """merge_and_unload folds the adapter into plain Linear weights and keeps the adapter's logits; returns them."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = reloaded.merge_and_unload()
+    assert type(merged) is model_class
+    assert not any(isinstance(m, LoraLayer) for m in merged.modules())
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    with torch.no_grad():
+        logits = merged(input_ids=input_ids).logits
+    torch.testing.assert_close(logits, lora_logits, atol=1e-5, rtol=0)
+    return logits

@@ -122,8 +122,23 @@ def load_digit_tiles(num_digits=(2, 4), sizes=None, seed: int = 0) -> DatasetDic
     not depend on it.
     """
     lo, hi = _digit_range(num_digits)
-    if sizes is None:
-        sizes = DEFAULT_DIGIT_TILE_SIZES
+    sizes = DEFAULT_DIGIT_TILE_SIZES if sizes is None else sizes
+    _check_tile_sizes(sizes, seed)
+    images, labels = load_mnist_digits()
+    pools = _digit_source_split_cached()
+    smallest = min(len(pools[name]) for name in sizes)
+    if hi > smallest:
+        raise ValueError(f"num_digits: at most {smallest} digits fit the source images of {sorted(sizes)}, got {hi}")
+    splits = {}
+    for split_id, name in enumerate(DIGIT_SPLITS):
+        if name in sizes:
+            # One stream per split: a split's rows do not change when another split's size does.
+            rng = np.random.default_rng([int(seed), split_id])
+            splits[name] = _tile_split(rng, pools[name], int(sizes[name]), (lo, hi), images, labels)
+    return DatasetDict(splits)
+
+
+def _check_tile_sizes(sizes, seed) -> None:
     if not isinstance(sizes, Mapping) or not sizes:
         raise ValueError(f"sizes must be a non-empty mapping of split name to row count, got {sizes!r}")
     unknown = set(sizes) - set(DIGIT_SPLITS)
@@ -135,11 +150,23 @@ def load_digit_tiles(num_digits=(2, 4), sizes=None, seed: int = 0) -> DatasetDic
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
 
-    images, labels = load_mnist_digits()
-    pools = _digit_source_split_cached()
-    smallest = min(len(pools[name]) for name in sizes)
-    if hi > smallest:
-        raise ValueError(f"num_digits: at most {smallest} digits fit the source images of {sorted(sizes)}, got {hi}")
+
+def _tile_split(rng, pool: np.ndarray, n_rows: int, digit_range, images, labels) -> Dataset:
+    """`n_rows` tiles of digits drawn from `pool` (indices into the MNIST images), row by row, so the first k rows
+    are the same for any `n_rows` >= k."""
+    lo, hi = digit_range
+    rows = {"image": [], "prompt": [], "answer": [], "num_digits": [], "source_index": []}
+    for _ in range(n_rows):
+        count = int(rng.integers(lo, hi + 1))
+        picked = pool[rng.choice(len(pool), size=count, replace=False)]
+        canvas = np.zeros((DIGIT_SIZE, hi * DIGIT_SIZE), dtype=np.uint8)
+        for k, i in enumerate(picked):
+            canvas[:, k * DIGIT_SIZE : (k + 1) * DIGIT_SIZE] = images[i]
+        rows["image"].append(_png_bytes(canvas))
+        rows["prompt"].append(DIGIT_PROMPT)
+        rows["answer"].append("".join(str(int(labels[i])) for i in picked))
+        rows["num_digits"].append(count)
+        rows["source_index"].append([int(i) for i in picked])
     features = Features(
         image=ImageFeature(),
         prompt=Value("string"),
@@ -147,29 +174,7 @@ def load_digit_tiles(num_digits=(2, 4), sizes=None, seed: int = 0) -> DatasetDic
         num_digits=Value("int32"),
         source_index=Sequence(Value("int32")),
     )
-    splits = {}
-    for split_id, name in enumerate(DIGIT_SPLITS):
-        if name not in sizes:
-            continue
-        n_rows = int(sizes[name])
-        # One stream per split: a split's rows do not change when another split's size does.
-        rng = np.random.default_rng([int(seed), split_id])
-        pool = pools[name]
-        rows = {"image": [], "prompt": [], "answer": [], "num_digits": [], "source_index": []}
-        for _ in range(n_rows):
-            # Drawn row by row, so the first k rows are the same for any size >= k.
-            count = int(rng.integers(lo, hi + 1))
-            picked = pool[rng.choice(len(pool), size=count, replace=False)]
-            canvas = np.zeros((DIGIT_SIZE, hi * DIGIT_SIZE), dtype=np.uint8)
-            for k, i in enumerate(picked):
-                canvas[:, k * DIGIT_SIZE : (k + 1) * DIGIT_SIZE] = images[i]
-            rows["image"].append(_png_bytes(canvas))
-            rows["prompt"].append(DIGIT_PROMPT)
-            rows["answer"].append("".join(str(int(labels[i])) for i in picked))
-            rows["num_digits"].append(count)
-            rows["source_index"].append([int(i) for i in picked])
-        splits[name] = Dataset.from_dict(rows, features=features)
-    return DatasetDict(splits)
+    return Dataset.from_dict(rows, features=features)
 
 
 def _png_bytes(array: np.ndarray) -> dict:
@@ -364,6 +369,7 @@ def digit_exact_match(model, processor, dataset: Dataset, batch_size: int = 250)
     ``rows`` and ``predictions``. Stops at eos, or after the longest answer + 2 tokens.
     """
     import torch
+    from transformers.utils.logging import tqdm
 
     answers = list(dataset["answer"])
     max_new_tokens = max(len(processor.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers) + 2
@@ -372,7 +378,7 @@ def digit_exact_match(model, processor, dataset: Dataset, batch_size: int = 250)
     predictions = []
     try:
         with torch.no_grad():
-            for start in range(0, len(dataset), batch_size):
+            for start in tqdm(range(0, len(dataset), batch_size), desc="exact match (batches)", leave=False):
                 rows = dataset[start : start + batch_size]
                 inputs = processor(
                     images=list(rows["image"]),

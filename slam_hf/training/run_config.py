@@ -121,105 +121,119 @@ _MLP_LORA_MODULES = (
 
 
 def variants() -> dict[str, Variant]:
-    """`model.variant` -> classes. One line per SLAM variant."""
-    from ..configuration_slam import SlamV1Config, SlamV2Config, SlamV3Config
-    from ..modeling_slam import SlamV1ForCausalLM, SlamV2ForCausalLM, SlamV3ForConditionalGeneration
+    """`model.variant` -> classes. One entry per SLAM variant."""
+    return {"slam_v1": _slam_v1(), "slam_v2": _slam_v2(), "slam_v3": _slam_v3()}
 
-    return {
-        "slam_v1": Variant(
-            SlamV1Config,
-            SlamV1ForCausalLM,
-            "SLAM v1 runs one full-attention layer, then `ef_cycles` encoder-fusion (EF) cycles, then a second "
-            "full-attention layer. An EF cycle cuts the sequence into overlapping windows of `ef_segment_length` "
-            "tokens (overlap `ef_segment_overlap`) that its two blocks A and B handle alternately; each block "
-            "attends only inside its window (causally here), and a token covered by two windows takes the mean "
-            "of both outputs. Windows are fixed in absolute positions, so the KV cache stays valid while "
-            "generating.",
-            _v1_rows,
-            f"Valid targets: `q_proj`, `k_proj`, `v_proj`, `o_proj` (attention), {_MLP_LORA_MODULES}.",
-            interpretation=(
-                "The published 60 % / 60 % split is two numbers, `ef_segment_length=60`, `ef_segment_overlap=20` "
-                "(the defaults); any sequence length works and windows past the end are partial.",
-                "Windows sit at fixed positions, not fractions of the length, so generation never re-segments "
-                "earlier tokens and the KV cache stays valid; each EF block owns one cache layer.",
-                '"Mean of the two outputs" is the mean over every window covering a token; a causal model '
-                "attends causally inside windows.",
-                "Positions count real tokens, so left padding does not change the outputs.",
-                "Published defaults: post-LayerNorm, GELU, multi-head attention; positions (unspecified in the "
-                "description) default to RoPE.",
-            ),
+
+def _slam_v1() -> Variant:
+    from ..configuration_slam import SlamV1Config
+    from ..modeling_slam import SlamV1ForCausalLM
+
+    return Variant(
+        SlamV1Config,
+        SlamV1ForCausalLM,
+        "SLAM v1 runs one full-attention layer, then `ef_cycles` encoder-fusion (EF) cycles, then a second "
+        "full-attention layer. An EF cycle cuts the sequence into overlapping windows of `ef_segment_length` "
+        "tokens (overlap `ef_segment_overlap`) that its two blocks A and B handle alternately; each block "
+        "attends only inside its window (causally here), and a token covered by two windows takes the mean "
+        "of both outputs. Windows are fixed in absolute positions, so the KV cache stays valid while "
+        "generating.",
+        _v1_rows,
+        f"Valid targets: `q_proj`, `k_proj`, `v_proj`, `o_proj` (attention), {_MLP_LORA_MODULES}.",
+        interpretation=(
+            "The published 60 % / 60 % split is two numbers, `ef_segment_length=60`, `ef_segment_overlap=20` "
+            "(the defaults); any sequence length works and windows past the end are partial.",
+            "Windows sit at fixed positions, not fractions of the length, so generation never re-segments "
+            "earlier tokens and the KV cache stays valid; each EF block owns one cache layer.",
+            '"Mean of the two outputs" is the mean over every window covering a token; a causal model '
+            "attends causally inside windows.",
+            "Positions count real tokens, so left padding does not change the outputs.",
+            "Published defaults: post-LayerNorm, GELU, multi-head attention; positions (unspecified in the "
+            "description) default to RoPE.",
         ),
-        "slam_v2": Variant(
-            SlamV2Config,
-            SlamV2ForCausalLM,
-            "SLAM v2 has three levels. Level 1 is one full-attention layer. Level 2 runs `ef_cycles` "
-            "encoder-fusion cycles over non-overlapping segments of `ef_segment_length` tokens: in cycle c "
-            "(0-based) segment s is processed by block (s + c) mod 4 on input h_s + x_s (its previous output "
-            "plus its original embedded input), attending only inside the segment (causally here). The 4 blocks "
-            "(`ef_num_blocks`) are shared by all cycles, and each cycle runs them as one batched computation, not "
-            "a loop over segments. Level 3 is a mixture of attention experts (MoA) over the full sequence, then "
-            "an MLP and the final norm: a router sends each token to the top `moa_top_k` of `moa_num_experts` "
-            "experts, each with its own query and output projections over one shared key/value projection, and "
-            "a load-balancing loss, weighted by `router_aux_loss_coef`, is added to the training loss. Segments "
-            "are fixed in absolute positions, so the KV cache stays valid while generating.",
-            _v2_rows,
-            "Valid targets: `q_proj`, `k_proj`, `v_proj`, `o_proj` name the attention projections of the "
-            "full-attention layer and of the 4 fusion blocks, and in the MoA layer the per-expert query and "
-            "output projections (`experts.<i>.q_proj`, `experts.<i>.o_proj`) and the shared `k_proj`, `v_proj`; "
-            "`router` is the MoA router (hidden size to one logit per expert). To adapt the experts alone, pass "
-            r'a regular expression: `target_modules=r".*experts\.\d+\.(q_proj|o_proj)"`. '
-            f"{_MLP_LORA_MODULES} (it includes the router).",
-            interpretation=(
-                "The README's design is implemented, not the published code (which used overlapping windows and "
-                'dense "MoE attention").',
-                "Segments have a fixed length at fixed positions (the last may be partial; longer inputs have more "
-                "than four, segment k going to block (k + c) mod 4), so the KV cache stays valid.",
-                "The four blocks are shared by all cycles; each cycle computes new K/V and owns one cache layer.",
-                "Experts have their own query and output projections over shared keys and values (top-k routing, "
-                "GQA ratio kept); the load-balancing loss is added whenever labels are given.",
-                "Published defaults: post-LayerNorm, GELU, MHA, RoPE, 8 experts, top-2.",
-            ),
+    )
+
+
+def _slam_v2() -> Variant:
+    from ..configuration_slam import SlamV2Config
+    from ..modeling_slam import SlamV2ForCausalLM
+
+    return Variant(
+        SlamV2Config,
+        SlamV2ForCausalLM,
+        "SLAM v2 has three levels. Level 1 is one full-attention layer. Level 2 runs `ef_cycles` "
+        "encoder-fusion cycles over non-overlapping segments of `ef_segment_length` tokens: in cycle c "
+        "(0-based) segment s is processed by block (s + c) mod 4 on input h_s + x_s (its previous output "
+        "plus its original embedded input), attending only inside the segment (causally here). The 4 blocks "
+        "(`ef_num_blocks`) are shared by all cycles, and each cycle runs them as one batched computation, not "
+        "a loop over segments. Level 3 is a mixture of attention experts (MoA) over the full sequence, then "
+        "an MLP and the final norm: a router sends each token to the top `moa_top_k` of `moa_num_experts` "
+        "experts, each with its own query and output projections over one shared key/value projection, and "
+        "a load-balancing loss, weighted by `router_aux_loss_coef`, is added to the training loss. Segments "
+        "are fixed in absolute positions, so the KV cache stays valid while generating.",
+        _v2_rows,
+        "Valid targets: `q_proj`, `k_proj`, `v_proj`, `o_proj` name the attention projections of the "
+        "full-attention layer and of the 4 fusion blocks, and in the MoA layer the per-expert query and "
+        "output projections (`experts.<i>.q_proj`, `experts.<i>.o_proj`) and the shared `k_proj`, `v_proj`; "
+        "`router` is the MoA router (hidden size to one logit per expert). To adapt the experts alone, pass "
+        r'a regular expression: `target_modules=r".*experts\.\d+\.(q_proj|o_proj)"`. '
+        f"{_MLP_LORA_MODULES} (it includes the router).",
+        interpretation=(
+            "The README's design is implemented, not the published code (which used overlapping windows and "
+            'dense "MoE attention").',
+            "Segments have a fixed length at fixed positions (the last may be partial; longer inputs have more "
+            "than four, segment k going to block (k + c) mod 4), so the KV cache stays valid.",
+            "The four blocks are shared by all cycles; each cycle computes new K/V and owns one cache layer.",
+            "Experts have their own query and output projections over shared keys and values (top-k routing, "
+            "GQA ratio kept); the load-balancing loss is added whenever labels are given.",
+            "Published defaults: post-LayerNorm, GELU, MHA, RoPE, 8 experts, top-2.",
         ),
-        "slam_v3": Variant(
-            SlamV3Config,
-            SlamV3ForConditionalGeneration,
-            "SLAM v3 is an image+text encoder-decoder. The encoder input is the prompt with one `<image>` "
-            "placeholder per image patch (the processor expands each `<image>`); a ViT vision tower (linear patch "
-            "embedding, 2D RoPE over the patch grid, bidirectional layers, projector) puts its patch features at "
-            "the placeholders. The joint sequence runs through four parallel paths that differ only in weights and "
-            "attention masks, batched as one computation: text (text ↔ text), image (image ↔ image), shared "
-            "(all ↔ all) and cross-modal (text ↔ image only). A fusion node mixes them (the mean of the paths that "
-            "saw each token plus a learned projection of their concatenation), applies one cross-modal attention "
-            "layer and, with `fusion_num_latents` > 0, compresses the sequence into learned latents; the result is "
-            "the decoder's memory. The decoder generates the answer: causal Multi-head Latent Attention (MLA) "
-            "caches only a `kv_lora_rank`-wide latent and one shared RoPE key per token, then cross-attention to "
-            "the memory (its keys and values are computed once per generation), then an MLP.",
-            _v3_rows,
-            "Decoder targets: `q_proj`, `kv_b_proj` (MLA's latent → per-head key/value up-projection) and "
-            "`o_proj` of the MLA self-attention, and `q_proj`, `k_proj`, `v_proj`, `o_proj` of the "
-            "cross-attention; `kv_a_proj_with_mqa` is MLA's down-projection into the cached latent. Plain names "
-            "also match the encoder (its four paths, fusion layer and vision tower use `q_proj`, `k_proj`, "
-            "`v_proj`, `o_proj`; adapted paths call their projections one path at a time, not as stacked "
-            "matmuls), so to adapt the decoder alone pass a regular expression, as above: "
-            f'`r"{DECODER_LORA_PATTERN}"` adapts '
-            "MLA's `q_proj`, `kv_b_proj`, `o_proj` and the cross-attention's `q_proj`, `o_proj` in every decoder "
-            "layer. MLPs: `gate_proj` (for `geglu`/`swiglu`), `up_proj`, `down_proj`. "
-            '`target_modules="all-linear"` adapts every projection except the tied output head.',
-            task=IMAGE_TEXT_TASK,
-            interpretation=(
-                "An encoder-decoder, not decoder-only: the prompt and image are encoded once, the answer is decoded "
-                "with cross-attention to the fused memory (the published code never implemented the multimodal part).",
-                "Images enter as one `<image>` placeholder per patch; the vision tower uses 2D RoPE over the patch "
-                "grid, the joint sequence 1D RoPE over real tokens.",
-                "The four paths share one input and differ only in weights and attention masks; a token with no key "
-                "in a path gets exactly zero from it.",
-                "Fusion node = mean of the paths + a learned projection of their concatenation, then one "
-                "cross-modal attention layer, optionally a learned-latent bottleneck.",
-                "Decoder self-attention is DeepSeek-V2's Multi-head Latent Attention: the cache holds only the "
-                "compressed latent and one RoPE key per token; decoding absorbs the up-projections.",
-            ),
+    )
+
+
+def _slam_v3() -> Variant:
+    from ..configuration_slam import SlamV3Config
+    from ..modeling_slam import SlamV3ForConditionalGeneration
+
+    return Variant(
+        SlamV3Config,
+        SlamV3ForConditionalGeneration,
+        "SLAM v3 is an image+text encoder-decoder. The encoder input is the prompt with one `<image>` "
+        "placeholder per image patch (the processor expands each `<image>`); a ViT vision tower (linear patch "
+        "embedding, 2D RoPE over the patch grid, bidirectional layers, projector) puts its patch features at "
+        "the placeholders. The joint sequence runs through four parallel paths that differ only in weights and "
+        "attention masks, batched as one computation: text (text ↔ text), image (image ↔ image), shared "
+        "(all ↔ all) and cross-modal (text ↔ image only). A fusion node mixes them (the mean of the paths that "
+        "saw each token plus a learned projection of their concatenation), applies one cross-modal attention "
+        "layer and, with `fusion_num_latents` > 0, compresses the sequence into learned latents; the result is "
+        "the decoder's memory. The decoder generates the answer: causal Multi-head Latent Attention (MLA) "
+        "caches only a `kv_lora_rank`-wide latent and one shared RoPE key per token, then cross-attention to "
+        "the memory (its keys and values are computed once per generation), then an MLP.",
+        _v3_rows,
+        "Decoder targets: `q_proj`, `kv_b_proj` (MLA's latent → per-head key/value up-projection) and "
+        "`o_proj` of the MLA self-attention, and `q_proj`, `k_proj`, `v_proj`, `o_proj` of the "
+        "cross-attention; `kv_a_proj_with_mqa` is MLA's down-projection into the cached latent. Plain names "
+        "also match the encoder (its four paths, fusion layer and vision tower use `q_proj`, `k_proj`, "
+        "`v_proj`, `o_proj`; adapted paths call their projections one path at a time, not as stacked "
+        "matmuls), so to adapt the decoder alone pass a regular expression, as above: "
+        f'`r"{DECODER_LORA_PATTERN}"` adapts '
+        "MLA's `q_proj`, `kv_b_proj`, `o_proj` and the cross-attention's `q_proj`, `o_proj` in every decoder "
+        "layer. MLPs: `gate_proj` (for `geglu`/`swiglu`), `up_proj`, `down_proj`. "
+        '`target_modules="all-linear"` adapts every projection except the tied output head.',
+        task=IMAGE_TEXT_TASK,
+        interpretation=(
+            "An encoder-decoder, not decoder-only: the prompt and image are encoded once, the answer is decoded "
+            "with cross-attention to the fused memory (the published code never implemented the multimodal part).",
+            "Images enter as one `<image>` placeholder per patch; the vision tower uses 2D RoPE over the patch "
+            "grid, the joint sequence 1D RoPE over real tokens.",
+            "The four paths share one input and differ only in weights and attention masks; a token with no key "
+            "in a path gets exactly zero from it.",
+            "Fusion node = mean of the paths + a learned projection of their concatenation, then one "
+            "cross-modal attention layer, optionally a learned-latent bottleneck.",
+            "Decoder self-attention is DeepSeek-V2's Multi-head Latent Attention: the cache holds only the "
+            "compressed latent and one RoPE key per token; decoding absorbs the up-projections.",
         ),
-    }
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -230,9 +244,7 @@ DATA_KEYS = ("block_size", "max_train_rows", "max_eval_rows")
 # SLAM v3 (digit tiles): rows per split (validation scores the loss, test the exact match), digits per tile,
 # the training collator's translation augmentation, and the tiling seed.
 IMAGE_TEXT_DATA_KEYS = ("num_digits", "train_rows", "eval_rows", "test_rows", "max_shift", "seed")
-IMAGE_TEXT_DATA_DEFAULTS = {
-    "num_digits": 2, "train_rows": 8000, "eval_rows": 500, "test_rows": 500, "max_shift": 2, "seed": 0,
-}  # fmt: skip
+IMAGE_TEXT_DATA_DEFAULTS = dict(num_digits=2, train_rows=8000, eval_rows=500, test_rows=500, max_shift=2, seed=0)
 HUB_KEYS = ("model_name", "repo_id")
 # GenerationConfig fields the command fills in from the tokenizer.
 TOKENIZER_GENERATION_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
@@ -290,10 +302,7 @@ def _image_text_data(data: dict) -> dict:
     """Validate the `data` section of an image-text (SLAM v3) config; returns it with defaults filled in."""
     from ..data.digits import _digit_range
 
-    for key in data:
-        if key not in IMAGE_TEXT_DATA_KEYS:
-            raise _unknown_key_error("data", key, IMAGE_TEXT_DATA_KEYS)
-    data = {**IMAGE_TEXT_DATA_DEFAULTS, **data}
+    data = {**IMAGE_TEXT_DATA_DEFAULTS, **_checked_keys(data, "data", IMAGE_TEXT_DATA_KEYS)}
     try:
         lo, hi = _digit_range(data["num_digits"])
     except ValueError as err:
@@ -348,7 +357,29 @@ def load_run_config(path) -> dict:
     `generation` (optional, top level): GenerationConfig fields saved in generation_config.json, the decoding a user
     of the folder gets by default (without it: transformers' defaults, i.e. greedy, at most 20 tokens in all).
     """
-    path = Path(path)
+    raw = _read_yaml(Path(path))
+    variant, model = _model_section(raw)
+    data = _data_section(raw, variants()[variant].task)
+    training = _training_section(raw)
+    generation = _generation(_section(raw, "generation"))
+    hub = _checked_keys(_section(raw, "hub"), "hub", HUB_KEYS)
+    output_dir = raw.get("output_dir")
+    if output_dir is not None and not isinstance(output_dir, str):
+        raise ConfigError(f"`output_dir` must be a path string, got {output_dir!r}")
+    torch_threads = _optional_positive_int(raw.get("torch_threads"), "torch_threads")
+    return dict(
+        variant=variant,
+        model=model,
+        data=data,
+        training=training,
+        generation=generation,
+        output_dir=output_dir,
+        hub=hub,
+        torch_threads=torch_threads,
+    )
+
+
+def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -357,66 +388,56 @@ def load_run_config(path) -> dict:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping with the sections {', '.join(TOP_LEVEL_KEYS)}")
-    for key in raw:
-        if key not in TOP_LEVEL_KEYS:
-            raise _unknown_key_error("", key, TOP_LEVEL_KEYS)
+    _checked_keys(raw, "", TOP_LEVEL_KEYS)
+    return raw
 
+
+def _checked_keys(section: dict, name: str, allowed) -> dict:
+    """`section` itself, once every key is in `allowed` (else a ConfigError naming the key and a close match)."""
+    for key in section:
+        if key not in allowed:
+            raise _unknown_key_error(name, key, allowed)
+    return section
+
+
+def _model_section(raw: dict) -> tuple[str, dict]:
+    """(`model.variant`, the other `model` keys), each a parameter of the variant's config class (and of its
+    sub-configs, e.g. SLAM v3's `model.vision_config`)."""
     model = _section(raw, "model")
     known = variants()
     variant = model.pop("variant", None)
     if variant not in known:
         raise ConfigError(f"`model.variant` must be one of {', '.join(known)}; got {variant!r}")
-    allowed_model = _config_parameters(known[variant].config_class)
-    for key in model:
-        if key not in allowed_model:
-            raise _unknown_key_error("model", key, allowed_model)
-    sub_configs = getattr(known[variant].config_class, "sub_configs", {})
-    for key, sub_class in sub_configs.items():  # SLAM v3: model.vision_config
+    config_class = known[variant].config_class
+    _checked_keys(model, "model", _config_parameters(config_class))
+    for key, sub_class in getattr(config_class, "sub_configs", {}).items():
         if model.get(key) is None:
             continue
         if not isinstance(model[key], dict):
             raise ConfigError(f"`model.{key}` must be a mapping of keys to values, got {type(model[key]).__name__}")
-        allowed_sub = _config_parameters(sub_class)
-        for sub_key in model[key]:
-            if sub_key not in allowed_sub:
-                raise _unknown_key_error(f"model.{key}", sub_key, allowed_sub)
+        _checked_keys(model[key], f"model.{key}", _config_parameters(sub_class))
+    return variant, model
 
+
+def _data_section(raw: dict, task: str) -> dict:
     data = _section(raw, "data")
-    if known[variant].task == IMAGE_TEXT_TASK:
-        data = _image_text_data(data)
-    else:
-        for key in data:
-            if key not in DATA_KEYS:
-                raise _unknown_key_error("data", key, DATA_KEYS)
-        data.setdefault("block_size", 128)
-        if not isinstance(data["block_size"], int) or isinstance(data["block_size"], bool) or data["block_size"] < 2:
-            raise ConfigError(f"`data.block_size` must be an integer >= 2, got {data['block_size']!r}")
-        for key in ("max_train_rows", "max_eval_rows"):
-            data[key] = _optional_positive_int(data.get(key), f"data.{key}")
+    if task == IMAGE_TEXT_TASK:
+        return _image_text_data(data)
+    _checked_keys(data, "data", DATA_KEYS)
+    data.setdefault("block_size", 128)
+    if not isinstance(data["block_size"], int) or isinstance(data["block_size"], bool) or data["block_size"] < 2:
+        raise ConfigError(f"`data.block_size` must be an integer >= 2, got {data['block_size']!r}")
+    for key in ("max_train_rows", "max_eval_rows"):
+        data[key] = _optional_positive_int(data.get(key), f"data.{key}")
+    return data
 
+
+def _training_section(raw: dict) -> dict:
     training = _section(raw, "training")
-    allowed_training = _training_fields() - RESERVED_TRAINING_KEYS.keys()
     for key in training:
         if key in RESERVED_TRAINING_KEYS:
             raise ConfigError(f"`training.{key}` cannot be set in the YAML: {RESERVED_TRAINING_KEYS[key]}")
-        if key not in allowed_training:
-            raise _unknown_key_error("training", key, allowed_training)
-
-    generation = _generation(_section(raw, "generation"))
-
-    hub = _section(raw, "hub")
-    for key in hub:
-        if key not in HUB_KEYS:
-            raise _unknown_key_error("hub", key, HUB_KEYS)
-
-    output_dir = raw.get("output_dir")
-    if output_dir is not None and not isinstance(output_dir, str):
-        raise ConfigError(f"`output_dir` must be a path string, got {output_dir!r}")
-    torch_threads = _optional_positive_int(raw.get("torch_threads"), "torch_threads")
-    return {
-        "variant": variant, "model": model, "data": data, "training": training, "generation": generation,
-        "output_dir": output_dir, "hub": hub, "torch_threads": torch_threads,
-    }  # fmt: skip
+    return _checked_keys(training, "training", _training_fields() - RESERVED_TRAINING_KEYS.keys())
 
 
 def template_path(name: str = TEMPLATE_NAME) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import NamedTuple
 
 from ..bench.machine import cpu_name
 from .run_config import ConfigError, Variant
+
+logger = logging.getLogger(__name__)
 
 
 def evenly_spaced(dataset, limit):
@@ -273,8 +276,9 @@ class TrainingRun(NamedTuple):
         return args.per_device_train_batch_size * args.gradient_accumulation_steps * self.processes
 
     def say(self, message):
+        """A status line (logged at INFO; `slam-hf` shows it as `[slam-hf] message`), from the main process only."""
         if self.is_main:
-            print(f"[slam-hf] {message}", flush=True)
+            logger.info(message)
 
 
 def prepare_run(args, run: dict) -> TrainingRun:
@@ -327,6 +331,15 @@ class TrainedRun(NamedTuple):
     before: dict  # eval_on_start: the model train() started from
     final_eval: dict
     optim_seconds: float  # this invocation's training time without its evaluations
+
+    @property
+    def train_seconds(self) -> float:
+        """This invocation's training time, its evaluations included."""
+        return float(self.output.metrics["train_runtime"])
+
+    def logged(self, key: str) -> list:
+        """Every value of `key` in the whole run's log, in order (e.g. "loss")."""
+        return [entry[key] for entry in self.history if key in entry]
 
 
 def train_and_evaluate(trainer, run: TrainingRun) -> TrainedRun:
