@@ -10,6 +10,7 @@ inputs from `ARGS` (a dict, passed through `torch.save`) and stores what it foun
 imported after all (must be empty).
 """
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -89,3 +90,24 @@ def run_fresh(hub, tmp_path, body, args=None, name="fresh", timeout=240):
 def is_remote_module(module_name):
     """A class loaded with trust_remote_code lives in `transformers_modules.<org>.<repo>.<sha>.<file>`."""
     return module_name.startswith("transformers_modules.")
+
+
+def run_offline(command, home, cwd, timeout=240, **extra_env):
+    """Run `command` (a list; a script path first means this interpreter runs it) offline, with the repo off
+    `sys.path` (PYTHONPATH="", `cwd` elsewhere), an empty HF_HOME `home` and one torch thread (the tests compare
+    tiny tensors bit for bit); return its stdout after asserting that it succeeded."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": "",
+        "HF_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        **extra_env,
+    }
+    result = subprocess.run(
+        [sys.executable, *map(str, command)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"clean process failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+    return result.stdout

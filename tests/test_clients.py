@@ -15,11 +15,10 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from hub_helpers import run_offline
 from slam_common import single_threaded_torch
 
 import slam_hf
@@ -84,18 +83,7 @@ def lm_eval_results(saved_model, tmp_path_factory):
 
 def run_lm_eval(folder, batch_size, root):
     (root / "cwd").mkdir()
-    env = {
-        **os.environ,
-        "PYTHONPATH": "",
-        "HF_HOME": str(root / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "OMP_NUM_THREADS": "1",
-    }
     command = [
-        sys.executable,
         "-m",
         "lm_eval",
         "--model",
@@ -112,8 +100,7 @@ def run_lm_eval(folder, batch_size, root):
         str(root / "out"),
         "--log_samples",
     ]
-    result = subprocess.run(command, cwd=root / "cwd", env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"lm_eval failed (batch size {batch_size}):\n{result.stderr[-6000:]}"
+    run_offline(command, root / "hf_home", cwd=root / "cwd", timeout=600, HF_HUB_DISABLE_TELEMETRY="1")
     # lm-eval writes <output_path>/<model name>/results_<time>.json and samples_<task>_<time>.jsonl
     (results_file,) = (root / "out").rglob("results_*.json")
     samples = {}

@@ -3,14 +3,12 @@ code."""
 
 import ast
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
+from hub_helpers import run_offline
 from PIL import Image
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
@@ -333,30 +331,9 @@ def test_remote_code_load_in_clean_process(tmp_path, monkeypatch):
     (tmp_path / "loader.py").write_text(LOADER)
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    env = {
-        **os.environ,
-        "PYTHONPATH": "",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(tmp_path / "loader.py"),
-            str(folder),
-            str(tmp_path / "image.npy"),
-            str(tmp_path / "out.npy"),
-        ],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, f"clean process failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    loader = [tmp_path / "loader.py", folder, tmp_path / "image.npy", tmp_path / "out.npy"]
+    stdout = run_offline(loader, tmp_path / "hf_home", cwd=elsewhere, timeout=120)
+    report = json.loads(stdout.strip().splitlines()[-1])
     assert report["class"] == "SlamImageProcessor"
     try:
         import transformers

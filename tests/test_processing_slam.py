@@ -3,14 +3,12 @@ code."""
 
 import ast
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
+from hub_helpers import run_offline
 from PIL import Image
 from transformers import AutoProcessor
 
@@ -270,30 +268,9 @@ def test_remote_code_load_in_clean_process(tmp_path, tokenizer, monkeypatch):
     (tmp_path / "loader.py").write_text(LOADER)
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    env = {
-        **os.environ,
-        "PYTHONPATH": "",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(tmp_path / "loader.py"),
-            str(folder),
-            str(tmp_path / "images.npy"),
-            str(tmp_path / "out.npz"),
-        ],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, f"clean process failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    loader = [tmp_path / "loader.py", folder, tmp_path / "images.npy", tmp_path / "out.npz"]
+    stdout = run_offline(loader, tmp_path / "hf_home", cwd=elsewhere, timeout=120)
+    report = json.loads(stdout.strip().splitlines()[-1])
     assert report["class"] == "SlamProcessor"
     assert report["image_processor"] == report["auto_image_processor"] == "SlamImageProcessor"
     assert report["image_token_id"] == IMAGE_ID
@@ -338,22 +315,7 @@ def test_remote_code_without_pillow_names_the_package(tmp_path, tokenizer, monke
     SlamImageProcessor.register_for_auto_class("AutoImageProcessor")
     make_processor(tokenizer).save_pretrained(tmp_path / "saved")
     (tmp_path / "loader.py").write_text(NO_PILLOW_LOADER)
-    env = {
-        **os.environ,
-        "PYTHONPATH": "",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [sys.executable, str(tmp_path / "loader.py"), str(tmp_path / "saved")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    for error in json.loads(result.stdout.strip().splitlines()[-1]):
+    stdout = run_offline([tmp_path / "loader.py", tmp_path / "saved"], tmp_path / "hf_home", cwd=tmp_path, timeout=120)
+    for error in json.loads(stdout.strip().splitlines()[-1]):
         assert error is not None and error[0] == "ImportError", error
         assert "`pip install pillow`" in error[1], error

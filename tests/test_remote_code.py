@@ -12,12 +12,11 @@ AutoModelForSeq2SeqLM) from one folder, with image + prompt inputs.
 import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from hub_helpers import run_offline
 from slam_common import assert_context_sensitive, single_threaded_torch
 from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
 from transformers import AutoModel
@@ -213,23 +212,7 @@ def remote_run(saved_folders):
     (root / "loader.py").write_text(LOADER)
     elsewhere = root / "cwd"
     elsewhere.mkdir()
-    env = {
-        **os.environ,
-        "PYTHONPATH": "",
-        "HF_HOME": str(root / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",  # tiny tensors; see single_threaded_torch
-    }
-    result = subprocess.run(
-        [sys.executable, str(root / "loader.py"), str(root / "spec.json")],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, f"clean process failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    run_offline([root / "loader.py", root / "spec.json"], root / "hf_home", cwd=elsewhere, timeout=300)
     report = json.loads((root / "report.json").read_text())
     tensors = torch.load(root / "tensors.pt")
     return saved, report, tensors, str(root / "hf_home")
