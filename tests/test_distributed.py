@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 from slam_common import single_threaded_torch
+from training_common import TINY_V1_FIELDS
 
 from slam_hf.cli import main
 from slam_hf.training.run_config import ConfigError
@@ -39,17 +40,7 @@ single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_t
 def _doc(per_device_batch: int, **training) -> dict:
     doc = yaml.safe_load((REPO / "configs" / "slam-v1-tiny.yaml").read_text())
     doc["torch_threads"] = 1
-    doc["model"].update(
-        hidden_size=64,
-        num_attention_heads=4,
-        intermediate_size=128,
-        ef_cycles=1,
-        ef_segment_length=32,
-        ef_segment_overlap=8,
-        max_position_embeddings=128,
-        attention_dropout=0.0,
-        hidden_dropout=0.0,
-    )
+    doc["model"].update({**TINY_V1_FIELDS, "max_position_embeddings": 128})
     doc["data"]["block_size"] = 64
     doc["training"].update(
         max_steps=STEPS,

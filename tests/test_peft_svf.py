@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from slam_common import single_threaded_torch
 from slam_tester import SlamV1ModelTester
 from torch import nn
-from training_common import training_args
+from training_common import TINY_V1_FIELDS, training_args
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -485,20 +485,7 @@ def text_blocks():
 
 
 def small_causal_lm():
-    return SlamV1ForCausalLM(
-        SlamV1Config(
-            vocab_size=8192,
-            hidden_size=64,
-            num_attention_heads=4,
-            intermediate_size=128,
-            ef_cycles=1,
-            ef_segment_length=32,
-            ef_segment_overlap=8,
-            max_position_embeddings=256,
-            attention_dropout=0.0,
-            hidden_dropout=0.0,
-        )
-    )
+    return SlamV1ForCausalLM(SlamV1Config(**TINY_V1_FIELDS))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from training_common import (
     BLOCK_SIZE,
     EVAL_BLOCKS,
     LN_VOCAB,
+    TINY_V1_FIELDS,
     assert_fit_lowered_loss,
     assert_only_lora_trains,
     fit_adapter,
@@ -43,20 +44,7 @@ from slam_hf import SlamV1Config, SlamV1ForCausalLM, SlamV1ForMaskedLM, SlamV1Fo
 
 
 def tiny_config(**overrides):
-    fields = dict(
-        vocab_size=8192,
-        hidden_size=64,
-        num_attention_heads=4,
-        intermediate_size=128,
-        ef_cycles=1,
-        ef_segment_length=32,
-        ef_segment_overlap=8,
-        max_position_embeddings=256,
-        attention_dropout=0.0,
-        hidden_dropout=0.0,
-    )
-    fields.update(overrides)
-    return SlamV1Config(**fields)
+    return SlamV1Config(**{**TINY_V1_FIELDS, **overrides})
 
 
 # --------------------------------------------------------------------------------------------------

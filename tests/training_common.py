@@ -20,6 +20,19 @@ TRAIN_WORKS = 3  # LM training text: every 12th training work, 3 plays, ~2,000 b
 EVAL_BLOCKS = 64  # fixed, evenly spaced blocks of the 6 held-out works
 GENRE_TRAIN_PASSAGES = 3000  # of 9,308 training passages (30 plays); one epoch
 GENRE_MAX_LENGTH = 128  # 12-line passages are ~115 tokens; the 90th percentile hits 128
+# The tiny SLAM v1 of the training tests: hidden 64, 4 heads, one EF cycle of 32-token windows overlapping by 8.
+TINY_V1_FIELDS = dict(
+    vocab_size=8192,
+    hidden_size=64,
+    num_attention_heads=4,
+    intermediate_size=128,
+    ef_cycles=1,
+    ef_segment_length=32,
+    ef_segment_overlap=8,
+    max_position_embeddings=256,
+    attention_dropout=0.0,
+    hidden_dropout=0.0,
+)
 
 
 def training_args(output_dir, **overrides):
