@@ -27,9 +27,11 @@ from training_common import (
     saved_adapter_keys,
     training_args,
 )
-from transformers import Trainer, set_seed
+from transformers import Trainer, TrainerState, set_seed
 
 from slam_hf import SlamV3Config, SlamV3ForConditionalGeneration, data
+from slam_hf.data.digits import ShiftedDigitRows
+from slam_hf.training.image_text import EpochToTrainRows
 from slam_hf.training.run_config import DECODER_LORA_PATTERN
 
 # One intra-op thread: for these tiny shapes thread hand-offs cost more than they save, and on a busy 2-core
@@ -165,6 +167,47 @@ def test_collator_pads_and_augments():
     cell_mass = lambda pv: pv[:, 0].reshape(8, 28, 3, 28).sum(dim=(1, 3))  # noqa: E731
     assert torch.allclose(cell_mass(shifted["pixel_values"]), cell_mass(plain), rtol=0.1, atol=1.0)
     assert set(shifted["pixel_values"].unique().tolist()) <= set(plain.unique().tolist())
+
+
+def test_shifted_rows_draw_from_seed_epoch_and_index_alone():
+    """`ShiftedDigitRows` (what `slam-hf train` trains on): row i of epoch e is shifted by draws from (seed, e, i)
+    only, so the order rows are read in, a fresh wrapper (a resumed run) or another process changes nothing; a
+    new epoch or seed draws anew. tests/test_resume.py shows the resumed training equal to the uninterrupted one."""
+    tiles = data.load_digit_tiles(num_digits=2, sizes={"train": 6}, seed=0)["train"]
+    rows = data.preprocess_digit_tiles(tiles, data.digit_tile_processor(tiles, patch_size=PATCH_SIZE))
+    shifted = ShiftedDigitRows(rows, max_shift=2, seed=0)
+    forward = [shifted[i]["pixel_values"] for i in range(6)]
+    fresh = ShiftedDigitRows(rows, max_shift=2, seed=0)
+    backward = {i: fresh[i]["pixel_values"] for i in reversed(range(6))}
+    assert all(torch.equal(forward[i], backward[i]) for i in range(6))
+    assert not any(torch.equal(forward[i], rows[i]["pixel_values"]) for i in range(6))
+
+    # The same shift as shift_digit_cells with the offsets drawn from (seed, epoch, index); other keys untouched.
+    offsets = np.random.default_rng([0, 0, 3]).integers(-2, 3, size=(2, 2)).tolist()
+    assert torch.equal(forward[3], data.digits.shift_digit_cells(rows[3]["pixel_values"], offsets))
+    for key in ("input_ids", "attention_mask", "labels", "image_grid_hw"):
+        assert torch.equal(shifted[3][key], rows[3][key])
+
+    fresh.set_epoch(1)
+    assert sum(torch.equal(fresh[i]["pixel_values"], forward[i]) for i in range(6)) <= 1
+    other_seed = ShiftedDigitRows(rows, max_shift=2, seed=1)
+    assert sum(torch.equal(other_seed[i]["pixel_values"], forward[i]) for i in range(6)) <= 1
+    assert torch.equal(ShiftedDigitRows(rows, max_shift=0)[2]["pixel_values"], rows[2]["pixel_values"])
+    for bad in (dict(max_shift=-1), dict(max_shift=True), dict(max_shift=2, seed=-1)):
+        with pytest.raises(ValueError, match="must be an int >= 0"):
+            ShiftedDigitRows(rows, **bad)
+
+
+def test_trainer_tells_the_shifted_rows_each_epoch(tmp_path):
+    """Trainer tells the sampler the epoch, not the dataset: `EpochToTrainRows` sets it at every epoch's start,
+    from `state.epoch` (a resumed run's starts mid-epoch: its floor)."""
+    rows = ShiftedDigitRows([{"pixel_values": torch.zeros(3, 28, 56)}] * 4, max_shift=2)
+    callback = EpochToTrainRows(rows)
+    seen = []
+    for epoch in (0, 1.0, 1.75, 3.0):
+        callback.on_epoch_begin(None, TrainerState(epoch=epoch), None)
+        seen.append(rows.epoch)
+    assert seen == [0, 1, 1, 3]
 
 
 # --------------------------------------------------------------------------------------------------

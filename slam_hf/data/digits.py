@@ -202,9 +202,9 @@ def digit_exact_match_chance(num_digits) -> float:
 # ---------------------------------------------------------------------------
 # Digit tiles as an image-text-to-text task for SLAM v3: the processor (a
 # tokenizer trained on the task and the image settings), preprocessing into
-# model inputs and labels, the padding collator (with optional translation
-# augmentation) and greedy exact-match scoring. Used by ``slam-hf train`` and
-# the training tests alike.
+# model inputs and labels, the padding collator, translation augmentation
+# keyed by (seed, epoch, row index) and greedy exact-match scoring. Used by
+# ``slam-hf train`` and the training tests alike.
 # ---------------------------------------------------------------------------
 
 # Pixels scaled to [0, 1] and not shifted: the black background stays 0. With the usual (0.5, 0.5) the
@@ -302,11 +302,10 @@ class DigitTileCollator:
     """Batches preprocessed digit-tile rows: pads ``input_ids`` with ``pad_token_id`` (``attention_mask`` 0) and
     ``labels`` with -100 on the right, stacks ``pixel_values`` and ``image_grid_hw``; other keys are dropped.
 
-    ``max_shift`` > 0 turns on translation augmentation (for training only): every ``cell_width``-pixel
-    digit cell of every image moves by its own random (dy, dx) in [-max_shift, max_shift]^2, the vacated pixels
-    taking the image's darkest value (the background). Draws come from a generator seeded with ``seed``.
-    Measured on 2-digit tiles (tiny SLAM v3, 2,400 steps): held-out exact match 0.88 without, 0.91-0.93 with
-    ``max_shift=2``.
+    ``max_shift`` > 0 turns on translation augmentation (``shift_digit_cells``) with draws from a generator of
+    the collator's own, seeded with ``seed`` and advanced batch by batch. A Trainer checkpoint does not save that
+    generator, so a resumed run would draw differently: under Trainer, leave ``max_shift`` at 0 here and wrap the
+    training rows in ``ShiftedDigitRows``, whose draws depend only on (seed, epoch, row index).
     """
 
     def __init__(self, pad_token_id: int, max_shift: int = 0, cell_width: int = DIGIT_SIZE, seed: int = 0):
@@ -349,17 +348,75 @@ class DigitTileCollator:
 
         if self._generator is None:
             self._generator = torch.Generator().manual_seed(self.seed)
-        batch, _, height, width = pixel_values.shape
-        cell = self.cell_width if width % self.cell_width == 0 else width
+        batch, _, _, width = pixel_values.shape
+        cells = width // _cell_width(width, self.cell_width)
         m = self.max_shift
-        out = pixel_values.amin(dim=(1, 2, 3), keepdim=True).expand_as(pixel_values).clone()
-        offsets = torch.randint(-m, m + 1, (batch, width // cell, 2), generator=self._generator).tolist()
-        for b in range(batch):
-            for c, (dy, dx) in enumerate(offsets[b]):
-                x0 = c * cell
-                src = pixel_values[b, :, max(0, -dy) : height - max(0, dy), x0 + max(0, -dx) : x0 + cell - max(0, dx)]
-                out[b, :, max(0, dy) : height - max(0, -dy), x0 + max(0, dx) : x0 + cell - max(0, -dx)] = src
-        return out
+        offsets = torch.randint(-m, m + 1, (batch, cells, 2), generator=self._generator).tolist()
+        return torch.stack([shift_digit_cells(image, o, self.cell_width) for image, o in zip(pixel_values, offsets)])
+
+
+def _cell_width(width: int, cell_width: int) -> int:
+    """The width of one digit cell: `cell_width` where it divides the image, else the whole image is one cell."""
+    return cell_width if width % cell_width == 0 else width
+
+
+def shift_digit_cells(pixel_values, offsets, cell_width: int = DIGIT_SIZE):
+    """(C, H, W) image -> a copy whose k-th ``cell_width``-pixel digit cell is translated by ``offsets[k]`` =
+    (dy, dx) pixels, the vacated pixels taking the image's darkest value (the background). The translation
+    augmentation of ``DigitTileCollator`` and ``ShiftedDigitRows``."""
+    _, height, width = pixel_values.shape
+    cell = _cell_width(width, cell_width)
+    if len(offsets) != width // cell:
+        raise ValueError(f"offsets: one (dy, dx) per {cell}-pixel cell of a {width}-pixel image, got {len(offsets)}")
+    out = pixel_values.amin().expand_as(pixel_values).clone()
+    for c, (dy, dx) in enumerate(offsets):
+        x0 = c * cell
+        src = pixel_values[:, max(0, -dy) : height - max(0, dy), x0 + max(0, -dx) : x0 + cell - max(0, dx)]
+        out[:, max(0, dy) : height - max(0, -dy), x0 + max(0, dx) : x0 + cell - max(0, -dx)] = src
+    return out
+
+
+def _non_negative_int(value, name: str) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+class ShiftedDigitRows:
+    """Training rows (``preprocess_digit_tiles``) with translation augmentation whose draws are a pure function of
+    (``seed``, epoch, row index): nothing a checkpoint would need to save, so a run resumed from a Trainer
+    checkpoint draws exactly what the uninterrupted run drew, and every row gets the same shift whichever process
+    or batch it lands in.
+
+    Row ``index`` in epoch ``epoch`` has every digit cell moved by its own (dy, dx) in [-max_shift, max_shift]^2
+    (``shift_digit_cells``), drawn from ``np.random.default_rng([seed, epoch, index])``. The epoch is set with
+    ``set_epoch`` (``slam-hf train`` does at every epoch's start; accelerate tells the sampler, not the dataset).
+    ``max_shift=0`` returns the rows unchanged. Measured on 2-digit tiles (tiny SLAM v3, 2,400 steps, the
+    collator's draws): held-out exact match 0.88 without, 0.91-0.93 with ``max_shift=2``.
+    """
+
+    def __init__(self, rows, max_shift: int, seed: int = 0, cell_width: int = DIGIT_SIZE):
+        self.rows = rows
+        self.max_shift = _non_negative_int(max_shift, "max_shift")
+        self.seed = _non_negative_int(seed, "seed")
+        self.cell_width = cell_width
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = _non_negative_int(epoch, "epoch")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        if not self.max_shift:
+            return row
+        pixel_values = row["pixel_values"]
+        cells = pixel_values.shape[-1] // _cell_width(pixel_values.shape[-1], self.cell_width)
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        offsets = rng.integers(-self.max_shift, self.max_shift + 1, size=(cells, 2)).tolist()
+        return {**row, "pixel_values": shift_digit_cells(pixel_values, offsets, self.cell_width)}
 
 
 def digit_exact_match(model, processor, dataset: Dataset, batch_size: int = 250) -> dict:

@@ -6,18 +6,20 @@ Not part of the remote code: this module may import anything.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import NamedTuple
 
 import datasets
 import numpy as np
 import torch
-from transformers import AutoModelForImageTextToText, Trainer
+from transformers import AutoModelForImageTextToText, Trainer, TrainerCallback
 
 from ..data.digits import (
     DIGIT_PROMPT,
     DIGIT_SIZE,
     DigitTileCollator,
+    ShiftedDigitRows,
     _digit_range,
     digit_exact_match,
     digit_exact_match_chance,
@@ -76,19 +78,28 @@ def _image_text_config_rows(config, variant: Variant, image_size, grid) -> list[
     return rows
 
 
+class EpochToTrainRows(TrainerCallback):
+    """Tells the training rows (`ShiftedDigitRows`) the epoch that starts, which keys their augmentation draws.
+
+    Trainer tells the sampler, not the dataset: accelerate's `DataLoaderShard.set_epoch` forwards to the dataset
+    only when the sampler has no `set_epoch`, and its seedable sampler has one. `state.epoch` is the epoch plus the
+    fraction done (a resumed run starts from its checkpoint's), so its floor is the epoch Trainer is entering.
+    """
+
+    def __init__(self, rows: ShiftedDigitRows):
+        self.rows = rows
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.rows.set_epoch(math.floor(state.epoch or 0))
+
+
 class ImageTextTrainer(CpuFsdpMixin, Trainer):
-    """Trains through `train_collator` (translation augmentation) and evaluates through `data_collator`."""
+    """Trains on `ShiftedDigitRows` (translation augmentation, draws keyed by seed, epoch and row index, so a
+    resumed run draws what the uninterrupted one did), told the epoch by `EpochToTrainRows`."""
 
-    def __init__(self, *args, train_collator=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.train_collator = train_collator
-
-    def get_train_dataloader(self):
-        eval_collator, self.data_collator = self.data_collator, self.train_collator or self.data_collator
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.data_collator = eval_collator
+    def __init__(self, *args, train_dataset: ShiftedDigitRows, **kwargs):
+        super().__init__(*args, train_dataset=train_dataset, **kwargs)
+        self.add_callback(EpochToTrainRows(train_dataset))
 
 
 class DigitData(NamedTuple):
@@ -115,6 +126,7 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
     variant = variants()[run["variant"]]
     data_cfg = _data_section(args, run)
     job = prepare_run(args, run)
+    _check_augmentation_workers(job, data_cfg)
     tokenizer, config, processor, digits = _prepare_data(job, variant, run["model"], data_cfg)
 
     model, use_cache = recipe.build_model(AutoModelForImageTextToText, config, job)
@@ -129,12 +141,9 @@ def train_image_text(args, run: dict, t_start: float | None = None) -> dict:
     trainer = ImageTextTrainer(
         model=model,
         args=job.training_args,
-        train_dataset=digits.train,
+        train_dataset=ShiftedDigitRows(digits.train, max_shift=data_cfg["max_shift"], seed=job.training_args.seed),
         eval_dataset=digits.validation,
         data_collator=DigitTileCollator(tokenizer.pad_token_id),
-        train_collator=DigitTileCollator(
-            tokenizer.pad_token_id, max_shift=data_cfg["max_shift"], seed=job.training_args.seed
-        ),
     )
     # Exact match before training scores the freshly built model (a resumed run: the checkpoint is loaded by
     # train(), so it is not scored before; the number is None). Every process generates on the whole test split.
@@ -173,6 +182,19 @@ def _data_section(args, run: dict) -> dict:
     if args.max_eval_rows is not None:
         data_cfg["eval_rows"] = data_cfg["test_rows"] = args.max_eval_rows
     return data_cfg
+
+
+def _check_augmentation_workers(job: TrainingRun, data_cfg: dict) -> None:
+    """Persistent data-loader workers keep the copy of the training rows they started with, so they would never
+    see `ShiftedDigitRows.set_epoch` and would repeat the first epoch's shifts in every epoch."""
+    args = job.training_args
+    if data_cfg["max_shift"] and args.dataloader_num_workers > 0 and args.dataloader_persistent_workers:
+        raise ConfigError(
+            f"`training.dataloader_persistent_workers: true` with `data.max_shift: {data_cfg['max_shift']}`: "
+            "persistent workers never learn that a new epoch started, so every epoch would repeat the first one's "
+            "digit shifts; set `dataloader_persistent_workers: false` (workers restart each epoch) or "
+            "`data.max_shift: 0`"
+        )
 
 
 def _digits_text(num_digits) -> str:
