@@ -5,14 +5,14 @@ Every field uses the standard transformers name where one exists, so PEFT, accel
 tooling read them as usual. Invalid values fail here, at construction, with the field and the fix.
 """
 
+import inspect
+
 from transformers import PretrainedConfig
 from transformers.utils import logging
 
+from .slam_validation import BASE_SPECS, SHARED_SPECS, V1_SPECS, V2_SPECS, V3_SPECS, VISION_SPECS, check_fields
+
 logger = logging.get_logger(__name__)
-MLP_TYPES = ("gelu", "geglu", "swiglu")
-NORM_TYPES = ("layernorm", "rmsnorm")
-NORM_POSITIONS = ("pre", "post")
-POSITION_EMBEDDING_TYPES = ("rope", "learned", "none")
 
 
 # The fields every SLAM variant has (DESIGN §2), in each variant's signature; `SlamConfigMixin._init_shared` sets and
@@ -47,12 +47,6 @@ def _require_positive(config, *names):
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
-def _require_choice(config, name, choices):
-    value = getattr(config, name)
-    if value not in choices:
-        raise ValueError(f"`{name}`={value!r} is not supported; choose one of {', '.join(map(repr, choices))}.")
-
-
 def _check_heads(config, owner=""):
     """Derive `head_dim` when it is None (hidden_size / heads) and check the head counts; `owner` prefixes the
     messages ("vision ")."""
@@ -71,22 +65,6 @@ def _check_heads(config, owner=""):
             f"{owner}`num_key_value_heads` ({kv_heads}) must divide `num_attention_heads` ({heads}); use a divisor "
             "(equal to the heads for MHA, 1 for MQA)."
         )
-
-
-def _check_layer_choices(config, position_embedding_types):
-    _require_choice(config, "mlp_type", MLP_TYPES)
-    _require_choice(config, "norm_type", NORM_TYPES)
-    _require_choice(config, "norm_position", NORM_POSITIONS)
-    _require_choice(config, "position_embedding_type", position_embedding_types)
-
-
-def _check_ranges(config):
-    for name in ("norm_eps", "rope_theta", "initializer_range"):
-        if not getattr(config, name) > 0:
-            raise ValueError(f"`{name}` must be > 0, got {getattr(config, name)!r}.")
-    for name in ("attention_dropout", "hidden_dropout"):
-        if not 0.0 <= getattr(config, name) < 1.0:
-            raise ValueError(f"`{name}` must be in [0, 1), got {getattr(config, name)!r}.")
 
 
 def check_latent_attention_dims(config):
@@ -133,8 +111,48 @@ def auto_map_entries(model_type: str, class_names) -> dict:
     return entries
 
 
-class SlamConfigMixin:
+class FieldTableMixin:
+    """Type and range of every field, from one table of field specs (slam_validation): checked on the arguments
+    before anything is derived from them, and again by `validate()`, which save_pretrained runs."""
+
+    # Each class names its table, {**SHARED_SPECS, **V<n>_SPECS, **BASE_SPECS}: a variant's spec replaces a shared
+    # one, and table order is check order (vocab_size before the token ids). A class attribute without annotation:
+    # not a dataclass field, never serialized.
+    field_specs = {}
+    field_owner = ""  # prefix of the field names in messages ("vision_config.")
+    derived_fields = ()  # saved fields that __init__ recomputes from others (and checks against them)
+
+    def _check_arguments(self, arguments: dict):
+        """`arguments` is an __init__'s `locals()`: its named parameters and the base-config fields in **kwargs."""
+        check_fields({**arguments.get("kwargs", {}), **arguments}, self.field_specs, self.field_owner)
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers sets `from_pretrained(..., field=value)` overrides with setattr after __init__, past every
+        check and derivation: hand the ones that are fields to __init__ instead, which checks them with the rest."""
+        fields = set(cls.field_specs) | set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in fields}
+        config_dict = dict(config_dict)
+        if overrides:  # recomputed from the overridden fields (unless given too)
+            for name in set(cls.derived_fields) - set(overrides):
+                config_dict.pop(name, None)
+        for name, value in overrides.items():
+            saved = config_dict.get(name)
+            if isinstance(value, dict) and isinstance(saved, dict):  # a sub-config: override only the keys given
+                value = {**saved, **value}
+            config_dict[name] = value
+        return super().from_dict(config_dict, **kwargs)
+
+    def validate(self):
+        present = {name: getattr(self, name) for name in self.field_specs if hasattr(self, name)}
+        check_fields(present, self.field_specs, self.field_owner)  # catches values assigned after construction
+        super().validate()
+
+
+class SlamConfigMixin(FieldTableMixin):
     """Fields and checks shared by every SLAM variant (DESIGN §2): attention, MLP, norm, positions."""
+
+    derived_fields = ("num_hidden_layers",)
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
@@ -183,12 +201,9 @@ class SlamConfigMixin:
             setattr(self, name, arguments[name])
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        _require_positive(self, "vocab_size", "intermediate_size", "max_position_embeddings")
         _check_heads(self)
         if self.position_embedding_type == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even `head_dim`, got {self.head_dim}.")
-        _check_layer_choices(self, POSITION_EMBEDDING_TYPES)
-        _check_ranges(self)
 
     def _derive_num_hidden_layers(self, given, derived: int, rule: str, variant: str, field: str):
         """`num_hidden_layers` counts cache layers and follows from `field`: a different given value is an error."""
@@ -201,8 +216,6 @@ class SlamConfigMixin:
 
     def _finish_init(self, is_causal, tie_word_embeddings, pad_token_id, bos_token_id, eos_token_id, **kwargs):
         """The fields transformers' base config owns, then its __init__ (with the rest of the arguments)."""
-        if not isinstance(is_causal, bool):
-            raise TypeError(f"`is_causal` must be True or False, got {is_causal!r}.")
         self.is_causal = is_causal
         self.tie_word_embeddings = tie_word_embeddings
         self.pad_token_id = pad_token_id
@@ -233,6 +246,7 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
     """
 
     model_type = "slam_v1"
+    field_specs = {**SHARED_SPECS, **V1_SPECS, **BASE_SPECS}
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
@@ -267,6 +281,7 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
         eos_token_id: int | None = 2,
         **kwargs,
     ):
+        self._check_arguments(locals())
         self._init_shared(locals())
         self._init_windows(ef_cycles, ef_segment_length, ef_segment_overlap)
         self._derive_num_hidden_layers(
@@ -278,8 +293,7 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
         self.ef_cycles = ef_cycles
         self.ef_segment_length = ef_segment_length
         self.ef_segment_overlap = ef_segment_overlap
-        _require_positive(self, "ef_cycles", "ef_segment_length")
-        if not isinstance(ef_segment_overlap, int) or not 0 <= ef_segment_overlap < ef_segment_length:
+        if ef_segment_overlap >= ef_segment_length:  # types and ranges: V1_SPECS
             raise ValueError(
                 f"`ef_segment_overlap` ({ef_segment_overlap!r}) must be an integer in [0, ef_segment_length="
                 f"{ef_segment_length}); windows advance by length - overlap tokens, so lower the overlap."
@@ -327,6 +341,7 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
     """
 
     model_type = "slam_v2"
+    field_specs = {**SHARED_SPECS, **V2_SPECS, **BASE_SPECS}
     # Trainer.predict returns only the logits (not the balancing loss or router logits), as for other heads.
     keys_to_ignore_at_inference = ["cache", "past_key_values", "aux_loss", "router_logits"]
 
@@ -367,6 +382,7 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
         eos_token_id: int | None = 2,
         **kwargs,
     ):
+        self._check_arguments(locals())
         self._init_shared(locals())
         self._init_segments(ef_cycles, ef_num_blocks, ef_segment_length)
         self._init_moa(moa_num_experts, moa_top_k, moa_expert_heads, router_aux_loss_coef, output_router_logits)
@@ -378,7 +394,6 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
     def _init_segments(self, ef_cycles, ef_num_blocks, ef_segment_length):
         self.ef_cycles = ef_cycles
         self.ef_num_blocks = ef_num_blocks
-        _require_positive(self, "ef_cycles", "ef_num_blocks")
         max_length = self.max_position_embeddings
         if ef_segment_length is None:
             if max_length % ef_num_blocks:
@@ -388,7 +403,6 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
                 )
             ef_segment_length = max_length // ef_num_blocks
         self.ef_segment_length = ef_segment_length
-        _require_positive(self, "ef_segment_length")
         if ef_segment_length > max_length:
             raise ValueError(
                 f"`ef_segment_length` ({ef_segment_length}) exceeds max_position_embeddings ({max_length}): no "
@@ -398,7 +412,6 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
     def _init_moa(self, moa_num_experts, moa_top_k, moa_expert_heads, router_aux_loss_coef, output_router_logits):
         self.moa_num_experts = moa_num_experts
         self.moa_top_k = moa_top_k
-        _require_positive(self, "moa_num_experts", "moa_top_k")
         if moa_top_k > moa_num_experts:
             raise ValueError(
                 f"`moa_top_k` ({moa_top_k}) cannot exceed `moa_num_experts` ({moa_num_experts}); "
@@ -413,15 +426,12 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
                 )
             moa_expert_heads = heads // moa_top_k
         self.moa_expert_heads = moa_expert_heads
-        _require_positive(self, "moa_expert_heads")
         kv_groups = heads // self.num_key_value_heads
         if moa_expert_heads % kv_groups:
             raise ValueError(
                 f"`moa_expert_heads` ({moa_expert_heads}) must be a multiple of num_attention_heads / "
                 f"num_key_value_heads = {kv_groups}, so the experts share K/V heads in the model's GQA ratio."
             )
-        if isinstance(router_aux_loss_coef, bool) or not router_aux_loss_coef >= 0:
-            raise ValueError(f"`router_aux_loss_coef` must be a number >= 0, got {router_aux_loss_coef!r}.")
         self.router_aux_loss_coef = router_aux_loss_coef
         self.output_router_logits = output_router_logits
 
@@ -438,7 +448,7 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
 ENCODER_PATHS = ("text", "image", "shared", "cross_modal")
 
 
-class SlamV3VisionConfig(PretrainedConfig):
+class SlamV3VisionConfig(FieldTableMixin, PretrainedConfig):
     r"""Vision tower of SLAM v3: a ViT over non-overlapping `patch_size` patches with 2D RoPE over the patch grid
     (row, column), bidirectional `SlamLayer` blocks, a final norm and a projector to the text hidden size.
 
@@ -452,6 +462,8 @@ class SlamV3VisionConfig(PretrainedConfig):
 
     model_type = "slam_v3_vision"
     base_config_key = "vision_config"
+    field_specs = VISION_SPECS
+    field_owner = "vision_config."
 
     def __init__(
         self,
@@ -477,6 +489,7 @@ class SlamV3VisionConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
+        self._check_arguments(locals())
         self.patch_size = patch_size
         self.num_channels = num_channels
         self.hidden_size = hidden_size
@@ -497,10 +510,7 @@ class SlamV3VisionConfig(PretrainedConfig):
         self.hidden_dropout = hidden_dropout
         self.projector_type = projector_type
         self.initializer_range = initializer_range
-        _require_positive(self, "patch_size", "num_channels", "num_hidden_layers", "intermediate_size")
         _check_heads(self, owner="vision ")
-        _check_layer_choices(self, ("rope", "none"))
-        _require_choice(self, "projector_type", ("linear", "mlp"))
         if position_embedding_type == "rope" and self.head_dim % 4:
             raise ValueError(
                 "2D RoPE rotates (row, column) pairs, so the vision `head_dim` must be a multiple of 4, "
@@ -535,6 +545,7 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
     """
 
     model_type = "slam_v3"
+    field_specs = {**SHARED_SPECS, **V3_SPECS, **BASE_SPECS}
     sub_configs = {"vision_config": SlamV3VisionConfig}
     keys_to_ignore_at_inference = ["cache", "past_key_values", "encoder_last_hidden_state"]
 
@@ -579,15 +590,16 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
         decoder_start_token_id: int | None = 1,
         **kwargs,
     ):
-        if num_key_value_heads is None:  # GQA with 4 query heads per key-value head where the heads allow it
-            num_key_value_heads = (
-                max(1, num_attention_heads // 4) if num_attention_heads % 4 == 0 else num_attention_heads
-            )
         if position_embedding_type not in ("rope", "none"):
             raise ValueError(
                 "SLAM v3 supports position_embedding_type 'rope' or 'none', "
                 f"got {position_embedding_type!r}: the joint "
                 "image+text sequence has no fixed length for a learned table."
+            )
+        self._check_arguments(locals())
+        if num_key_value_heads is None:  # GQA with 4 query heads per key-value head where the heads allow it
+            num_key_value_heads = (
+                max(1, num_attention_heads // 4) if num_attention_heads % 4 == 0 else num_attention_heads
             )
         self._init_shared(locals())
         self._init_encoder(encoder_layers, fusion_num_latents, aux_dim, decoder_layers)
@@ -615,13 +627,6 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
         self.fusion_num_latents = fusion_num_latents
         self.aux_dim = aux_dim
         self.decoder_layers = decoder_layers
-        _require_positive(self, "encoder_layers", "decoder_layers")
-        if type(fusion_num_latents) is not int or fusion_num_latents < 0:
-            raise ValueError(
-                f"`fusion_num_latents` must be an integer >= 0 (0 = no bottleneck), got {fusion_num_latents!r}."
-            )
-        if aux_dim is not None:
-            _require_positive(self, "aux_dim")
 
     def _init_latent_attention(self, kv_lora_rank, q_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim):
         self.kv_lora_rank = kv_lora_rank
@@ -641,10 +646,6 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
                 f"`vision_config` must be a dict, a SlamV3VisionConfig or None, got {type(vision_config).__name__}."
             )
         self.vision_config = vision_config
-        if type(image_token_id) is not int or not 0 <= image_token_id < self.vocab_size:
-            raise ValueError(
-                f"`image_token_id` must be a token id in [0, vocab_size={self.vocab_size}), got {image_token_id!r}."
-            )
         self.image_token_id = image_token_id
 
     @property
