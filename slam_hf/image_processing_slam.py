@@ -31,8 +31,9 @@ Defaults (override in `__init__`, per call, or in `preprocessor_config.json`):
     scratch, so dataset-agnostic statistics are used rather than ImageNet's; pass
     `transformers.image_utils.IMAGENET_DEFAULT_MEAN/STD` to match a backbone pretrained with them.
 
-Remote code: this file imports only numpy, PIL and public transformers names (present in transformers 5.10 and
-5.23), so `save_pretrained` can copy it next to `preprocessor_config.json`. To get the `auto_map` entry, call
+Remote code: this file imports only numpy, PIL, public transformers names (present in transformers 5.10 and
+5.23) and the stdlib-only `.slam_manifest` (which records the saved file in checksums.json), so `save_pretrained`
+can copy it next to `preprocessor_config.json`. To get the `auto_map` entry, call
 `SlamImageProcessor.register_for_auto_class("AutoImageProcessor")` before saving; in-process
 `AutoImageProcessor.register(<v3 config class>, SlamImageProcessor)` belongs in `slam_hf/__init__.py`.
 """
@@ -43,6 +44,8 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, is_torch_tensor, load_image
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging
+
+from .slam_manifest import IMAGE_PROCESSOR_FILES, RecordsChecksums
 
 # Pillow is imported inside `try`: transformers' remote-code loader skips imports in try blocks when it checks a
 # folder's requirements; a top-level import failed there, before this file ran, with "Run `pip install PIL`" (not
@@ -70,7 +73,7 @@ class SlamImageProcessorKwargs(ImagesKwargs, total=False):
     patch_size: int | None
 
 
-class SlamImageProcessor(PilBackend):
+class SlamImageProcessor(RecordsChecksums, PilBackend):
     r"""Turns images into SLAM v3 `pixel_values` (B, 3, H, W) and `image_grid_hw` (B, 2). See the module docstring.
 
     Args (all optional; each can also be given per call):
@@ -87,6 +90,7 @@ class SlamImageProcessor(PilBackend):
 
     valid_kwargs = SlamImageProcessorKwargs
     model_input_names = ["pixel_values", "image_grid_hw"]
+    recorded_files = IMAGE_PROCESSOR_FILES  # in checksums.json, next to the model's entries (slam_manifest.py)
 
     do_convert_rgb = True
     do_resize = True
@@ -182,7 +186,7 @@ class SlamImageProcessor(PilBackend):
                     )
             else:
                 raise ValueError(
-                    f"images{where} has unsupported type {type(item).__name__}; pass PIL.Image.Image, numpy.ndarray, "
+                    f"`images{where}` has unsupported type {type(item).__name__}; pass PIL.Image.Image, numpy.ndarray, "
                     "torch.Tensor, a path/URL string, or a list of these."
                 )
 
@@ -216,7 +220,7 @@ class SlamImageProcessor(PilBackend):
         if image.dtype == np.bool_:
             image = image.astype(np.uint8)
         if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
-            raise ValueError(f"Image arrays must hold numbers, got dtype {image.dtype}.")
+            raise ValueError(f"Image arrays of `images` must hold numbers, got dtype {image.dtype}.")
 
         if image.ndim == 2:
             image = image[None]
@@ -251,13 +255,18 @@ class SlamImageProcessor(PilBackend):
         do_rescale = kwargs.get("do_rescale")
         alpha_max = 1.0 / kwargs["rescale_factor"] if do_rescale else 1.0
         arrays = []
-        for image in self.flatten_images(images):
+        for index, image in enumerate(self.flatten_images(images)):
             array = self._to_chw_array(
                 image,
                 do_convert_rgb=kwargs.get("do_convert_rgb"),
                 input_data_format=kwargs.get("input_data_format"),
                 alpha_max=alpha_max,
             )
+            if 0 in array.shape[-2:]:  # resizing would invent a uniform image out of nothing
+                raise ValueError(
+                    f"Image {index} of `images` is empty ({array.shape[-2]} x {array.shape[-1]} pixels, H x W); "
+                    "pass images of at least one pixel."
+                )
             if do_rescale and _is_float_input(image) and array.size and float(np.abs(array).max()) <= 1.0:
                 logger.warning_once(
                     "A float image looks already scaled to [0, 1], but do_rescale=True multiplies it by "

@@ -7,7 +7,8 @@ The tokenizer needs no custom class: it is a `PreTrainedTokenizerFast` over a `t
 into one `<image>` per patch of its image (`image_grid_hw[i].prod()` copies), so the encoder's `input_ids` hold
 exactly as many placeholders as the vision tower yields patch embeddings.
 
-Remote code: this file imports only numpy, tokenizers, transformers and `.image_processing_slam`, so
+Remote code: this file imports only numpy, tokenizers, transformers, `.image_processing_slam` and the stdlib-only
+`.slam_manifest` (which records the saved files in checksums.json), so
 `save_pretrained` can copy both files next to `processor_config.json` (after
 `SlamProcessor.register_for_auto_class("AutoProcessor")` and
 `SlamImageProcessor.register_for_auto_class("AutoImageProcessor")`).
@@ -19,6 +20,7 @@ from transformers import PreTrainedTokenizerFast
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 
 from .image_processing_slam import SlamImageProcessorKwargs
+from .slam_manifest import PROCESSOR_FILES, RecordsChecksums
 
 # The order fixes ids 0..5, which model configs (pad/bos/eos_token_id) rely on.
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>", "<image>")
@@ -65,7 +67,7 @@ class SlamProcessorKwargs(ProcessingKwargs, total=False):
     _defaults = {"text_kwargs": {"return_token_type_ids": False}}
 
 
-class SlamProcessor(ProcessorMixin):
+class SlamProcessor(RecordsChecksums, ProcessorMixin):
     r"""Tokenizer + `SlamImageProcessor` for SLAM v3: `processor(images=..., text=...)` returns a `BatchFeature` with
     `input_ids` and `attention_mask` (for the encoder) and, when images are given, `pixel_values` (B, 3, H, W) and
     `image_grid_hw` (B, 2) (for the vision tower).
@@ -84,6 +86,7 @@ class SlamProcessor(ProcessorMixin):
     """
 
     valid_processor_kwargs = SlamProcessorKwargs
+    recorded_files = PROCESSOR_FILES  # in checksums.json, next to the model's entries (slam_manifest.py)
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_token="<image>", **kwargs):
         self.image_token = image_token
@@ -92,6 +95,18 @@ class SlamProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     # The hooks below are called by ProcessorMixin.__call__ (transformers 5.10 and 5.23 alike).
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        # Types first: transformers' own layout step fails on them with errors that name no argument (images=5:
+        # "only a single or a list of entries is supported", text=5: "'int' object is not iterable").
+        if text is not None and not (
+            isinstance(text, str) or (isinstance(text, (list, tuple)) and all(isinstance(row, str) for row in text))
+        ):
+            found = type(text).__name__ if isinstance(text, str) or not isinstance(text, (list, tuple)) else "a list"
+            raise TypeError(f"`text` must be a string or a list of strings, got {found}: {text!r:.80}.")
+        if images is not None:
+            self._count_images(images)  # flatten_images names the argument and the unsupported type
+        return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         # Replaces the base check: 5.23's counts images with make_flat_list_of_images, which rejects 2-D grayscale
         # arrays that SlamImageProcessor accepts, and 5.10's does not count at all.

@@ -206,11 +206,13 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
             q, k = apply_rotary_pos_emb(q, k, cos, sin, heads_dim=2)
         return _SlotGroup(slots, layers, rows, q, k, v)
 
-    @staticmethod
-    def _use_cache(plan, groups, hidden_states, cache, layer_idx):
+    def _use_cache(self, plan, groups, hidden_states, cache, layer_idx):
         """Store this cycle's new K/V in token order (each token's from the one slot holding it), then give
-        every segment its keys: the cached past of the segment plus its new tokens."""
-        new_keys = hidden_states.new_zeros(*hidden_states.shape[:2], *groups[0].k.shape[2:])  # (B, L, kv, D)
+        every segment its keys: the cached past of the segment plus its new tokens. With no group at all (nothing but
+        padding in the batch) the cache still grows by the new (padding) positions, so later steps line up."""
+        attention = self.blocks[0].self_attn
+        kv_shape = (attention.num_key_value_heads, attention.head_dim)
+        new_keys = hidden_states.new_zeros(*hidden_states.shape[:2], *kv_shape)  # (B, L, kv, D)
         new_values = torch.zeros_like(new_keys)
         for group in groups:
             new_keys = plan.scatter(group.k, group.slots, new_keys)

@@ -1,29 +1,35 @@
 """Checkpoint integrity for SLAM models: a checksum manifest written at save time and checked at load time, and
 strict weight-key checks.
 
-Remote code: imports only the standard library and its slam_compat.py sibling, and is copied flat next to the weights.
+Remote code: imports only the standard library and its slam_compat.py and slam_manifest.py siblings, and is copied
+flat next to the weights.
 
 Why a manifest: huggingface_hub checks a download's size but not its content, and a file corrupted before upload
-gets a matching Hub checksum anyway. `save_pretrained` records the size and sha256 of every weight file it wrote in
-`checksums.json`; `from_pretrained` compares the files it is about to load with it (before safetensors parses
-them, so a truncated file is reported by name instead of as a header error). Folders without the manifest (saved
-by other tools) get a structural check only: each safetensors file must be as long as its header says.
+gets a matching Hub checksum anyway. `save_pretrained` records the size and sha256 of every weight file it wrote,
+config.json and generation_config.json in `checksums.json` (slam_manifest.py; the processor adds its own files);
+`from_pretrained` compares the files it is about to load with it (before safetensors parses them, so a truncated
+file is reported by name instead of as a header error). config.json is covered because an edited or missing one
+loads silently: the weights fill whatever model the changed (or default) settings build, wherever shapes match.
+Passing `config=` is the caller taking over that choice, so it skips the config check. Folders without the manifest
+(saved by other tools) get a structural check only: each safetensors file must be as long as its header says, and
+a SLAM class loaded directly still needs config.json.
 
 Why strict keys: transformers only logs missing or unexpected weights and fills the gaps with random values. A
 SLAM checkpoint that does not cover the SLAM class it is loaded into is an error here, naming the keys; a task head
 that the checkpoint never had (a classification head on a causal-LM checkpoint) is still initialised as usual.
 """
 
-import hashlib
 import json
 import os
 
 from .slam_compat import cached_file_or_none
+from .slam_manifest import CHECKSUMS_NAME, file_digest, read_manifest, record_files
 
-CHECKSUMS_NAME = "checksums.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-_CHUNK = 1 << 20
+CONFIG_NAME = "config.json"
+# What a model's save_pretrained records besides its weights (the processor records its own files).
+MODEL_FILES = (CONFIG_NAME, "generation_config.json")
 # from_pretrained arguments that say where files come from; passed on to `cached_file` unchanged.
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 
@@ -40,17 +46,6 @@ def _is_weight_file(name: str) -> bool:
     return name.startswith("model") and (name.endswith(".safetensors") or name.endswith(".safetensors.index.json"))
 
 
-def file_digest(path) -> tuple[int, str]:
-    """(size in bytes, sha256 hex) of a file, read in 1 MiB chunks."""
-    sha = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-    return size, sha.hexdigest()
-
-
 def make_weights_readable(save_directory) -> None:
     """Give the weight files the mode any newly created file gets (0o666 minus the umask), like config.json.
 
@@ -65,18 +60,12 @@ def make_weights_readable(save_directory) -> None:
             os.chmod(os.path.join(save_directory, name), 0o666 & ~umask)
 
 
-def write_checksums(save_directory) -> dict:
-    """Record size and sha256 of every weight file in `save_directory` in `checksums.json`; returns the manifest."""
-    names = sorted(name for name in os.listdir(save_directory) if _is_weight_file(name))
-    files = {}
-    for name in names:
-        size, sha256 = file_digest(os.path.join(save_directory, name))
-        files[name] = {"size": size, "sha256": sha256}
-    manifest = {"algorithm": "sha256", "written_by": "slam_hf save_pretrained", "files": files}
-    with open(os.path.join(save_directory, CHECKSUMS_NAME), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
-    return manifest
+def write_checksums(save_directory, inherited: dict | None = None) -> dict:
+    """Record size and sha256 of every weight file in `save_directory`, its config.json and generation_config.json
+    in `checksums.json` (keeping what the processor recorded there, and `inherited`: see record_files); returns the
+    manifest."""
+    weights = [name for name in os.listdir(save_directory) if _is_weight_file(name)]
+    return record_files(save_directory, [*weights, *MODEL_FILES], inherited)
 
 
 def _weight_files(locate, variant) -> list[str]:
@@ -94,23 +83,46 @@ def _weight_files(locate, variant) -> list[str]:
         return [index] + sorted(set(json.load(f)["weight_map"].values()))
 
 
-def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
-    """Check the weight files of a checkpoint against its `checksums.json` before they are loaded.
+def config_read_from_source(source: str, kwargs: dict) -> bool:
+    """Whether from_pretrained builds the model from the source's config.json (rather than a config the caller chose).
+
+    No `config=`: transformers reads config.json. The Auto classes always pass `config=`, read by AutoConfig, which
+    sets its `name_or_path` to the source (5.10 to 5.25; `_from_auto` does not tell: 5.10 drops it on that path): a
+    config read from this very source is its config.json and is checked like a direct load. A config the caller built
+    (in Python, `from_json_file`, `from_dict`) has no such name and skips the check.
+    """
+    config = kwargs.get("config")
+    if config is None:
+        return True
+    return os.fspath(getattr(config, "name_or_path", "") or "") == source
+
+
+def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict, config_class: str = "<ConfigClass>") -> int:
+    """Check the files of a checkpoint against its `checksums.json` before they are loaded.
 
     Returns how many files were checked. Raises OSError naming the file, where it was read from and what to do, when
-    a file is missing, has the wrong size or the wrong sha256. Without a manifest, only the safetensors layout is
-    checked (file length == what its header describes).
+    config.json is missing (and no `config=` was passed), when a recorded file is missing, has the wrong size or the
+    wrong sha256, or when the manifest itself is damaged. config.json is checked only where the model is built from
+    it (`config_read_from_source`). Without a manifest, only the safetensors layout is checked (file length == what
+    its header describes).
     """
     if pretrained_model_name_or_path is None or kwargs.get("gguf_file") or kwargs.get("state_dict") is not None:
         return 0
     source = os.fspath(pretrained_model_name_or_path)
     hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
-    manifest_path = cached_file_or_none(source, CHECKSUMS_NAME, hub_kwargs)
     where = source + (f" (revision {hub_kwargs['revision']})" if hub_kwargs.get("revision", "main") != "main" else "")
+    reads_config = config_read_from_source(source, kwargs)
+    if reads_config and cached_file_or_none(source, CONFIG_NAME, hub_kwargs, unreachable_is_missing=False) is None:
+        raise OSError(
+            f"{where} has no {CONFIG_NAME}: without it the weights would be loaded into a model built from default "
+            f"settings, a different architecture. Restore {CONFIG_NAME} from the folder written by save_pretrained, "
+            f"or pass config= explicitly to load the weights with a config of your choosing (from_pretrained(path, "
+            f"config={config_class}(...)) skips this check)."
+        )
+    manifest_path = cached_file_or_none(source, CHECKSUMS_NAME, hub_kwargs)
     if manifest_path is None:
         return _check_safetensors_layout(source, hub_kwargs, where, kwargs.get("variant"))
-    with open(manifest_path, encoding="utf-8") as f:
-        recorded = json.load(f).get("files", {})
+    recorded = read_manifest(manifest_path, where)
 
     def resolve(name):
         path = cached_file_or_none(source, name, hub_kwargs, unreachable_is_missing=False)
@@ -122,12 +134,15 @@ def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
             )
         return path
 
-    # Only what the manifest records is checked (a shard it does not list is transformers' to report).
+    # Only what the manifest records is checked (a shard it does not list is transformers' to report; a manifest
+    # written before config.json was recorded checks the weights only).
     names = [
         name
         for name in _weight_files(lambda name: resolve(name) if name in recorded else None, kwargs.get("variant"))
         if name in recorded
     ]
+    if reads_config and CONFIG_NAME in recorded:
+        _check_config(resolve(CONFIG_NAME), recorded[CONFIG_NAME], where, config_class)
     for name in names:
         path = resolve(name)
         expected = recorded[name]
@@ -145,7 +160,25 @@ def verify_checkpoint_files(pretrained_model_name_or_path, kwargs: dict) -> int:
             "Hub is bad, re-upload the original folder (`slam-hf push` or push_to_hub). If you changed the weights on "
             f"purpose, re-save them with save_pretrained, which rewrites {CHECKSUMS_NAME}."
         )
-    return len(names)
+    return len(names) + (reads_config and CONFIG_NAME in recorded)
+
+
+def _check_config(path, expected: dict, where: str, config_class: str) -> None:
+    """config.json must be the one save_pretrained recorded: an edited structural field (a segment length, a norm
+    placement) would load the weights into a different model without any other error."""
+    size, sha256 = file_digest(path)
+    if size == expected["size"] and sha256 == expected["sha256"]:
+        return
+    raise OSError(
+        f"{CONFIG_NAME} of {where} is not the one save_pretrained recorded in {CHECKSUMS_NAME} ({size:,} bytes, "
+        f"sha256 {sha256[:16]}…; saved: {expected['size']:,} bytes, {expected['sha256'][:16]}…): it was edited or "
+        "damaged after saving, and the weights would be loaded into a model built from the changed settings. The "
+        f"copy read was {path}. Restore {CONFIG_NAME} (or download it again with force_download=True). If you changed "
+        "it on purpose, pass a config you built explicitly, which skips this check: from_pretrained(path, "
+        f"config={config_class}.from_json_file(<path>/{CONFIG_NAME})) (a config AutoConfig read from this folder is "
+        f"its {CONFIG_NAME} and is checked); then save_pretrained the loaded model to re-sign the folder (it rewrites "
+        f"{CHECKSUMS_NAME})."
+    )
 
 
 def _check_safetensors_layout(source, hub_kwargs: dict, where: str, variant) -> int:

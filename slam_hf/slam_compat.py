@@ -79,19 +79,21 @@ def cached_file_or_none(source, filename, hub_kwargs: dict, unreachable_is_missi
 
 
 class UploadHookMixin:
-    """Calls `self.before_upload(folder)` right before `push_to_hub` or `save_pretrained(push_to_hub=True)` uploads a
-    folder (mixed in before `PreTrainedModel`).
+    """Calls `self.before_upload(folder, repo_id, token=, revision=)` right before `push_to_hub` or
+    `save_pretrained(push_to_hub=True)` uploads a folder (mixed in before the transformers base class: models,
+    processors and image processors alike).
 
-    Why private: both upload through `PushToHubMixin._upload_modified_files(working_dir, ...)` (5.10 to 5.25), after
-    `save_pretrained` has written the folder and before it returns; transformers has no public hook there.
+    Why private: all of them upload through `PushToHubMixin._upload_modified_files(working_dir, repo_id,
+    files_timestamps, **keywords)` (5.10 to 5.25; token and revision by keyword), after `save_pretrained` has written
+    the folder and before it returns; transformers has no public hook there.
     """
 
-    def before_upload(self, working_dir):
+    def before_upload(self, working_dir, repo_id, token=None, revision=None):
         pass
 
-    def _upload_modified_files(self, working_dir, *args, **kwargs):
-        self.before_upload(working_dir)
-        return super()._upload_modified_files(working_dir, *args, **kwargs)
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        self.before_upload(working_dir, repo_id, token=kwargs.get("token"), revision=kwargs.get("revision"))
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
 
 def cache_output(cache) -> dict:

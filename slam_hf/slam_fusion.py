@@ -70,6 +70,9 @@ class SlamParallelPaths(nn.Module):
         active = list(range(len(ENCODER_PATHS)))
         if not is_tracing():
             active = [p for p in active if bool(has_key[p].any())]
+        output = hidden_states.new_zeros(len(ENCODER_PATHS), *hidden_states.shape)
+        if not active:  # nothing but padding in the batch: every path gives zeros
+            return output
         allowed = allowed[active]
         if self.batch_paths:
             states = hidden_states.expand(len(active), *hidden_states.shape)
@@ -89,7 +92,6 @@ class SlamParallelPaths(nn.Module):
             run = partial(self._sequential_path, hidden_states=hidden_states, position_embeddings=position_embeddings)
             states = torch.stack([run(path, allowed=path_allowed) for path, path_allowed in zip(paths, allowed)])
         states = states * has_key[active, ..., None].to(states.dtype)
-        output = hidden_states.new_zeros(len(ENCODER_PATHS), *hidden_states.shape)
         return output.index_copy(0, torch.tensor(active, device=output.device), states)
 
     @staticmethod

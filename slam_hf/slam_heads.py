@@ -12,7 +12,7 @@ from torch import nn
 
 from .slam_compat import cache_output, forward_arguments, output_cache
 from .slam_moa import load_balancing_loss
-from .slam_pretrained import validate_labels
+from .slam_pretrained import validate_class_labels, validate_labels
 
 
 def mean_pool(hidden_states, attention_mask):
@@ -44,7 +44,7 @@ def router_aux_loss(config, router_logits, attention_mask, labelled=None, num_it
     """
     token_mask = None
     if attention_mask is not None:
-        length = router_logits[0].shape[0] // attention_mask.shape[0]
+        length = router_logits[0].shape[0] // max(attention_mask.shape[0], 1)  # a batch of 0 rows has 0 logits
         token_mask = attention_mask[:, -length:].bool().flatten()
     aux_loss = sum(load_balancing_loss(logits, config.moa_top_k, token_mask) for logits in router_logits)
     weight = config.router_aux_loss_coef
@@ -147,7 +147,7 @@ class SlamForCausalLMMixin(SlamLMHeadMixin):
             output_attentions=output_attentions,
         )
         hidden_states = outputs.last_hidden_state
-        validate_labels(labels, hidden_states.shape[:2])
+        validate_labels(labels, hidden_states.shape[:2], vocab_size=self.config.vocab_size)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
         loss = None
@@ -210,7 +210,7 @@ class SlamForMaskedLMMixin(SlamLMHeadMixin, SlamBidirectionalHeadMixin):
     """Masked LM on the bidirectional trunk."""
 
     def head_outputs(self, hidden_states, attention_mask, labels, **kwargs):
-        validate_labels(labels, hidden_states.shape[:2])
+        validate_labels(labels, hidden_states.shape[:2], vocab_size=self.config.vocab_size)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
@@ -232,7 +232,7 @@ class SlamForSequenceClassificationMixin(SlamBidirectionalHeadMixin):
         logits = self.score(mean_pool(hidden_states, attention_mask))
         loss = None
         if labels is not None:
-            validate_labels(labels, logits.shape[:1] if labels.dim() == 1 else logits.shape)
+            validate_class_labels(labels, self.config, logits.shape[0])
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
         return logits, loss, None  # one label per row: the balancing loss keeps its weight
 

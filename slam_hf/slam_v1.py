@@ -20,7 +20,11 @@ from .slam_blocks import SlamEncoderFusionCycle, SlamLayer
 from .slam_compat import cache_output, forward_arguments
 from .slam_heads import SlamForCausalLMMixin, SlamForMaskedLMMixin, SlamForSequenceClassificationMixin
 from .slam_layers import make_norm
-from .slam_pretrained import SlamPreTrainedModel, raise_if_output_attentions
+from .slam_pretrained import (
+    SlamPreTrainedModel,
+    is_empty_batch,
+    raise_if_output_attentions,
+)
 from .slam_windows import plan_windows
 
 
@@ -66,6 +70,9 @@ class SlamV1Model(SlamV1PreTrainedModel):
     ) -> BaseModelOutputWithPast:
         raise_if_output_attentions(output_attentions)
         inputs = self._prepare_inputs(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache)
+        if is_empty_batch(inputs.hidden_states):  # validated: 0 rows give empty outputs of the usual shapes
+            flags = dict(use_cache=use_cache, output_hidden_states=output_hidden_states)
+            return self._empty_batch_outputs(inputs, cache, input_ids, inputs_embeds, attention_mask, **flags)
         hidden_states, cache = inputs.hidden_states, inputs.cache
         window_plans = plan_windows(
             inputs.attention_mask,

@@ -21,7 +21,11 @@ from .slam_blocks import SlamCyclicFusion, SlamLayer, SlamMoALayer
 from .slam_compat import cache_output, forward_arguments
 from .slam_heads import SlamForCausalLMMixin, SlamForMaskedLMMixin, SlamForSequenceClassificationMixin
 from .slam_layers import make_norm
-from .slam_pretrained import SlamPreTrainedModel, raise_if_output_attentions
+from .slam_pretrained import (
+    SlamPreTrainedModel,
+    is_empty_batch,
+    raise_if_output_attentions,
+)
 from .slam_windows import plan_segments
 
 
@@ -86,6 +90,13 @@ class SlamV2Model(SlamV2PreTrainedModel):
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
         inputs = self._prepare_inputs(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache)
+        if is_empty_batch(inputs.hidden_states):  # validated: 0 rows give empty outputs of the usual shapes
+            flags = dict(
+                use_cache=use_cache,
+                output_hidden_states=output_hidden_states,
+                output_router_logits=output_router_logits,
+            )
+            return self._empty_batch_outputs(inputs, cache, input_ids, inputs_embeds, attention_mask, **flags)
         hidden_states, cache = inputs.hidden_states, inputs.cache
         segment_plan = plan_segments(
             inputs.attention_mask,

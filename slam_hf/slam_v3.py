@@ -30,8 +30,11 @@ from .slam_fusion import SlamFusionNode, SlamParallelPaths, path_masks
 from .slam_layers import SlamRotaryEmbedding, make_norm
 from .slam_pretrained import (
     SlamPreTrainedModel,
+    forward_empty_batch,
+    is_empty_batch,
     raise_if_output_attentions,
     refuse_static_cache,
+    require_tensor,
     validate_inputs,
     validate_labels,
 )
@@ -129,6 +132,15 @@ class SlamV3Encoder(nn.Module):
         found = "`input_ids` hold {} image placeholder tokens"  # the placeholders, as the error messages name them
         if input_ids is None:
             found = "`inputs_embeds` hold {} embeddings of the image placeholder token"
+        if pixel_values is None and image_grid_hw is not None:
+            raise ValueError("`image_grid_hw` was given without `pixel_values`; pass both (SlamProcessor gives both).")
+        if (
+            pixel_values is not None
+            and checks
+            and self.vision_tower.patch_embed.grid_size(pixel_values)
+            and not len(pixel_values)
+        ):
+            pixel_values = None  # 0 images (validated): nothing to encode, and placeholders must be 0 as without images
         if pixel_values is None:
             if checks and placeholders:
                 raise ValueError(
@@ -243,6 +255,15 @@ class SlamV3Decoder(nn.Module):
         return self.norm(hidden_states), all_hidden_states
 
 
+def _check_rows_match(decoder_rows: int, encoder_rows: int, given_ids: bool):
+    if decoder_rows != encoder_rows:
+        name = "decoder_input_ids" if given_ids else "decoder_inputs_embeds"
+        raise ValueError(
+            f"`{name}` has {decoder_rows} rows but the encoder inputs have {encoder_rows}; pass one answer "
+            "(or `labels` row) per prompt."
+        )
+
+
 class SlamV3Model(SlamV3PreTrainedModel):
     """SLAM v3 encoder-decoder trunk: returns the decoder's last hidden state and the encoder memory."""
 
@@ -252,6 +273,54 @@ class SlamV3Model(SlamV3PreTrainedModel):
         self.encoder = SlamV3Encoder(config)
         self.decoder = SlamV3Decoder(config)
         self.post_init()
+
+    def _validate_decoder_inputs(self, cache, decoder_input_ids, decoder_inputs_embeds, decoder_attention_mask):
+        """(batch, new decoder tokens) of valid decoder inputs; a clear error otherwise."""
+        if (decoder_input_ids is None) == (decoder_inputs_embeds is None):
+            raise ValueError(
+                "Pass exactly one of `decoder_input_ids` or `decoder_inputs_embeds` (or `labels`, which the "
+                "conditional-generation head shifts into decoder inputs)."
+            )
+        self_cache = getattr(cache, "self_attention_cache", cache)
+        past_length = 0 if self_cache is None else self_cache.get_seq_length()
+        return validate_inputs(
+            self.config,
+            decoder_input_ids,
+            decoder_inputs_embeds,
+            decoder_attention_mask,
+            past_length,
+            ids_name="decoder_input_ids",
+            mask_name="decoder_attention_mask",
+            one_span=False,  # the decoder's causal mask takes any padding pattern
+        )
+
+    def _forward_empty_batch(self, cache, encoder, decoder, decoder_length, pixel_values, encoder_outputs, **rest):
+        """A batch of 0 rows: validate the encoder inputs, then `forward_empty_batch` (outputs of the usual shapes)."""
+        if encoder_outputs is None:
+            validate_inputs(self.config, encoder["input_ids"], encoder["inputs_embeds"], encoder["attention_mask"], 0)
+        if (
+            pixel_values is not None
+            and self.encoder.vision_tower.patch_embed.grid_size(pixel_values)
+            and len(pixel_values)
+        ):
+            raise ValueError(f"`pixel_values` hold {len(pixel_values)} image(s) for a batch of 0 prompts.")
+        mask = decoder["decoder_attention_mask"]
+        if mask is not None:
+            decoder["decoder_attention_mask"] = mask[:, -decoder_length:]  # the placeholder row has no past
+        rest.update(encoder_outputs=encoder_outputs, **encoder, **decoder)
+        return forward_empty_batch(self, given_cache=cache, **rest)
+
+    def _decoder_cache(self, cache, use_cache):
+        """The cache the decoder writes: None without caching (or while checkpointing gradients), else an
+        EncoderDecoderCache (self-attention, cross-attention), wrapping a plain cache that generate passed."""
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if not use_cache or (self.decoder.gradient_checkpointing and self.training):
+            return None
+        if cache is None:
+            return EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        if not isinstance(cache, EncoderDecoderCache):
+            return EncoderDecoderCache(cache, DynamicCache(config=self.config))
+        return cache
 
     @forward_arguments
     def forward(
@@ -274,6 +343,27 @@ class SlamV3Model(SlamV3PreTrainedModel):
     ) -> Seq2SeqModelOutput:
         raise_if_output_attentions(output_attentions, V3_ATTENTIONS)
         refuse_static_cache(cache)
+        if (input_ids is None) == (inputs_embeds is None) and encoder_outputs is None:
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds` (or `encoder_outputs`).")
+        decoder = dict(
+            decoder_input_ids=decoder_input_ids,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            decoder_attention_mask=decoder_attention_mask,
+        )
+        decoder_batch, decoder_length = self._validate_decoder_inputs(cache, **decoder)
+        if is_empty_batch(input_ids, inputs_embeds, decoder_input_ids, decoder_inputs_embeds):
+            encoder = dict(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+            return self._forward_empty_batch(
+                cache,
+                encoder,
+                decoder,
+                decoder_length,
+                pixel_values=pixel_values,
+                aux_values=aux_values,
+                encoder_outputs=encoder_outputs,
+                use_cache=use_cache,
+                output_hidden_states=output_hidden_states,
+            )
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids,
@@ -289,24 +379,10 @@ class SlamV3Model(SlamV3PreTrainedModel):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
         memory = encoder_outputs.last_hidden_state
         memory_mask = memory_padding_mask(self.config, attention_mask, memory.shape[1])
-
-        if (decoder_input_ids is None) == (decoder_inputs_embeds is None):
-            raise ValueError(
-                "Pass exactly one of `decoder_input_ids` or `decoder_inputs_embeds` (or `labels`, which the "
-                "conditional-generation head shifts into decoder inputs)."
-            )
+        _check_rows_match(decoder_batch, memory.shape[0], decoder_inputs_embeds is None)
         if decoder_inputs_embeds is None:
-            validate_inputs(self.config, decoder_input_ids, None, None, 0, ids_name="decoder_input_ids")
             decoder_inputs_embeds = self.encoder.embed_tokens(decoder_input_ids)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.decoder.gradient_checkpointing and self.training:
-            use_cache = False
-        if use_cache and cache is None:
-            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        elif use_cache and not isinstance(cache, EncoderDecoderCache):
-            cache = EncoderDecoderCache(cache, DynamicCache(config=self.config))
-        elif not use_cache:
-            cache = None
+        cache = self._decoder_cache(cache, use_cache)
         hidden_states, decoder_hidden_states = self.decoder(
             decoder_inputs_embeds, decoder_attention_mask, memory, memory_mask, cache, output_hidden_states
         )
@@ -342,6 +418,17 @@ class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    def _validate_labels(self, labels, input_ids, inputs_embeds, encoder_outputs):
+        """`labels` name themselves in errors, before they are shifted into `decoder_input_ids`."""
+        require_tensor(labels, "labels")
+        if labels.dim() != 2:
+            raise ValueError(f"`labels` must have shape (batch, answer length), got {tuple(labels.shape)}.")
+        prompts = input_ids if input_ids is not None else inputs_embeds
+        if prompts is None and encoder_outputs is not None:
+            prompts = encoder_outputs[0]
+        batch = labels.shape[0] if prompts is None else prompts.shape[0]
+        validate_labels(labels, (batch, labels.shape[1]), vocab_size=self.config.vocab_size)
+
     @forward_arguments
     def forward(
         self,
@@ -364,8 +451,7 @@ class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> Seq2SeqLMOutput:
         if labels is not None:
-            if labels.dim() != 2:
-                raise ValueError(f"`labels` must have shape (batch, answer length), got {tuple(labels.shape)}.")
+            self._validate_labels(labels, input_ids, inputs_embeds, encoder_outputs)
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = shift_tokens_right(

@@ -97,6 +97,13 @@ class SlamPatchEmbedding(nn.Module):
 
     def grid_size(self, pixel_values: torch.Tensor) -> tuple[int, int]:
         """Validate `pixel_values` and return its patch grid (H / p, W / p)."""
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        if not pixel_values.dtype.is_floating_point:
+            raise TypeError(
+                f"`pixel_values` must be a float tensor of normalised pixels, got dtype {pixel_values.dtype}; run the "
+                "images through SlamImageProcessor (it rescales and normalises them)."
+            )
         if pixel_values.dim() != 4:
             raise ValueError(
                 f"`pixel_values` must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}."
@@ -179,6 +186,10 @@ class SlamVisionTower(nn.Module):
         """pixel_values (B, C, H, W) -> (B, H/p * W/p, text_hidden_size). `image_grid_hw` (B, 2), when given,
         is checked against the grid of `pixel_values`."""
         grid_h, grid_w = self.patch_embed.grid_size(pixel_values)
+        if image_grid_hw is not None and (
+            not isinstance(image_grid_hw, torch.Tensor) or image_grid_hw.dtype.is_floating_point
+        ):
+            raise TypeError("`image_grid_hw` must be an integer tensor (batch, 2), as SlamImageProcessor returns it.")
         if image_grid_hw is not None and not is_tracing():  # a check of values: eager only (see validate_inputs)
             expected = torch.tensor([grid_h, grid_w], device=image_grid_hw.device)
             if image_grid_hw.shape != (pixel_values.shape[0], 2) or not bool((image_grid_hw == expected).all()):
@@ -210,6 +221,9 @@ class SlamAuxProjector(nn.Module):
         self.aux_proj = nn.Linear(aux_dim, text_hidden_size)
 
     def forward(self, aux_values: torch.Tensor) -> torch.Tensor:
+        if not isinstance(aux_values, torch.Tensor) or not aux_values.dtype.is_floating_point:
+            found = aux_values.dtype if isinstance(aux_values, torch.Tensor) else type(aux_values).__name__
+            raise TypeError(f"`aux_values` must be a float tensor (batch, n_aux, aux_dim), got {found}.")
         if aux_values.dim() != 3 or aux_values.shape[-1] != self.aux_dim:
             raise ValueError(
                 f"`aux_values` must have shape (batch, n_aux, aux_dim={self.aux_dim}), got {tuple(aux_values.shape)}."
