@@ -12,7 +12,7 @@ from torch import nn
 
 from .slam_compat import cache_output, forward_arguments, output_cache
 from .slam_moa import load_balancing_loss
-from .slam_pretrained import validate_class_labels, validate_labels
+from .slam_pretrained import EmptyBatchGenerationMixin, validate_class_labels, validate_labels
 
 
 def mean_pool(hidden_states, attention_mask):
@@ -116,8 +116,8 @@ class SlamLMHeadMixin(SlamHeadMixin):
         self.lm_head = value
 
 
-class SlamForCausalLMMixin(SlamLMHeadMixin):
-    """Causal LM (`GenerationMixin`: greedy, sampling, beams, KV cache)."""
+class SlamForCausalLMMixin(SlamLMHeadMixin, EmptyBatchGenerationMixin):
+    """Causal LM (`GenerationMixin`: greedy, sampling, beams, KV cache; 0 rows see `EmptyBatchGenerationMixin`)."""
 
     @forward_arguments
     def forward(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.generation import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 
 from .configuration_slam import auto_map_entries
 from .slam_attention import masked_attention_implementation
@@ -520,7 +521,47 @@ def forward_empty_batch(model, given_cache=None, **arguments):
     return outputs
 
 
+class EmptyBatchGenerationMixin:
+    """`generate()` on a batch of 0 rows (mixed in before `GenerationMixin`).
+
+    Why: transformers' decoding loop cannot run on 0 rows (its stopping check reduces an empty tensor;
+    `LlamaForCausalLM.generate` fails the same way). The inputs are validated by one forward (which handles 0 rows)
+    and the result is what generate returns, with 0 rows: the prompt for decoder-only models (no new tokens), the
+    decoder start for SLAM v3, in a `Generate*Output` when `return_dict_in_generate` asks for one.
+    """
+
+    def generate(self, inputs=None, **kwargs):
+        prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        if not is_empty_batch(prompt if prompt is not None else kwargs.get("inputs_embeds")):
+            return super().generate(inputs, **kwargs)
+        model_inputs = {name: value for name, value in kwargs.items() if name in self._empty_batch_inputs}
+        if inputs is not None:
+            model_inputs["input_ids"] = inputs
+        encoder_decoder = self.config.is_encoder_decoder
+        if encoder_decoder:
+            start = self.config.decoder_start_token_id
+            sequences = torch.full((0, 1), 0 if start is None else start, dtype=torch.long, device=self.device)
+            model_inputs["decoder_input_ids"] = sequences
+        elif "input_ids" in model_inputs:
+            sequences = model_inputs["input_ids"]
+        else:  # from inputs_embeds, generate returns the new tokens only
+            sequences = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            self(**model_inputs, use_cache=False)  # the same checks as for any batch
+        config = kwargs.get("generation_config") or self.generation_config
+        if not kwargs.get("return_dict_in_generate", config.return_dict_in_generate):
+            return sequences
+        output_class = GenerateEncoderDecoderOutput if encoder_decoder else GenerateDecoderOnlyOutput
+        return output_class(sequences=sequences)
+
+    # The generate() arguments that are model inputs (the rest configure decoding).
+    _empty_batch_inputs = frozenset(
+        ("input_ids", "inputs_embeds", "attention_mask", "position_ids", "pixel_values", "image_grid_hw", "aux_values")
+    )
+
+
 __all__ = [
+    "EmptyBatchGenerationMixin",
     "PreparedInputs",
     "SlamPreTrainedModel",
     "forward_empty_batch",

@@ -29,6 +29,7 @@ from .slam_decoder import SlamLatentBottleneck, SlamV3DecoderLayer
 from .slam_fusion import SlamFusionNode, SlamParallelPaths, path_masks
 from .slam_layers import SlamRotaryEmbedding, make_norm
 from .slam_pretrained import (
+    EmptyBatchGenerationMixin,
     SlamPreTrainedModel,
     forward_empty_batch,
     is_empty_batch,
@@ -395,7 +396,7 @@ class SlamV3Model(SlamV3PreTrainedModel):
         )
 
 
-class SlamV3ForConditionalGeneration(SlamV3PreTrainedModel, GenerationMixin):
+class SlamV3ForConditionalGeneration(EmptyBatchGenerationMixin, SlamV3PreTrainedModel, GenerationMixin):
     """Image(+aux)+text in, text out: `generate(input_ids=..., pixel_values=...)` encodes once, then decodes with the
     compressed MLA cache. With `labels` (the answer tokens, -100 = ignored), `decoder_input_ids` default to the
     labels shifted right behind `decoder_start_token_id`, and the loss is the token cross-entropy."""

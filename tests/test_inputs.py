@@ -110,6 +110,8 @@ DECODER_ONLY = [
     ("padded_batch_labels", lambda: dict(input_ids=ids(), attention_mask=padded_mask(padded_rows=(0, 1)), labels=torch.tensor([0, 2])), output(2, "V"), "cls"),
     ("gen_padded_row", lambda: dict(input_ids=ids(), attention_mask=padded_mask()), output(2, LENGTH + 3), "gen"),
     ("gen_padded_batch", lambda: dict(input_ids=ids(), attention_mask=padded_mask(padded_rows=(0, 1))), output(2, LENGTH + 3), "gen"),
+    ("gen_batch0", lambda: dict(input_ids=ids(0), attention_mask=padded_mask(0, ())), output(0, LENGTH), "gen"),
+    ("gen_batch0_ids_float", lambda: dict(input_ids=ids(0).float()), raises(TypeError, "`input_ids`"), "gen"),
 ]  # fmt: skip
 
 
@@ -175,6 +177,8 @@ ENCODER_DECODER = [
     ("padded_batch_labels", lambda: v3_labels(attention_mask=v3_mask((0, 1))), output(2, ANSWER, "V"), "lm"),
     ("gen_padded_row", lambda: V3.encoder_part(v3_inputs(input_ids=V3.input_ids(2), pixel_values=None, attention_mask=v3_mask((1,)))), output(2, 4), "gen"),
     ("gen_padded_batch", lambda: V3.encoder_part(v3_inputs(attention_mask=v3_mask((0, 1)))), output(2, 4), "gen"),
+    ("gen_batch0", lambda: V3.encoder_part(v3_rows(0)), output(0, 1), "gen"),
+    ("gen_batch0_pixels_uint8", lambda: V3.encoder_part(v3_rows(0, pixel_values=torch.zeros(0, 3, 8, 8, dtype=torch.uint8))), raises(TypeError, "`pixel_values`"), "gen"),
 ]  # fmt: skip
 
 
@@ -263,3 +267,14 @@ def test_table_covers_every_public_class():
     classes = {cls for _, heads in MODEL_FAMILIES for cls in heads.values()}
     covered = {case.values[1] for case in CASES if case.values[1] is not None}
     assert classes <= covered, classes - covered
+
+
+@pytest.mark.parametrize("tester", [V1, V2, V3], ids=["v1", "v2", "v3"])
+def test_generate_on_no_rows_returns_the_output_class_asked_for(tester):
+    """transformers' decoding loop cannot run 0 rows (LlamaForCausalLM fails too); SLAM's generate answers them."""
+    net = model(tester, tester.generative_class)
+    inputs = V3.encoder_part(v3_rows(0)) if tester is V3 else dict(input_ids=ids(0))
+    result = net.generate(**inputs, max_new_tokens=3, return_dict_in_generate=True)
+    expected = "GenerateEncoderDecoderOutput" if tester is V3 else "GenerateDecoderOnlyOutput"
+    assert type(result).__name__ == expected
+    assert tuple(result.sequences.shape) == ((0, 1) if tester is V3 else (0, LENGTH))
