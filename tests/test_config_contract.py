@@ -37,9 +37,13 @@ SEED = 17
 DRAWS = {"slam_v1": 500, "slam_v2": 500, "slam_v3": 400, "slam_v3_vision": 400}
 VISION = dict(patch_size=2, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
 TEXT = dict(
-    vocab_size=32, hidden_size=16, num_attention_heads=4, num_key_value_heads=2, intermediate_size=24,
+    vocab_size=32,
+    hidden_size=16,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=24,
     max_position_embeddings=64,
-)  # fmt: skip
+)
 BASE_KWARGS = {
     "slam_v1": dict(TEXT, ef_cycles=1, ef_segment_length=6, ef_segment_overlap=2),
     "slam_v2": dict(TEXT, ef_cycles=2, ef_num_blocks=2, ef_segment_length=4, moa_num_experts=3, moa_top_k=2),
@@ -52,7 +56,7 @@ BASE_KWARGS = {
         qk_rope_head_dim=4,
         v_head_dim=4,
         vision_config=VISION,
-    ),  # fmt: skip
+    ),
 }
 CONFIG_CLASSES = {"slam_v1": SlamV1Config, "slam_v2": SlamV2Config, "slam_v3": SlamV3Config}
 
@@ -230,8 +234,8 @@ def test_random_configs_keep_the_contract(variant, one_thread):
         except Exception as error:  # any other exception breaks the contract: report the config that raised it
             raise AssertionError(f"draw {index}, fields {names}: {type(error).__name__}: {error}\n{kwargs}") from error
     elapsed = time.perf_counter() - start
-    print(f"\n{variant}: {DRAWS[variant]} configs tried, {counts['built']} built, {counts['rejected']} rejected "
-          f"({elapsed:.1f} s)")  # fmt: skip
+    tried = f"{DRAWS[variant]} configs tried, {counts['built']} built, {counts['rejected']} rejected"
+    print(f"\n{variant}: {tried} ({elapsed:.1f} s)")
     # Both branches must be well exercised, or the draw has drifted into testing only one side.
     assert min(counts.values()) >= DRAWS[variant] // 5, counts
 
