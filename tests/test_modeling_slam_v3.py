@@ -128,36 +128,16 @@ def test_generate_cache_holds_compressed_latent_and_cross_kv(tester, model):
             handle.remove()
         for idx, layer in enumerate(decoder.layers):
             _, _, c_kv, k_rope = layer.self_attn.project(*captured[idx])
-            torch.testing.assert_close(
-                cache.self_attention_cache.layers[idx].keys,
-                c_kv,
-                rtol=0,
-                atol=ATOL,
-                msg=described(f"cached latent of layer {idx}"),
-            )
-            torch.testing.assert_close(
-                cache.self_attention_cache.layers[idx].values,
-                k_rope,
-                rtol=0,
-                atol=ATOL,
-                msg=described(f"cached RoPE key of layer {idx}"),
-            )
             keys = layer.cross_attn.k_proj(memory).view(batch, memory_length, 2, 8).transpose(1, 2)
             values = layer.cross_attn.v_proj(memory).view(batch, memory_length, 2, 8).transpose(1, 2)
-            torch.testing.assert_close(
-                cache.cross_attention_cache.layers[idx].keys,
-                keys,
-                rtol=0,
-                atol=ATOL,
-                msg=described(f"cross keys of layer {idx}"),
-            )
-            torch.testing.assert_close(
-                cache.cross_attention_cache.layers[idx].values,
-                values,
-                rtol=0,
-                atol=ATOL,
-                msg=described(f"cross values of layer {idx}"),
-            )
+            self_layer, cross_layer = cache.self_attention_cache.layers[idx], cache.cross_attention_cache.layers[idx]
+            for what, cached, expected in (
+                ("cached latent", self_layer.keys, c_kv),
+                ("cached RoPE key", self_layer.values, k_rope),
+                ("cross keys", cross_layer.keys, keys),
+                ("cross values", cross_layer.values, values),
+            ):
+                torch.testing.assert_close(cached, expected, rtol=0, atol=ATOL, msg=described(f"{what} of layer {idx}"))
 
 
 def test_cross_attention_kv_and_encoder_computed_once(tester, model):

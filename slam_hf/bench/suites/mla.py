@@ -15,7 +15,7 @@ from slam_hf.slam_mla import SlamLatentAttention
 
 
 def make_config(args, **fields):
-    config = PretrainedConfig()
+    config = PretrainedConfig(attn_implementation=args.attn)
     common = dict(
         hidden_size=args.hidden_size,
         num_attention_heads=args.num_heads,
@@ -25,7 +25,6 @@ def make_config(args, **fields):
     )
     for name, value in {**common, **fields}.items():
         setattr(config, name, value)
-    config._attn_implementation = args.attn
     return config
 
 

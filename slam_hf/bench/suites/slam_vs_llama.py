@@ -51,6 +51,7 @@ def common_fields(args):
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
+        attn_implementation=args.attn,
     )
 
 
@@ -106,9 +107,7 @@ CLASSES = {"v1": SlamV1ForCausalLM, "v2": SlamV2ForCausalLM, "llama": LlamaForCa
 
 
 def make_config(name, args, **overrides):
-    config = CONFIGS[name](args, args.sizes[name], **overrides)
-    config._attn_implementation = args.attn
-    return config
+    return CONFIGS[name](args, args.sizes[name], **overrides)
 
 
 def params_at(name, args, intermediate_size):

@@ -40,8 +40,8 @@ def v3_config(args):
         v_head_dim=args.v_head_dim,
         max_position_embeddings=args.context + 4 * args.decode_steps + 64,
         vision_config=tiny_vision(),
+        attn_implementation="sdpa",
     )
-    config._attn_implementation = "sdpa"
     return config
 
 
@@ -98,8 +98,8 @@ def bart_config(args):
         decoder_start_token_id=1,
         forced_eos_token_id=None,
         forced_bos_token_id=None,
+        attn_implementation="sdpa",
     )
-    config._attn_implementation = "sdpa"
     return config
 
 
@@ -116,8 +116,8 @@ def llama_model(args):
         bos_token_id=1,
         eos_token_id=2,
         tie_word_embeddings=True,
+        attn_implementation="sdpa",
     )
-    config._attn_implementation = "sdpa"
     return LlamaForCausalLM(config).eval()
 
 
@@ -148,8 +148,8 @@ def deepseek_model(args):
         bos_token_id=1,
         eos_token_id=2,
         num_mtp_layers=0,
+        attn_implementation="sdpa",
     )
-    config._attn_implementation = "sdpa"
     return DeepseekV3ForCausalLM(config).eval()
 
 

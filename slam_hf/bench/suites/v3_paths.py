@@ -22,8 +22,8 @@ def encoder_config(hidden, layers):
         kv_lora_rank=32,
         qk_rope_head_dim=16,
         vision_config=tiny_vision(),
+        attn_implementation="sdpa",
     )
-    config._attn_implementation = "sdpa"
     return config
 
 
