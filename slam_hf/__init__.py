@@ -15,6 +15,7 @@ from .adapters import svf  # noqa: F401  registers SVF with PEFT (peft is a depe
 from .configuration_slam import (
     AUTO_FACTORIES,
     SLAM_CONFIG_CLASSES,
+    SlamLoopConfig,
     SlamV1Config,
     SlamV2Config,
     SlamV3Config,
@@ -23,6 +24,9 @@ from .configuration_slam import (
 )
 from .image_processing_slam import SlamImageProcessor
 from .modeling_slam import (
+    SlamLoopForCausalLM,
+    SlamLoopModel,
+    SlamLoopPreTrainedModel,
     SlamV1ForCausalLM,
     SlamV1ForMaskedLM,
     SlamV1ForSequenceClassification,
@@ -81,6 +85,10 @@ register_auto_classes()
 
 __all__ = [
     "MODEL_FAMILIES",
+    "SlamLoopConfig",
+    "SlamLoopForCausalLM",
+    "SlamLoopModel",
+    "SlamLoopPreTrainedModel",
     "SlamV1Config",
     "SlamV1ForCausalLM",
     "SlamV1ForMaskedLM",

@@ -10,7 +10,16 @@ import inspect
 from transformers import PretrainedConfig
 from transformers.utils import logging
 
-from .slam_validation import BASE_SPECS, SHARED_SPECS, V1_SPECS, V2_SPECS, V3_SPECS, VISION_SPECS, check_fields
+from .slam_validation import (
+    BASE_SPECS,
+    LOOP_SPECS,
+    SHARED_SPECS,
+    V1_SPECS,
+    V2_SPECS,
+    V3_SPECS,
+    VISION_SPECS,
+    check_fields,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -96,8 +105,8 @@ _IS_REMOTE_CODE = __name__.startswith("transformers_modules")
 
 
 def class_prefix(model_type: str) -> str:
-    """The model-class name prefix of a SLAM variant: slam_v1 -> SlamV1."""
-    return "Slam" + model_type.removeprefix("slam_").upper()
+    """The model-class name prefix of a SLAM variant: slam_v1 -> SlamV1, slam_loop -> SlamLoop."""
+    return "Slam" + model_type.removeprefix("slam_").capitalize()
 
 
 def auto_map_entries(model_type: str, class_names) -> dict:
@@ -656,7 +665,132 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
         return encoder + fusion + [f"mla_decoder_{layer}" for layer in range(self.decoder_layers)]
 
 
-SLAM_CONFIG_CLASSES = (SlamV1Config, SlamV2Config, SlamV3Config)
+class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
+    r"""Configuration of the latent-loop transformer (DESIGN §6): a shared core that iterates per token.
+
+    embed -> `prelude_layers` -> a core of `core_layers` shared layers, applied up to `loop_max_iterations` times
+    with the prelude output re-injected before each iteration -> `coda_layers` -> norm -> head. A per-token
+    confidence head reads the state after every iteration; at inference a token stops once it is confident.
+
+    Args:
+        prelude_layers, core_layers, coda_layers: layers before, inside and after the loop (the core's are shared
+            by every iteration). `loop_max_iterations=1` is a plain transformer of P + C + D layers.
+        loop_injection: how the prelude output `e` enters iteration i with state s (s_0 = 0): "add" feeds s + e
+            (iteration 1 is then exactly the plain transformer), "concat" feeds Linear([s; e]) (Huginn's adapter).
+        loop_iteration_sampling: training depth per step. "lognormal_poisson" (Huginn): tau ~ N(log(mean) -
+            sigma^2 / 2, sigma), r = min(1 + Poisson(e^tau), loop_max_iterations), with mean `loop_sampling_mean`
+            (None: loop_max_iterations) and `loop_sampling_sigma`; "fixed": always loop_max_iterations;
+            "loss_triggered" (the published trigger): full depth while the previous step's LM loss is above
+            `loop_loss_trigger`, one iteration otherwise.
+        loop_backprop_iterations: gradients flow through the last k iterations of a step only (truncated backprop);
+            earlier ones run without a graph.
+        loop_confidence_target: what the confidence head learns from the detached per-iteration token losses l_i.
+            "improvement" (Ouro-style): 1 when no later iteration lowers the loss by more than
+            `loop_confidence_margin` nats; "absolute" (the description): clamp(1 - l_i / 2, 0, 1).
+        loop_confidence_loss_weight: weight of the confidence head's BCE in the training loss (0: not trained).
+            Its input is detached, so it never changes the language model.
+        loop_exit_criterion, loop_exit_threshold: inference exit per token. "confidence": sigmoid(head) >=
+            threshold; "hidden_change": |s_i - s_{i-1}| / |s_i| <= threshold; "kl" (Huginn): KL between successive
+            iterations' next-token distributions <= threshold (probes the coda every iteration; uncached only).
+            threshold None runs every token to full depth. `calibrate_exit_threshold` picks one for a loss budget.
+        loop_cache: "per_iteration" keeps one set of core cache layers per iteration (an exited token's last K/V
+            fill its deeper slots); "shared" keeps one set, holding each token's last K/V.
+        num_hidden_layers: derived, the number of cache layers: P + N * C + D (per_iteration) or P + C + D (shared).
+        The remaining fields are the standard transformers ones; defaults follow the description (pre-RMSNorm,
+        GeGLU, GQA, RoPE).
+    """
+
+    model_type = "slam_loop"
+    field_specs = {**SHARED_SPECS, **LOOP_SPECS, **BASE_SPECS}
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        hidden_size: int = 256,
+        num_attention_heads: int = 8,
+        num_key_value_heads: int | None = 2,
+        head_dim: int | None = None,
+        intermediate_size: int = 768,
+        mlp_type: str = "geglu",
+        norm_type: str = "rmsnorm",
+        norm_position: str = "pre",
+        norm_eps: float = 1e-6,
+        position_embedding_type: str = "rope",
+        rope_theta: float = 10000.0,
+        max_position_embeddings: int = 2048,
+        attention_bias: bool = False,
+        mlp_bias: bool = False,
+        attention_dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        prelude_layers: int = 1,
+        core_layers: int = 2,
+        coda_layers: int = 1,
+        loop_max_iterations: int = 4,
+        loop_injection: str = "add",
+        loop_iteration_sampling: str = "lognormal_poisson",
+        loop_sampling_mean: float | None = None,
+        loop_sampling_sigma: float = 0.5,
+        loop_backprop_iterations: int = 4,
+        loop_loss_trigger: float = 2.0,
+        loop_confidence_target: str = "improvement",
+        loop_confidence_margin: float = 0.01,
+        loop_confidence_loss_weight: float = 1.0,
+        loop_exit_criterion: str = "confidence",
+        loop_exit_threshold: float | None = None,
+        loop_cache: str = "per_iteration",
+        num_hidden_layers: int | None = None,
+        is_causal: bool = True,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        **kwargs,
+    ):
+        self._check_arguments(locals())
+        self._init_shared(locals())
+        if not is_causal:
+            raise ValueError("The latent-loop model is a causal decoder; `is_causal` must be True.")
+        if loop_exit_criterion == "confidence" and loop_exit_threshold is not None and loop_exit_threshold > 1:
+            raise ValueError(
+                f"`loop_exit_threshold` ({loop_exit_threshold}) compares with a confidence in [0, 1] under "
+                "loop_exit_criterion='confidence'; use a value in [0, 1] (None: no exit)."
+            )
+        if loop_sampling_mean is not None and loop_sampling_mean > loop_max_iterations:
+            raise ValueError(
+                f"`loop_sampling_mean` ({loop_sampling_mean}) exceeds loop_max_iterations ({loop_max_iterations}); "
+                "lower it or raise loop_max_iterations."
+            )
+        for name, value in locals().items():
+            if name.startswith(("loop_", "prelude_", "core_", "coda_")):
+                setattr(self, name, value)
+        slots = core_layers * (loop_max_iterations if loop_cache == "per_iteration" else 1)
+        self._derive_num_hidden_layers(
+            num_hidden_layers,
+            prelude_layers + slots + coda_layers,
+            "prelude + core slots + coda layers",
+            f"the latent-loop model (loop_cache={loop_cache!r})",
+            "prelude_layers, core_layers, coda_layers, loop_max_iterations or loop_cache",
+        )
+        self._finish_init(is_causal, tie_word_embeddings, pad_token_id, bos_token_id, eos_token_id, **kwargs)
+
+    @property
+    def core_cache_slots(self) -> int:
+        """Sets of core cache layers: one per iteration (per_iteration) or one (shared)."""
+        return self.loop_max_iterations if self.loop_cache == "per_iteration" else 1
+
+    @property
+    def layer_schedule(self) -> list[str]:
+        """One label per layer application at full depth, for summaries."""
+        core = [
+            f"core_{layer}@{it}" for it in range(1, self.loop_max_iterations + 1) for layer in range(self.core_layers)
+        ]
+        return ["prelude"] * self.prelude_layers + core + ["coda"] * self.coda_layers
+
+
+SLAM_CONFIG_CLASSES = (SlamV1Config, SlamV2Config, SlamV3Config, SlamLoopConfig)
 
 
 def __getattr__(name):
@@ -671,4 +805,12 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["AUTO_FACTORIES", "ENCODER_PATHS", "SlamV1Config", "SlamV2Config", "SlamV3Config", "SlamV3VisionConfig"]
+__all__ = [
+    "AUTO_FACTORIES",
+    "ENCODER_PATHS",
+    "SlamLoopConfig",
+    "SlamV1Config",
+    "SlamV2Config",
+    "SlamV3Config",
+    "SlamV3VisionConfig",
+]

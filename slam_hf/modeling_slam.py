@@ -14,6 +14,9 @@ lives in one file per variant:
     slam_v3.py          SLAM v3 (DESIGN §5), encoder-decoder: image+text (+aux) encoder with four parallel paths and a
                         fusion node (-> latent bottleneck), MLA decoder with cross-attention to the memory; head:
                         conditional generation.
+    slam_loop.py        the latent-loop transformer (DESIGN §6): prelude -> a shared core iterated up to N times per
+                        token with the prelude output re-injected -> coda; a per-token confidence head stops tokens
+                        early at inference (slam_loop_training.py: sampled depth, confidence targets); head: causal LM.
     slam_pretrained.py  what the variants share: `SlamPreTrainedModel` (flags, init, embeddings and input preparation,
                         save/load with checksums and a complete auto_map), input validation, `PreparedInputs`.
     slam_heads.py       the task-head mixins of the decoder-only variants (v1, v2).
@@ -34,6 +37,11 @@ from .slam_heads import (  # noqa: F401
     mean_pool,
     router_aux_loss,
     with_causality,
+)
+from .slam_loop import (
+    SlamLoopForCausalLM,
+    SlamLoopModel,
+    SlamLoopPreTrainedModel,
 )
 from .slam_pretrained import (  # noqa: F401
     PreparedInputs,
@@ -73,6 +81,9 @@ from .slam_v3 import (  # noqa: F401
 
 __all__ = [
     "SlamForCausalLMMixin",
+    "SlamLoopForCausalLM",
+    "SlamLoopModel",
+    "SlamLoopPreTrainedModel",
     "SlamForMaskedLMMixin",
     "SlamForSequenceClassificationMixin",
     "SlamPreTrainedModel",

@@ -52,8 +52,8 @@ def Int(low, high, optional=False):
     return FieldSpec("int", low, high, optional=optional)
 
 
-def Float(low, high, low_open=False, high_open=False):
-    return FieldSpec("float", low, high, low_open=low_open, high_open=high_open)
+def Float(low, high, low_open=False, high_open=False, optional=False):
+    return FieldSpec("float", low, high, optional=optional, low_open=low_open, high_open=high_open)
 
 
 def Enum(*choices, optional=False):
@@ -135,6 +135,28 @@ V3_SPECS = {
     "qk_rope_head_dim": Int(1, MAX_HEAD_DIM),
     "v_head_dim": Int(1, MAX_HEAD_DIM, optional=True),  # None: head_dim
     "image_token_id": TokenId(optional=False),
+}
+
+MAX_LOOP_ITERATIONS = 256  # core iterations; each is a full pass of the core layers (and cache layers per_iteration)
+
+LOOP_SPECS = {
+    "prelude_layers": Int(0, MAX_LAYERS),
+    "core_layers": Int(1, MAX_LAYERS),
+    "coda_layers": Int(0, MAX_LAYERS),
+    "loop_max_iterations": Int(1, MAX_LOOP_ITERATIONS),
+    "loop_injection": Enum("add", "concat"),
+    "loop_iteration_sampling": Enum("lognormal_poisson", "fixed", "loss_triggered"),
+    "loop_sampling_mean": Float(1.0, MAX_LOOP_ITERATIONS, optional=True),  # None: loop_max_iterations
+    "loop_sampling_sigma": Float(0.0, 10.0),
+    "loop_backprop_iterations": Int(1, MAX_LOOP_ITERATIONS),
+    "loop_loss_trigger": Float(0.0, 100.0),
+    "loop_confidence_target": Enum("improvement", "absolute"),
+    "loop_confidence_margin": Float(0.0, 10.0),
+    "loop_confidence_loss_weight": Float(0.0, 100.0),
+    "loop_exit_criterion": Enum("confidence", "kl", "hidden_change"),
+    "loop_exit_threshold": Float(0.0, 1e6, optional=True),  # None: no exit, every token runs full depth
+    "loop_cache": Enum("per_iteration", "shared"),
+    "num_hidden_layers": Int(1, 2 * MAX_LAYERS + MAX_LAYERS * MAX_LOOP_ITERATIONS, optional=True),  # derived
 }
 
 VISION_SPECS = {
