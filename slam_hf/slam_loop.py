@@ -168,8 +168,9 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
         self.confidence_head = nn.Linear(config.hidden_size, 1)
         self.norm = make_norm(config)
         self.gradient_checkpointing = False
-        self.register_buffer("previous_loss", torch.tensor(float("inf")), persistent=False)  # loss_triggered
-        self.register_buffer("loop_counts", torch.zeros(4, dtype=torch.long), persistent=False)
+        # Running state, not weights (plain attributes: from_pretrained would leave buffers uninitialised):
+        self.previous_loss = None  # the last training step's LM loss (loss_triggered sampling reads it)
+        self.loop_counts = None  # see _count_iterations
         self.post_init()
 
     def inject(self, state, prelude_output):
@@ -198,7 +199,8 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
             )
         threshold = config.loop_exit_threshold if loop_exit_threshold is None else loop_exit_threshold
         if self.training:
-            iterations = loop_iterations or sample_iterations(config, float(self.previous_loss))
+            previous = float("inf") if self.previous_loss is None else float(self.previous_loss)
+            iterations = loop_iterations or sample_iterations(config, previous)
             grad_from = max(1, iterations - config.loop_backprop_iterations + 1)
             return _LoopSettings(iterations, grad_from, None, None)
         iterations = loop_iterations or maximum
@@ -280,14 +282,15 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
         real = torch.ones_like(iterations) if token_mask is None else token_mask.to(iterations.dtype)
         counts = torch.stack((real.sum(), (iterations * real).sum()))
         offset = 0 if past_length == 0 else 2
-        if self.loop_counts.device != counts.device:
-            self.loop_counts = self.loop_counts.to(counts.device)
+        if self.loop_counts is None or self.loop_counts.device != counts.device:
+            self.reset_loop_statistics(counts.device)
         self.loop_counts[offset : offset + 2] += counts
 
     def loop_statistics(self) -> dict:
         """Mean core iterations per token since the counts were reset: of prompt tokens (forwards without a past)
         and of the tokens after them (decode steps), with the maximum and the share of core compute saved."""
-        prompt_tokens, prompt_iterations, new_tokens, new_iterations = self.loop_counts.tolist()
+        counts = self.loop_counts.tolist() if self.loop_counts is not None else [0] * 4
+        prompt_tokens, prompt_iterations, new_tokens, new_iterations = counts
         maximum = self.config.loop_max_iterations
         stats = {"max_iterations": maximum}
         for name, tokens, total in (("prompt", prompt_tokens, prompt_iterations), ("new", new_tokens, new_iterations)):
@@ -297,8 +300,8 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
             stats["new_compute_saved"] = 1 - stats["new_mean_iterations"] / maximum
         return stats
 
-    def reset_loop_statistics(self):
-        self.loop_counts.zero_()
+    def reset_loop_statistics(self, device=None):
+        self.loop_counts = torch.zeros(4, dtype=torch.long, device=device)
 
     def probe_coda(self, state, layer_inputs):
         """The normed coda output of a core state, without the cache (what the head would see if every token
@@ -462,11 +465,16 @@ class SlamLoopForCausalLM(SlamLMHeadMixin, EmptyBatchGenerationMixin, SlamLoopPr
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
             if self.training:
-                self.model.previous_loss.fill_(lm_loss.detach())
+                self.model.previous_loss = lm_loss.detach()
         if train_confidence and outputs.iteration_probes:
             full_depth = len(outputs.iteration_probes) == self.config.loop_max_iterations
             head_loss = confidence_loss(
-                self.config, outputs.confidence_logits, outputs.iteration_probes, labels, full_depth
+                self.config,
+                outputs.confidence_logits,
+                outputs.iteration_probes,
+                labels,
+                full_depth,
+                kwargs.get("num_items_in_batch"),
             )
             loss = loss + self.config.loop_confidence_loss_weight * head_loss.to(loss.device)
         return self.output_class(

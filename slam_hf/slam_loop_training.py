@@ -62,13 +62,17 @@ def confidence_targets(config, losses: list, full_depth: bool) -> tuple[torch.Te
     return targets, weight
 
 
-def confidence_loss(config, confidence_logits, losses, labels, full_depth: bool) -> torch.Tensor:
-    """Binary cross-entropy of the confidence head over labelled tokens and iterations (mean)."""
+def confidence_loss(config, confidence_logits, losses, labels, full_depth: bool, num_items_in_batch=None):
+    """Binary cross-entropy of the confidence head, mean over labelled tokens and iterations; with
+    `num_items_in_batch` (Trainer's labelled tokens of the whole accumulated batch) the sum over this micro-batch
+    divided by those tokens times the iterations, so accumulated micro-batches give the big batch's loss."""
     targets, weight = confidence_targets(config, list(losses), full_depth)
     logits = torch.stack(confidence_logits).float()  # (r, B, L)
     labelled = F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False).to(logits.dtype)  # (B, L)
     per_token = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     weights = weight[:, None, None] * labelled[None]
+    if num_items_in_batch is not None:
+        return (per_token * weights).sum() / (weight.sum() * num_items_in_batch).clamp(min=1)
     return (per_token * weights).sum() / weights.sum().clamp(min=1)
 
 

@@ -1084,7 +1084,7 @@ class SlamModelTesterMixin:
         flips SLAM v2's top-k routing for some tokens, which is a different computation, not an error."""
         inputs = tester.model_inputs()
         for model_class in tester.all_model_classes:
-            model = model_class(tester.get_config(initializer_range=0.02)).eval()
+            model = model_class(tester.get_config(**tester.bf16_config_kwargs())).eval()
             folder = tmp_path / model_class.__name__
             model.save_pretrained(folder)
             bf16 = model_class.from_pretrained(folder, dtype=torch.bfloat16)

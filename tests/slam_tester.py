@@ -14,6 +14,9 @@ placeholders + `pixel_values` for the encoder, answer tokens for the decoder) ru
 import torch
 
 from slam_hf import (
+    SlamLoopConfig,
+    SlamLoopForCausalLM,
+    SlamLoopModel,
     SlamV1Config,
     SlamV1ForCausalLM,
     SlamV1ForMaskedLM,
@@ -104,6 +107,10 @@ class SlamModelTester:
         """Overrides under which the loss is a plain sum over labelled tokens (no batch-level auxiliary
         terms), so gradient accumulation must reproduce the big-batch loss exactly."""
         return {}
+
+    def bf16_config_kwargs(self) -> dict:
+        """The config of the bf16-vs-fp32 comparison: the default init std (see test_bf16_forward)."""
+        return dict(initializer_range=0.02)
 
     def bad_config_cases(self) -> list[tuple[dict, str]]:
         return self.shared_bad_config_cases() + self.variant_bad_config_cases()
@@ -602,3 +609,67 @@ class SlamV3ModelTester(SlamModelTester):
     def repetitive_generation_inputs(self) -> dict:
         # Prompt lookup searches the decoder's own sequence, which the random model repeats on its own.
         return self.generation_inputs(batch_size=1)
+
+
+class SlamLoopModelTester(SlamModelTester):
+    """The latent loop with adaptive exit on: 1 prelude, 2 core layers up to 3 iterations, 1 coda layer, and a
+    confidence threshold at which the random model stops some tokens after 1 or 2 iterations and runs others to
+    full depth (test_modeling_slam_loop asserts the mix), so every shared equivalence test (cache, padding,
+    batch rows, beams) runs with per-token exit and row gathering. The depth is fixed while training so that
+    training tests compare like with like (the sampled depth has its own tests)."""
+
+    config_class = SlamLoopConfig
+    base_model_class = SlamLoopModel
+    causal_lm_class = SlamLoopForCausalLM
+    exit_threshold = 0.5
+
+    def variant_config_kwargs(self) -> dict:
+        return dict(
+            prelude_layers=1,
+            core_layers=2,
+            coda_layers=1,
+            loop_max_iterations=3,
+            loop_iteration_sampling="fixed",
+            loop_exit_threshold=self.exit_threshold,
+        )
+
+    def variant_bad_config_cases(self) -> list[tuple[dict, str]]:
+        return [
+            (dict(core_layers=0), "core_layers"),
+            (dict(prelude_layers=-1), "prelude_layers"),
+            (dict(loop_max_iterations=0), "loop_max_iterations"),
+            (dict(loop_injection="multiply"), "loop_injection"),
+            (dict(loop_cache="paged"), "loop_cache"),
+            (dict(loop_exit_criterion="entropy"), "loop_exit_criterion"),
+            (dict(loop_exit_threshold=1.5), "loop_exit_threshold"),  # a confidence is at most 1
+            (dict(loop_sampling_mean=4.0), "loop_sampling_mean"),  # above loop_max_iterations=3
+            (dict(loop_iteration_sampling="uniform"), "loop_iteration_sampling"),
+            (dict(num_hidden_layers=3), "num_hidden_layers"),  # derived: 1 + 3 * 2 + 1
+            (dict(is_causal=False), "is_causal"),
+        ]
+
+    def non_default_config_kwargs(self) -> dict:
+        return {
+            **super().non_default_config_kwargs(),
+            "mlp_type": "gelu",
+            "prelude_layers": 2,
+            "core_layers": 1,
+            "coda_layers": 0,
+            "loop_max_iterations": 5,
+            "loop_injection": "concat",
+            "loop_iteration_sampling": "loss_triggered",
+            "loop_backprop_iterations": 2,
+            "loop_confidence_target": "absolute",
+            "loop_exit_criterion": "hidden_change",
+            "loop_exit_threshold": 0.05,
+            "loop_cache": "shared",
+        }
+
+    def bf16_config_kwargs(self) -> dict:
+        # bf16 rounding moves confidences across the exit threshold for a few tokens: a different depth, not an
+        # error (as SLAM v2's routing); the exit's own precision is test_modeling_slam_loop's business.
+        return {**super().bf16_config_kwargs(), "loop_exit_threshold": None}
+
+    def expected_num_hidden_states(self, config) -> int:
+        # embeddings, each prelude layer, the core's final state, each coda layer
+        return 1 + config.prelude_layers + 1 + config.coda_layers
