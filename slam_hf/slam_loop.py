@@ -35,6 +35,8 @@ from .slam_pretrained import (
 
 logger = logging.get_logger(__name__)
 
+EXIT_CRITERIA = ("confidence", "kl", "hidden_change", "none")  # "none": every token runs full depth
+
 
 @dataclass
 class SlamLoopModelOutput(BaseModelOutputWithPast):
@@ -193,11 +195,13 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
                     f"`loop_iterations` must be in [1, loop_max_iterations={maximum}], got {loop_iterations}."
                 )
         criterion = config.loop_exit_criterion if loop_exit_criterion is None else loop_exit_criterion
-        if criterion not in ("confidence", "kl", "hidden_change"):
+        if criterion not in EXIT_CRITERIA:
             raise ValueError(
-                f"`loop_exit_criterion` must be 'confidence', 'kl' or 'hidden_change', got {loop_exit_criterion!r}."
+                f"`loop_exit_criterion` must be one of {', '.join(map(repr, EXIT_CRITERIA))}, got {loop_exit_criterion!r}."
             )
         threshold = config.loop_exit_threshold if loop_exit_threshold is None else loop_exit_threshold
+        if criterion == "none":
+            threshold = None
         if self.training:
             previous = float("inf") if self.previous_loss is None else float(self.previous_loss)
             iterations = loop_iterations or sample_iterations(config, previous)
@@ -225,7 +229,7 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
     ) -> SlamLoopModelOutput:
         r"""loop_iterations: run exactly this many core iterations (at most loop_max_iterations) instead of the
         sampled (training) or maximal (inference) depth. loop_exit_criterion, loop_exit_threshold: override the
-        config's exit for this call. iteration_probe: a function of the normed coda output after every iteration,
+        config's exit for this call ("none": no exit). iteration_probe: a function of the normed coda output after every iteration,
         (B, L, hidden) -> anything, run without gradients; its results are returned as `iteration_probes` (the
         causal-LM head passes one that gives token losses to train the confidence head, or log-probabilities
         for the "kl" exit)."""
@@ -427,6 +431,7 @@ class SlamLoopForCausalLM(SlamLMHeadMixin, EmptyBatchGenerationMixin, SlamLoopPr
         r"""loop_iterations, loop_exit_criterion, loop_exit_threshold: see `SlamLoopModel.forward`."""
         train_confidence = self.training and labels is not None and self.config.loop_confidence_loss_weight > 0
         criterion = loop_exit_criterion or self.config.loop_exit_criterion
+        threshold = self.config.loop_exit_threshold if loop_exit_threshold is None else loop_exit_threshold
         probe = None
         if train_confidence:
             if input_ids is not None:
@@ -435,7 +440,7 @@ class SlamLoopForCausalLM(SlamLMHeadMixin, EmptyBatchGenerationMixin, SlamLoopPr
             def probe(hidden_states):
                 return token_losses(self.lm_head(hidden_states), labels)
 
-        elif not self.training and criterion == "kl":
+        elif not self.training and criterion == "kl" and threshold is not None:
 
             def probe(hidden_states):
                 return torch.log_softmax(self.lm_head(hidden_states).float(), dim=-1)

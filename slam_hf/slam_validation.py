@@ -153,7 +153,7 @@ LOOP_SPECS = {
     "loop_confidence_target": Enum("improvement", "absolute"),
     "loop_confidence_margin": Float(0.0, 10.0),
     "loop_confidence_loss_weight": Float(0.0, 100.0),
-    "loop_exit_criterion": Enum("confidence", "kl", "hidden_change"),
+    "loop_exit_criterion": Enum("confidence", "kl", "hidden_change", "none"),
     "loop_exit_threshold": Float(0.0, 1e6, optional=True),  # None: no exit, every token runs full depth
     "loop_cache": Enum("per_iteration", "shared"),
     "num_hidden_layers": Int(1, 2 * MAX_LAYERS + MAX_LAYERS * MAX_LOOP_ITERATIONS, optional=True),  # derived
