@@ -692,7 +692,8 @@ class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
         loop_exit_criterion, loop_exit_threshold: inference exit per token. "confidence": sigmoid(head) >=
             threshold; "hidden_change": |s_i - s_{i-1}| / |s_i| <= threshold; "kl" (Huginn): KL between successive
             iterations' next-token distributions <= threshold (probes the coda every iteration; uncached only).
-            "none" or threshold None runs every token to full depth. `calibrate_exit_threshold` picks one for a loss budget.
+            "none" or threshold None runs every token to full depth. `slam_hf.training.loop.calibrate_exit_threshold`
+            picks a threshold for a held-out loss budget.
         loop_cache: "per_iteration" keeps one set of core cache layers per iteration (an exited token's last K/V
             fill its deeper slots); "shared" keeps one set, holding each token's last K/V.
         num_hidden_layers: derived, the number of cache layers: P + N * C + D (per_iteration) or P + C + D (shared).

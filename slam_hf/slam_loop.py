@@ -197,7 +197,8 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
         criterion = config.loop_exit_criterion if loop_exit_criterion is None else loop_exit_criterion
         if criterion not in EXIT_CRITERIA:
             raise ValueError(
-                f"`loop_exit_criterion` must be one of {', '.join(map(repr, EXIT_CRITERIA))}, got {loop_exit_criterion!r}."
+                f"`loop_exit_criterion` must be one of {', '.join(map(repr, EXIT_CRITERIA))}, got "
+                f"{loop_exit_criterion!r}."
             )
         threshold = config.loop_exit_threshold if loop_exit_threshold is None else loop_exit_threshold
         if criterion == "none":
@@ -228,6 +229,11 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
         **kwargs,
     ) -> SlamLoopModelOutput:
         r"""loop_iterations: run exactly this many core iterations (at most loop_max_iterations) instead of the
+        sampled (training) or maximal (inference) depth. loop_exit_criterion, loop_exit_threshold: override the
+        config's exit for this call ("none": no exit). iteration_probe: a function of the normed coda output after
+        every iteration, (B, L, hidden) -> anything, run without gradients; its results are returned as
+        `iteration_probes` (the causal-LM head passes one that gives token losses to train the confidence head, or
+        log-probabilities for the "kl" exit)."""loop_iterations: run exactly this many core iterations (at most loop_max_iterations) instead of the
         sampled (training) or maximal (inference) depth. loop_exit_criterion, loop_exit_threshold: override the
         config's exit for this call ("none": no exit). iteration_probe: a function of the normed coda output after every iteration,
         (B, L, hidden) -> anything, run without gradients; its results are returned as `iteration_probes` (the

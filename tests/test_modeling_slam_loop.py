@@ -2,8 +2,7 @@
 with row gathering, both cache modes, sampled depth with truncated backprop, the confidence head's training."""
 
 import pytest
-import torch
-from slam_common import ATOL, SlamModelTesterMixin, single_threaded_torch
+from slam_common import SlamModelTesterMixin, single_threaded_torch
 from slam_tester import SlamLoopModelTester
 
 
