@@ -233,12 +233,7 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
         config's exit for this call ("none": no exit). iteration_probe: a function of the normed coda output after
         every iteration, (B, L, hidden) -> anything, run without gradients; its results are returned as
         `iteration_probes` (the causal-LM head passes one that gives token losses to train the confidence head, or
-        log-probabilities for the "kl" exit)."""loop_iterations: run exactly this many core iterations (at most loop_max_iterations) instead of the
-        sampled (training) or maximal (inference) depth. loop_exit_criterion, loop_exit_threshold: override the
-        config's exit for this call ("none": no exit). iteration_probe: a function of the normed coda output after every iteration,
-        (B, L, hidden) -> anything, run without gradients; its results are returned as `iteration_probes` (the
-        causal-LM head passes one that gives token losses to train the confidence head, or log-probabilities
-        for the "kl" exit)."""
+        log-probabilities for the "kl" exit)."""
         raise_if_output_attentions(output_attentions, "the core runs several times per layer")
         settings = self.loop_settings(loop_iterations, loop_exit_criterion, loop_exit_threshold)
         inputs = self._prepare_inputs(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache)
