@@ -21,7 +21,6 @@ from .slam_compat import (
     create_causal_mask,
     forward_arguments,
     init,
-    is_tracing,
     output_cache,
     share_attention_implementation,
 )
@@ -39,7 +38,7 @@ from .slam_pretrained import (
     validate_inputs,
     validate_labels,
 )
-from .slam_vision import SlamAuxProjector, SlamVisionTower
+from .slam_vision import SlamAuxProjector, SlamVisionTower, image_placeholder_mask, place_image_features
 
 V3_ATTENTIONS = "SLAM v3 runs four masked paths per encoder layer and an absorbed latent attention in the decoder"
 
@@ -114,51 +113,22 @@ class SlamV3Encoder(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def placeholder_mask(self, input_ids, inputs_embeds):
-        """(B, L) bool: where the `<image>` placeholders are. The one place that locates them: from `input_ids` when
-        given, else (as transformers' image-text models do) where `inputs_embeds` equal the embedding of
-        `image_token_id` in every hidden dim."""
-        if input_ids is not None:
-            return input_ids == self.config.image_token_id
-        image_token = torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
-        return (inputs_embeds == self.embed_tokens(image_token).to(inputs_embeds.dtype)).all(-1)
+        """(B, L) bool: where the `<image>` placeholders are (`image_placeholder_mask`)."""
+        return image_placeholder_mask(self.embed_tokens, self.config.image_token_id, input_ids, inputs_embeds)
 
     def embed(self, input_ids, inputs_embeds, pixel_values, image_grid_hw):
         """(B, L, hidden) embeddings with image features at the placeholders, and the image-token mask (B, L)."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        is_image = self.placeholder_mask(input_ids, inputs_embeds)
-        # Counting placeholders reads values: eager only (see validate_inputs); a traced graph is fed matching inputs.
-        checks = not is_tracing()
-        placeholders = int(is_image.sum()) if checks else None
-        found = "`input_ids` hold {} image placeholder tokens"  # the placeholders, as the error messages name them
-        if input_ids is None:
-            found = "`inputs_embeds` hold {} embeddings of the image placeholder token"
-        if pixel_values is None and image_grid_hw is not None:
-            raise ValueError("`image_grid_hw` was given without `pixel_values`; pass both (SlamProcessor gives both).")
-        if (
-            pixel_values is not None
-            and checks
-            and self.vision_tower.patch_embed.grid_size(pixel_values)
-            and not len(pixel_values)
-        ):
-            pixel_values = None  # 0 images (validated): nothing to encode, and placeholders must be 0 as without images
-        if pixel_values is None:
-            if checks and placeholders:
-                raise ValueError(
-                    f"{found.format(placeholders)} (id {self.config.image_token_id}) but no `pixel_values` were given; "
-                    "pass the images (SlamProcessor returns both)."
-                )
-            return inputs_embeds, is_image
-        features = self.vision_tower(pixel_values, image_grid_hw)  # (N, patches, hidden)
-        if checks and placeholders != features.shape[0] * features.shape[1]:
-            raise ValueError(
-                f"{found.format(placeholders)}, but `pixel_values` give {features.shape[0]} image(s) x "
-                f"{features.shape[1]} patches = {features.shape[0] * features.shape[1]} features; expand each "
-                "`<image>` with SlamProcessor so that every patch has one placeholder."
-            )
-        mask = is_image[..., None].expand_as(inputs_embeds)
-        inputs_embeds = inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.dtype))
-        return inputs_embeds, is_image
+        return place_image_features(
+            self.vision_tower,
+            self.embed_tokens,
+            self.config.image_token_id,
+            input_ids,
+            inputs_embeds,
+            pixel_values,
+            image_grid_hw,
+        )
 
     @forward_arguments
     def forward(

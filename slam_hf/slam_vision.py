@@ -207,6 +207,68 @@ class SlamVisionTower(nn.Module):
         return self.projector(self.norm(hidden_states))
 
 
+def image_placeholder_mask(embed_tokens, image_token_id, input_ids, inputs_embeds):
+    """(B, L) bool: where the `<image>` placeholders are. The one place that locates them: from `input_ids` when
+    given, else (as transformers' image-text models do) where `inputs_embeds` equal the embedding of
+    `image_token_id` in every hidden dim."""
+    if input_ids is not None:
+        return input_ids == image_token_id
+    image_token = torch.tensor(image_token_id, device=inputs_embeds.device)
+    return (inputs_embeds == embed_tokens(image_token).to(inputs_embeds.dtype)).all(-1)
+
+
+def place_image_features(
+    vision_tower, embed_tokens, image_token_id, input_ids, inputs_embeds, pixel_values, image_grid_hw
+):
+    """`inputs_embeds` (B, L, hidden) with the vision tower's patch features at the `<image>` placeholders (row-major,
+    one placeholder per patch, images in order), and the placeholder mask (B, L). Placeholders without images, a
+    count that does not match the patches, or `image_grid_hw` without `pixel_values` raise a ValueError naming the
+    fix. Used by SLAM v3's encoder and the latent-loop image-text model."""
+    is_image = image_placeholder_mask(embed_tokens, image_token_id, input_ids, inputs_embeds)
+    # Counting placeholders reads values: eager only (see validate_inputs); a traced graph is fed matching inputs.
+    checks = not is_tracing()
+    placeholders = int(is_image.sum()) if checks else None
+    found = "`input_ids` hold {} image placeholder tokens"  # the placeholders, as the error messages name them
+    if input_ids is None:
+        found = "`inputs_embeds` hold {} embeddings of the image placeholder token"
+    if pixel_values is None and image_grid_hw is not None:
+        raise ValueError("`image_grid_hw` was given without `pixel_values`; pass both (SlamProcessor gives both).")
+    if (
+        pixel_values is not None
+        and checks
+        and vision_tower.patch_embed.grid_size(pixel_values)
+        and not len(pixel_values)
+    ):
+        pixel_values = None  # 0 images (validated): nothing to encode, and placeholders must be 0 as without images
+    if pixel_values is None:
+        if checks and placeholders:
+            raise ValueError(
+                f"{found.format(placeholders)} (id {image_token_id}) but no `pixel_values` were given; "
+                "pass the images (SlamProcessor returns both)."
+            )
+        return inputs_embeds, is_image
+    features = vision_tower(pixel_values, image_grid_hw)  # (N, patches, hidden)
+    if checks and placeholders != features.shape[0] * features.shape[1]:
+        raise ValueError(
+            f"{found.format(placeholders)}, but `pixel_values` give {features.shape[0]} image(s) x "
+            f"{features.shape[1]} patches = {features.shape[0] * features.shape[1]} features; expand each "
+            "`<image>` with SlamProcessor so that every patch has one placeholder."
+        )
+    mask = is_image[..., None].expand_as(inputs_embeds)
+    inputs_embeds = inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.dtype))
+    return inputs_embeds, is_image
+
+
+def placeholder_grid_positions(is_image: torch.Tensor, grid_width: int, patches: int) -> torch.Tensor:
+    """(row, column) in its image's patch grid of every `<image>` placeholder, (0, 0) elsewhere: (B, L, 2) long.
+
+    The k-th placeholder of a row belongs to patch k mod `patches` of its image (images of one batch share one grid,
+    row-major, `grid_width` patches per row)."""
+    index = (is_image.long().cumsum(-1) - 1).clamp(min=0) % patches
+    grid = torch.stack((index // grid_width, index % grid_width), dim=-1)
+    return grid * is_image[..., None]
+
+
 class SlamAuxProjector(nn.Module):
     """Structured / latent inputs into the joint sequence: aux_values (B, n_aux, aux_dim) -> (B, n_aux, hidden).
 
@@ -232,6 +294,9 @@ class SlamAuxProjector(nn.Module):
 
 
 __all__ = [
+    "image_placeholder_mask",
+    "place_image_features",
+    "placeholder_grid_positions",
     "SlamAuxProjector",
     "SlamPatchEmbedding",
     "SlamRotaryEmbedding2D",
