@@ -25,6 +25,7 @@ from .configuration_slam import (
 from .image_processing_slam import SlamImageProcessor
 from .modeling_slam import (
     SlamLoopForCausalLM,
+    SlamLoopForImageTextToText,
     SlamLoopModel,
     SlamLoopPreTrainedModel,
     SlamV1ForCausalLM,
@@ -75,8 +76,9 @@ def register_auto_classes() -> None:
             model_class.register_for_auto_class(auto_class.__name__)
     # Multimodal preprocessing (SLAM v3): in-process Auto lookups, and auto_map entries when saved.
     AutoConfig.register(SlamV3VisionConfig.model_type, SlamV3VisionConfig, exist_ok=True)
-    AutoImageProcessor.register(SlamV3Config, image_processor_classes={"pil": SlamImageProcessor}, exist_ok=True)
-    AutoProcessor.register(SlamV3Config, SlamProcessor, exist_ok=True)
+    for config_class in (SlamV3Config, SlamLoopConfig):
+        AutoImageProcessor.register(config_class, image_processor_classes={"pil": SlamImageProcessor}, exist_ok=True)
+        AutoProcessor.register(config_class, SlamProcessor, exist_ok=True)
     SlamImageProcessor.register_for_auto_class("AutoImageProcessor")
     SlamProcessor.register_for_auto_class("AutoProcessor")
 
@@ -87,6 +89,7 @@ __all__ = [
     "MODEL_FAMILIES",
     "SlamLoopConfig",
     "SlamLoopForCausalLM",
+    "SlamLoopForImageTextToText",
     "SlamLoopModel",
     "SlamLoopPreTrainedModel",
     "SlamV1Config",

@@ -98,6 +98,7 @@ AUTO_FACTORIES = {
     "ForMaskedLM": ("AutoModelForMaskedLM",),
     "ForSequenceClassification": ("AutoModelForSequenceClassification",),
     "ForConditionalGeneration": ("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM"),
+    "ForImageTextToText": ("AutoModelForImageTextToText",),
 }
 # Running from a Hub repo (transformers imports remote code as `transformers_modules.<repo>...`) rather than from
 # the installed package: there `auto_map` is the only way transformers finds the classes.
@@ -694,6 +695,10 @@ class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
             iterations' next-token distributions <= threshold (probes the coda every iteration; uncached only).
             "none" or threshold None runs every token to full depth. `slam_hf.training.loop.calibrate_exit_threshold`
             picks a threshold for a held-out loss budget.
+        vision_config: a `SlamV3VisionConfig` (or its dict) for `SlamLoopForImageTextToText`: image patches from the
+            vision tower sit at the `image_token_id` placeholders of the one causal sequence, and the decoder rotates
+            them with 2D RoPE over the patch grid (row, column) while text keeps 1D RoPE ("selective RoPE"). None
+            (default): a text-only model.
         loop_cache: "per_iteration" keeps one set of core cache layers per iteration (an exited token's last K/V
             fill its deeper slots); "shared" keeps one set, holding each token's last K/V.
         num_hidden_layers: derived, the number of cache layers: P + N * C + D (per_iteration) or P + C + D (shared).
@@ -703,6 +708,7 @@ class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
 
     model_type = "slam_loop"
     field_specs = {**SHARED_SPECS, **LOOP_SPECS, **BASE_SPECS}
+    sub_configs = {"vision_config": SlamV3VisionConfig}
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
@@ -741,6 +747,8 @@ class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
         loop_exit_criterion: str = "confidence",
         loop_exit_threshold: float | None = None,
         loop_cache: str = "per_iteration",
+        vision_config: dict | SlamV3VisionConfig | None = None,
+        image_token_id: int | None = 5,
         num_hidden_layers: int | None = None,
         is_causal: bool = True,
         use_cache: bool = True,
@@ -767,6 +775,7 @@ class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
         for name, value in locals().items():
             if name.startswith(("loop_", "prelude_", "core_", "coda_")):
                 setattr(self, name, value)
+        self._init_vision(vision_config, image_token_id)
         slots = core_layers * (loop_max_iterations if loop_cache == "per_iteration" else 1)
         self._derive_num_hidden_layers(
             num_hidden_layers,
@@ -776,6 +785,23 @@ class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
             "prelude_layers, core_layers, coda_layers, loop_max_iterations or loop_cache",
         )
         self._finish_init(is_causal, tie_word_embeddings, pad_token_id, bos_token_id, eos_token_id, **kwargs)
+
+    def _init_vision(self, vision_config, image_token_id):
+        if isinstance(vision_config, dict):
+            vision_config = SlamV3VisionConfig(**vision_config)
+        elif vision_config is not None and not isinstance(vision_config, SlamV3VisionConfig):
+            raise TypeError(
+                f"`vision_config` must be a dict, a SlamV3VisionConfig or None, got {type(vision_config).__name__}."
+            )
+        if vision_config is not None and self.position_embedding_type == "rope" and self.head_dim % 4:
+            raise ValueError(
+                f"Image patches get 2D RoPE (two axes x rotation pairs), which needs a `head_dim` divisible by 4, got "
+                f"{self.head_dim}; change head_dim (or hidden_size / num_attention_heads)."
+            )
+        if vision_config is not None and image_token_id is None:
+            raise ValueError("A loop model with a `vision_config` needs `image_token_id` (the `<image>` placeholder).")
+        self.vision_config = vision_config
+        self.image_token_id = image_token_id
 
     @property
     def core_cache_slots(self) -> int:

@@ -16,7 +16,8 @@ lives in one file per variant:
                         conditional generation.
     slam_loop.py        the latent-loop transformer (DESIGN §6): prelude -> a shared core iterated up to N times per
                         token with the prelude output re-injected -> coda; a per-token confidence head stops tokens
-                        early at inference (slam_loop_training.py: sampled depth, confidence targets); head: causal LM.
+                        early at inference (slam_loop_training.py: sampled depth, confidence targets); heads: causal LM,
+                        image-text to text (vision-tower patches in the sequence, 2D RoPE for them).
     slam_pretrained.py  what the variants share: `SlamPreTrainedModel` (flags, init, embeddings and input preparation,
                         save/load with checksums and a complete auto_map), input validation, `PreparedInputs`.
     slam_heads.py       the task-head mixins of the decoder-only variants (v1, v2).
@@ -40,6 +41,7 @@ from .slam_heads import (  # noqa: F401
 )
 from .slam_loop import (
     SlamLoopForCausalLM,
+    SlamLoopForImageTextToText,
     SlamLoopModel,
     SlamLoopPreTrainedModel,
 )
@@ -82,6 +84,7 @@ from .slam_v3 import (  # noqa: F401
 __all__ = [
     "SlamForCausalLMMixin",
     "SlamLoopForCausalLM",
+    "SlamLoopForImageTextToText",
     "SlamLoopModel",
     "SlamLoopPreTrainedModel",
     "SlamForMaskedLMMixin",

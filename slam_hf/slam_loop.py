@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_slam import SlamLoopConfig
 from .slam_blocks import SlamLayer
-from .slam_compat import cache_output, forward_arguments, output_cache
+from .slam_compat import cache_output, forward_arguments, output_cache, share_attention_implementation
 from .slam_heads import SlamLMHeadMixin
 from .slam_layers import make_norm
 from .slam_loop_training import confidence_loss, sample_iterations, token_losses
@@ -30,8 +30,11 @@ from .slam_pretrained import (
     SlamPreTrainedModel,
     is_empty_batch,
     raise_if_output_attentions,
+    refuse_static_cache,
+    validate_inputs,
     validate_labels,
 )
+from .slam_vision import SlamRotaryEmbedding2D, SlamVisionTower, place_image_features, placeholder_grid_positions
 
 logger = logging.get_logger(__name__)
 
@@ -169,6 +172,12 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
         self.confidence_norm = make_norm(config)
         self.confidence_head = nn.Linear(config.hidden_size, 1)
         self.norm = make_norm(config)
+        self.vision_tower = self.patch_rotary_emb = None
+        if config.vision_config is not None:  # image-text: patches at the `<image>` placeholders, 2D RoPE for them
+            share_attention_implementation(config)  # the vision tower reads its sub-config
+            self.vision_tower = SlamVisionTower(config.vision_config, text_hidden_size=config.hidden_size)
+            if config.position_embedding_type == "rope":
+                self.patch_rotary_emb = SlamRotaryEmbedding2D(config.head_dim, config.rope_theta)
         self.gradient_checkpointing = False
         # Running state, not weights (plain attributes: from_pretrained would leave buffers uninitialised):
         self.previous_loss = None  # the last training step's LM loss (loss_triggered sampling reads it)
@@ -226,6 +235,8 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
         loop_exit_criterion: str | None = None,
         loop_exit_threshold: float | None = None,
         iteration_probe=None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_grid_hw: torch.LongTensor | None = None,
         **kwargs,
     ) -> SlamLoopModelOutput:
         r"""loop_iterations: run exactly this many core iterations (at most loop_max_iterations) instead of the
@@ -233,10 +244,24 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
         config's exit for this call ("none": no exit). iteration_probe: a function of the normed coda output after
         every iteration, (B, L, hidden) -> anything, run without gradients; its results are returned as
         `iteration_probes` (the causal-LM head passes one that gives token losses to train the confidence head, or
-        log-probabilities for the "kl" exit)."""
+        log-probabilities for the "kl" exit). pixel_values, image_grid_hw: images for the `<image>` placeholders
+        (a model with a `vision_config`; SlamProcessor gives both)."""
         raise_if_output_attentions(output_attentions, "the core runs several times per layer")
         settings = self.loop_settings(loop_iterations, loop_exit_criterion, loop_exit_threshold)
+        is_image = None
+        if self.vision_tower is not None:
+            inputs_embeds, is_image = self._embed_images(
+                input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_values, image_grid_hw
+            )
+            input_ids = None
+        elif pixel_values is not None or image_grid_hw is not None:
+            raise ValueError(
+                "This latent-loop model has no vision tower (config.vision_config is None), so it takes no "
+                "`pixel_values`; build SlamLoopForImageTextToText with a `vision_config` for images."
+            )
         inputs = self._prepare_inputs(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache)
+        if is_image is not None and pixel_values is not None and self.patch_rotary_emb is not None:
+            inputs.position_embeddings = self._selective_rope(inputs.position_embeddings, is_image, pixel_values)
         if is_empty_batch(inputs.hidden_states):
             flags = dict(use_cache=use_cache, output_hidden_states=output_hidden_states)
             return self._empty_batch_outputs(inputs, cache, input_ids, inputs_embeds, attention_mask, **flags)
@@ -280,6 +305,33 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
             confidence_logits=confidences,
             iteration_probes=probes,
         )
+
+    def _embed_images(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, pixel_values, grid_hw):
+        """Token embeddings with the vision tower's patch features at the `<image>` placeholders, and where those
+        are (B, L). The ids are validated first (they index the embedding table)."""
+        refuse_static_cache(cache)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        validate_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length, position_ids=position_ids)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        return place_image_features(
+            self.vision_tower,
+            self.embed_tokens,
+            self.config.image_token_id,
+            input_ids,
+            inputs_embeds,
+            pixel_values,
+            grid_hw,
+        )
+
+    def _selective_rope(self, position_embeddings, is_image, pixel_values):
+        """Text keeps its 1D RoPE (position in the sequence); image patches get 2D RoPE over their grid (row,
+        column), so attention among an image's patches depends on their 2D offset."""
+        grid_height, grid_width = self.vision_tower.patch_embed.grid_size(pixel_values)
+        grid = placeholder_grid_positions(is_image, grid_width, grid_height * grid_width)
+        patch_cos, patch_sin = self.patch_rotary_emb(grid, position_embeddings[0].dtype)
+        keep = is_image[..., None]
+        return tuple(torch.where(keep, patch, text) for patch, text in zip((patch_cos, patch_sin), position_embeddings))
 
     def _count_iterations(self, iterations, token_mask, past_length):
         """Accumulate (tokens, core iterations) of prompts (no past) and of later steps, on the device (no sync);
@@ -398,6 +450,24 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
         return hidden_states if rows is None else state.index_copy(0, rows, hidden_states)
 
 
+# The arguments a head hands to the trunk.
+TRUNK_ARGUMENTS = (
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "cache",
+    "inputs_embeds",
+    "use_cache",
+    "output_hidden_states",
+    "output_attentions",
+    "loop_iterations",
+    "loop_exit_criterion",
+    "loop_exit_threshold",
+    "pixel_values",
+    "image_grid_hw",
+)
+
+
 class SlamLoopForCausalLM(SlamLMHeadMixin, EmptyBatchGenerationMixin, SlamLoopPreTrainedModel, GenerationMixin):
     """Causal LM on the latent loop: `generate` with cache, beams and sampling; per-token exit at inference.
 
@@ -430,13 +500,18 @@ class SlamLoopForCausalLM(SlamLMHeadMixin, EmptyBatchGenerationMixin, SlamLoopPr
         **kwargs,
     ) -> SlamLoopCausalLMOutput:
         r"""loop_iterations, loop_exit_criterion, loop_exit_threshold: see `SlamLoopModel.forward`."""
+        return self._lm_forward(locals(), kwargs)
+
+    def _lm_forward(self, arguments: dict, kwargs: dict) -> SlamLoopCausalLMOutput:
+        """The forward of both heads, from their arguments (`locals()` of their forward) and loss kwargs."""
+        labels, loop_exit_threshold = arguments["labels"], arguments["loop_exit_threshold"]
         train_confidence = self.training and labels is not None and self.config.loop_confidence_loss_weight > 0
-        criterion = loop_exit_criterion or self.config.loop_exit_criterion
+        criterion = arguments["loop_exit_criterion"] or self.config.loop_exit_criterion
         threshold = self.config.loop_exit_threshold if loop_exit_threshold is None else loop_exit_threshold
         probe = None
         if train_confidence:
-            if input_ids is not None:
-                validate_labels(labels, input_ids.shape, vocab_size=self.config.vocab_size)
+            if arguments["input_ids"] is not None:
+                validate_labels(labels, arguments["input_ids"].shape, vocab_size=self.config.vocab_size)
 
             def probe(hidden_states):
                 return token_losses(self.lm_head(hidden_states), labels)
@@ -446,23 +521,11 @@ class SlamLoopForCausalLM(SlamLMHeadMixin, EmptyBatchGenerationMixin, SlamLoopPr
             def probe(hidden_states):
                 return torch.log_softmax(self.lm_head(hidden_states).float(), dim=-1)
 
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            loop_iterations=loop_iterations,
-            loop_exit_criterion=loop_exit_criterion,
-            loop_exit_threshold=loop_exit_threshold,
-            iteration_probe=probe,
-            return_dict=True,
-        )
+        trunk_arguments = {name: arguments[name] for name in TRUNK_ARGUMENTS if name in arguments}
+        outputs = self.model(**trunk_arguments, iteration_probe=probe, return_dict=True)
         hidden_states = outputs.last_hidden_state
         validate_labels(labels, hidden_states.shape[:2], vocab_size=self.config.vocab_size)
+        logits_to_keep = arguments["logits_to_keep"]
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
         loss = lm_loss = head_loss = None
@@ -512,9 +575,63 @@ class SlamLoopForCausalLM(SlamLMHeadMixin, EmptyBatchGenerationMixin, SlamLoopPr
         return output
 
 
+class SlamLoopForImageTextToText(SlamLoopForCausalLM):
+    """Image(s) + text in, text out, in one causal sequence (AutoModelForImageTextToText): the vision tower's patch
+    features replace the `<image>` placeholders that SlamProcessor expands (one per patch), the decoder rotates patches
+    with 2D RoPE over their grid and text with 1D RoPE, and the loop, exit and caches are the causal LM's. `generate`
+    encodes the images once, in the prefill; later steps read them from the cache."""
+
+    def __init__(self, config: SlamLoopConfig):
+        if config.vision_config is None:
+            raise ValueError(
+                "SlamLoopForImageTextToText needs a vision tower: set `vision_config` (a SlamV3VisionConfig or its "
+                "dict) in the SlamLoopConfig, or use SlamLoopForCausalLM for text only."
+            )
+        super().__init__(config)
+        if self.generation_config.suppress_tokens is None:
+            # A generated `<image>` would be a placeholder without an image: never decode one.
+            self.generation_config.suppress_tokens = [config.image_token_id]
+
+    @forward_arguments
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_grid_hw: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        loop_iterations: int | None = None,
+        loop_exit_criterion: str | None = None,
+        loop_exit_threshold: float | None = None,
+        **kwargs,
+    ) -> SlamLoopCausalLMOutput:
+        r"""pixel_values (N, C, H, W), image_grid_hw (N, 2): the images of the `<image>` placeholders, in order.
+        loop_iterations, loop_exit_criterion, loop_exit_threshold: see `SlamLoopModel.forward`."""
+        return self._lm_forward(locals(), kwargs)
+
+    def prepare_inputs_for_generation(
+        self, input_ids, inputs_embeds=None, pixel_values=None, image_grid_hw=None, **kwargs
+    ):
+        """The images go to the prefill only: after it their patches are in the cache, and the new tokens hold no
+        placeholders. Without a cache every step re-reads the whole sequence, images included."""
+        inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
+        cache = inputs.get("cache", inputs.get("past_key_values"))
+        if cache is None or cache.get_seq_length() == 0:
+            inputs.update(pixel_values=pixel_values, image_grid_hw=image_grid_hw)
+        return inputs
+
+
 __all__ = [
     "SlamLoopCausalLMOutput",
     "SlamLoopForCausalLM",
+    "SlamLoopForImageTextToText",
     "SlamLoopModel",
     "SlamLoopModelOutput",
     "SlamLoopPreTrainedModel",

@@ -156,6 +156,7 @@ LOOP_SPECS = {
     "loop_exit_criterion": Enum("confidence", "kl", "hidden_change", "none"),
     "loop_exit_threshold": Float(0.0, 1e6, optional=True),  # None: no exit, every token runs full depth
     "loop_cache": Enum("per_iteration", "shared"),
+    "image_token_id": TokenId(),  # the `<image>` placeholder (image-text model); None: no images
     "num_hidden_layers": Int(1, 2 * MAX_LAYERS + MAX_LAYERS * MAX_LOOP_ITERATIONS, optional=True),  # derived
 }
 

@@ -33,6 +33,7 @@ import re
 
 import pytest
 import torch
+import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -46,6 +47,8 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from slam_hf.configuration_slam import AUTO_FACTORIES
 
 ATOL = 1e-5
 # The cache argument: "cache" since transformers 5.24, "past_key_values" before; SLAM forwards accept both.
@@ -189,14 +192,10 @@ class SlamModelTesterMixin:
         return saved
 
     def auto_classes_for(self, tester, model_class):
-        """The Auto factories that must load `model_class` from its checkpoint."""
-        return {
-            tester.base_model_class: [AutoModel],
-            tester.causal_lm_class: [AutoModelForCausalLM],
-            tester.masked_lm_class: [AutoModelForMaskedLM],
-            tester.sequence_classification_class: [AutoModelForSequenceClassification],
-            tester.conditional_generation_class: [AutoModelForSeq2SeqLM, AutoModelForImageTextToText],
-        }[model_class]
+        """The Auto factories that must load `model_class` from its checkpoint (by its class-name suffix, from the
+        package's one class -> factory table)."""
+        suffix = max((s for s in AUTO_FACTORIES if model_class.__name__.endswith(s)), key=len)
+        return [getattr(transformers, factory) for factory in AUTO_FACTORIES[suffix]]
 
     def require(self, model_class, what):
         if model_class is None:

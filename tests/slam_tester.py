@@ -16,6 +16,7 @@ import torch
 from slam_hf import (
     SlamLoopConfig,
     SlamLoopForCausalLM,
+    SlamLoopForImageTextToText,
     SlamLoopModel,
     SlamV1Config,
     SlamV1ForCausalLM,
@@ -673,3 +674,86 @@ class SlamLoopModelTester(SlamModelTester):
     def expected_num_hidden_states(self, config) -> int:
         # embeddings, each prelude layer, the core's final state, each coda layer
         return 1 + config.prelude_layers + 1 + config.coda_layers
+
+
+class SlamLoopImageTextModelTester(SlamLoopModelTester):
+    """The latent loop with a vision tower (SlamLoopForImageTextToText): one 8 x 8 image of 4 x 4 patches per row, its
+    4 placeholders at positions 2..5 of the causal sequence (2D RoPE for them, 1D for text), adaptive exit on.
+    `padding_rows` mixes rows with an image and text-only rows, as a processor batch can."""
+
+    causal_lm_class = SlamLoopForImageTextToText
+    first_regular_token_id = 6  # ids 0..5 are <pad> <s> </s> <unk> <mask> <image>
+    image_token_id = 5
+    image_size = 8
+    patch_size = 4
+    num_patches = (8 // 4) ** 2
+    image_start = 2  # token 1 stays text: assert_context_sensitive replaces it
+    vision_config_kwargs = SlamV3ModelTester.vision_config_kwargs
+    pixel_values = SlamV3ModelTester.pixel_values
+    with_image = SlamV3ModelTester.with_image
+    offload_memory_fraction = 0.6
+
+    def variant_config_kwargs(self) -> dict:
+        return {
+            **super().variant_config_kwargs(),
+            "image_token_id": self.image_token_id,
+            "vision_config": self.vision_config_kwargs(),
+        }
+
+    def variant_bad_config_cases(self) -> list[tuple[dict, str]]:
+        vision = self.vision_config_kwargs()
+        return [
+            (dict(vision_config={**vision, "patch_size": 0}), "patch_size"),
+            (dict(image_token_id=self.vocab_size), "image_token_id"),
+            (dict(image_token_id=None), "image_token_id"),
+            (dict(hidden_size=24, num_attention_heads=4, num_key_value_heads=2), "head_dim"),  # 6: not 4k for 2D RoPE
+        ]
+
+    def non_default_config_kwargs(self) -> dict:
+        return {**super().non_default_config_kwargs(), "image_token_id": 7, "vision_config": {"patch_size": 2}}
+
+    def config_variants(self) -> list[dict]:
+        return [row for row in super().config_variants() if row["position_embedding_type"] != "learned"] + [
+            dict(position_embedding_type="learned")
+        ]
+
+    def expected_rope(self, module_name, config) -> tuple[int, float]:
+        if "vision_tower" in module_name:  # 2D: head_dim / 4 frequencies of a head_dim / 2 wide rotary, per axis
+            return config.vision_config.head_dim // 2, config.vision_config.rope_theta
+        if "patch_rotary" in module_name:  # the decoder's 2D RoPE of image patches
+            return config.head_dim // 2, config.rope_theta
+        return config.head_dim, config.rope_theta
+
+    def model_inputs(self, batch_size=None, seq_length=None, text_only=False, config=None) -> dict:
+        batch_size = batch_size or self.batch_size
+        input_ids = self.input_ids(batch_size, seq_length)
+        if text_only:
+            return {"input_ids": input_ids}
+        return {"input_ids": self.with_image(input_ids), "pixel_values": self.pixel_values(batch_size)}
+
+    def padding_rows(self, lengths, decoder=True) -> list[dict]:
+        rows = []
+        for length in lengths:
+            row = {"input_ids": self.input_ids(1, length)}
+            if length > self.image_start + self.num_patches:
+                row = {"input_ids": self.with_image(row["input_ids"]), "pixel_values": self.pixel_values(1)}
+            rows.append(row)
+        return rows
+
+    def pad_rows(self, rows, side, pad_token_id=0) -> tuple[dict, torch.Tensor]:
+        batch, mask = super().pad_rows(rows, side, pad_token_id)
+        images = [row["pixel_values"] for row in rows if "pixel_values" in row]
+        if images:
+            batch["pixel_values"] = torch.cat(images)
+        return batch, mask
+
+    def with_sequence(self, inputs, sequence) -> dict:
+        """The images go with a sequence that holds their placeholders (not with tokens scored on their own)."""
+        if not (sequence == self.image_token_id).any():
+            return {"input_ids": sequence}
+        extra = {name: value for name, value in inputs.items() if name in ("pixel_values", "image_grid_hw")}
+        return {"input_ids": sequence, **extra}
+
+    def checkpointed_linears(self, model) -> list:
+        trunk = model.base_model
+        return [trunk.vision_tower.layers[0].self_attn.q_proj, trunk.prelude[0].self_attn.q_proj]

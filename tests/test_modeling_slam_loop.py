@@ -6,15 +6,19 @@ import logging
 import pytest
 import torch
 from slam_common import ATOL, SlamModelTesterMixin, described, output_cache, single_threaded_torch
-from slam_tester import SlamLoopModelTester
+from slam_tester import SlamLoopImageTextModelTester, SlamLoopModelTester
 
-from slam_hf import SlamLoopConfig, SlamLoopForCausalLM
+from slam_hf import SlamLoopConfig, SlamLoopForCausalLM, SlamLoopForImageTextToText
 from slam_hf.slam_loop_training import confidence_targets, sample_iterations
 from slam_hf.training.loop import calibrate_exit_threshold, evaluate_exit
 
 
 class TestSlamLoopModel(SlamModelTesterMixin):  # pytest collects `Test*` classes only
     model_tester_class = SlamLoopModelTester
+
+
+class TestSlamLoopImageTextModel(SlamModelTesterMixin):
+    model_tester_class = SlamLoopImageTextModelTester
 
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
@@ -282,3 +286,90 @@ def test_training_learns_and_calibration_keeps_the_budget():
     assert model.config.loop_exit_threshold == report.threshold
     check = evaluate_exit(model, heldout, "confidence", report.threshold)
     assert check.mean_iterations == report.chosen.mean_iterations
+
+
+# ----------------------------------------------------------------------------------- image-text ----
+IMAGE_TESTER = SlamLoopImageTextModelTester()
+
+
+def test_image_text_model_on_text_is_the_causal_lm():
+    """Text keeps 1D RoPE: without images the image-text model is the causal LM with the same weights."""
+    torch.manual_seed(0)
+    model = SlamLoopForImageTextToText(IMAGE_TESTER.get_config()).eval()
+    text_model = SlamLoopForCausalLM(IMAGE_TESTER.get_config(vision_config=None)).eval()
+    missing, unexpected = text_model.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and unexpected and all(name.startswith("model.vision_tower.") for name in unexpected)
+    ids = IMAGE_TESTER.input_ids(2, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, text_model(ids).logits, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="pixel_values"):  # the text head takes no images
+        text_model(ids, pixel_values=IMAGE_TESTER.pixel_values(2))
+    with pytest.raises(ValueError, match="no vision tower"):  # nor does a text trunk
+        text_model.model(ids, pixel_values=IMAGE_TESTER.pixel_values(2))
+    with pytest.raises(ValueError, match="vision_config"):
+        SlamLoopForImageTextToText(IMAGE_TESTER.get_config(vision_config=None))
+
+
+def test_image_patches_get_2d_rope():
+    """Placeholders take 2D RoPE at their (row, column) in the patch grid, text 1D RoPE at its position; attention
+    among an image's patches then sees their 2D offsets (a transposed image changes the output)."""
+    torch.manual_seed(0)
+    model = SlamLoopForImageTextToText(IMAGE_TESTER.get_config()).eval()
+    inputs = IMAGE_TESTER.model_inputs(batch_size=1, seq_length=9)
+    trunk = model.model
+    is_image = inputs["input_ids"] == IMAGE_TESTER.image_token_id
+    text_rope = trunk.rotary_emb(torch.arange(9)[None], torch.float32)
+    cos, sin = trunk._selective_rope(text_rope, is_image, inputs["pixel_values"])
+    grid = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])[None]  # 2 x 2 patches, row-major
+    patch_cos, patch_sin = trunk.patch_rotary_emb(grid, torch.float32)
+    torch.testing.assert_close(cos[is_image], patch_cos[0])
+    torch.testing.assert_close(sin[~is_image], text_rope[1][~is_image])
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        transposed = model(inputs["input_ids"], pixel_values=inputs["pixel_values"].transpose(2, 3)).logits
+    assert (logits - transposed).abs().max() > 1e-3
+
+
+def test_image_text_generate_with_processor(tmp_path):
+    """SlamProcessor -> generate with adaptive exit; the images are read once (prefill), the `<image>` token is never
+    decoded, cached == uncached, and AutoModelForImageTextToText / AutoProcessor load the saved pair."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from slam_hf import SlamImageProcessor, SlamProcessor
+    from slam_hf.processing_slam import train_bpe_tokenizer
+
+    words = ["a", "photo", "of", "the", "digit", "seven", "is", "red"]
+    corpus = [" ".join(np.random.default_rng(i).choice(words, size=8)) for i in range(200)]
+    tokenizer = train_bpe_tokenizer(corpus, vocab_size=IMAGE_TESTER.vocab_size)
+    tokenizer.padding_side = "left"  # for generation
+    processor = SlamProcessor(SlamImageProcessor(size={"height": 8, "width": 8}, patch_size=4), tokenizer)
+    torch.manual_seed(0)
+    model = SlamLoopForImageTextToText(IMAGE_TESTER.get_config(vocab_size=len(tokenizer))).eval()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    batch = processor(
+        text=["<image> a photo of", "<image> the digit seven is"],
+        images=[image, image],
+        padding=True,
+        return_tensors="pt",
+    )
+    batch = {name: value for name, value in batch.items() if name != "token_type_ids"}
+    calls = []
+    handle = model.model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        cached = model.generate(**batch, max_new_tokens=6, do_sample=False)
+        handle.remove()
+        assert model.loop_statistics["new_mean_iterations"] < model.config.loop_max_iterations
+        uncached = model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert calls == [1]
+    assert torch.equal(cached, uncached)
+    assert not (cached[:, batch["input_ids"].shape[1] :] == IMAGE_TESTER.image_token_id).any()
+
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert type(reloaded) is SlamLoopForImageTextToText
+    assert type(AutoProcessor.from_pretrained(tmp_path)) is SlamProcessor
+    with torch.no_grad():
+        assert torch.equal(reloaded.generate(**batch, max_new_tokens=6, do_sample=False), cached)
