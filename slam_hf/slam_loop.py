@@ -88,7 +88,7 @@ class _CoreKeyValues:
     """
 
     def __init__(self, config, cache, past_length, prelude_layers):
-        self.cache = cache if cache is not None else None
+        self.cache = cache
         self.per_iteration = config.loop_cache == "per_iteration"
         self.first_slot = prelude_layers
         self.core_layers = config.core_layers
@@ -209,11 +209,21 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
                 f"`loop_exit_criterion` must be one of {', '.join(map(repr, EXIT_CRITERIA))}, got "
                 f"{loop_exit_criterion!r}."
             )
+        if loop_exit_threshold is not None and (
+            not isinstance(loop_exit_threshold, (int, float))
+            or isinstance(loop_exit_threshold, bool)
+            or not 0 <= loop_exit_threshold <= (1 if criterion == "confidence" else float("inf"))
+        ):
+            raise ValueError(
+                f"`loop_exit_threshold` must be a number >= 0 (at most 1 for a confidence), got {loop_exit_threshold!r}."
+            )
         threshold = config.loop_exit_threshold if loop_exit_threshold is None else loop_exit_threshold
         if criterion == "none":
             threshold = None
         if self.training:
-            previous = float("inf") if self.previous_loss is None else float(self.previous_loss)
+            previous = float("inf")
+            if config.loop_iteration_sampling == "loss_triggered" and self.previous_loss is not None:
+                previous = float(self.previous_loss)  # a host sync, only for this rule
             iterations = loop_iterations or sample_iterations(config, previous)
             grad_from = max(1, iterations - config.loop_backprop_iterations + 1)
             return _LoopSettings(iterations, grad_from, None, None)
