@@ -215,7 +215,8 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
             or not 0 <= loop_exit_threshold <= (1 if criterion == "confidence" else float("inf"))
         ):
             raise ValueError(
-                f"`loop_exit_threshold` must be a number >= 0 (at most 1 for a confidence), got {loop_exit_threshold!r}."
+                "`loop_exit_threshold` must be a number >= 0 (at most 1 for a confidence), got "
+                f"{loop_exit_threshold!r}."
             )
         threshold = config.loop_exit_threshold if loop_exit_threshold is None else loop_exit_threshold
         if criterion == "none":
