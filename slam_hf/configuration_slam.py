@@ -681,8 +681,9 @@ class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
         loop_iteration_sampling: training depth per step. "lognormal_poisson" (Huginn): tau ~ N(log(mean) -
             sigma^2 / 2, sigma), r = min(1 + Poisson(e^tau), loop_max_iterations), with mean `loop_sampling_mean`
             (None: loop_max_iterations) and `loop_sampling_sigma`; "fixed": always loop_max_iterations;
-            "loss_triggered" (the published trigger): full depth while the previous step's LM loss is above
-            `loop_loss_trigger`, one iteration otherwise.
+            "loss_triggered" (the published trigger, "iterate more while the loss is high"): after iteration 1
+            the batch's mean token loss (coda and head on that state, no gradient) decides: above
+            `loop_loss_trigger` the step runs full depth, else it stops at one iteration.
         loop_backprop_iterations: gradients flow through the last k iterations of a step only (truncated backprop);
             earlier ones run without a graph.
         loop_confidence_target: what the confidence head learns from the detached per-iteration token losses l_i.
@@ -692,7 +693,8 @@ class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
             Its input is detached, so it never changes the language model.
         loop_exit_criterion, loop_exit_threshold: inference exit per token. "confidence": sigmoid(head) >=
             threshold; "hidden_change": |s_i - s_{i-1}| / |s_i| <= threshold; "kl" (Huginn): KL between successive
-            iterations' next-token distributions <= threshold (probes the coda every iteration; uncached only).
+            iterations' next-token distributions <= threshold (probes the coda every iteration; needs
+            use_cache=False).
             "none" or threshold None runs every token to full depth. `slam_hf.training.loop.calibrate_exit_threshold`
             picks a threshold for a held-out loss budget.
         vision_config: a `SlamV3VisionConfig` (or its dict) for `SlamLoopForImageTextToText`: image patches from the
@@ -766,6 +768,12 @@ class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
             raise ValueError(
                 f"`loop_exit_threshold` ({loop_exit_threshold}) compares with a confidence in [0, 1] under "
                 "loop_exit_criterion='confidence'; use a value in [0, 1] (None: no exit)."
+            )
+        if loop_exit_criterion == "kl" and loop_exit_threshold is not None and use_cache:
+            raise ValueError(
+                "loop_exit_criterion='kl' probes the coda after every iteration, which a cached decode cannot do "
+                "without writing the coda's cache: set use_cache=False with it (uncached generate), or use "
+                "'confidence' / 'hidden_change'."
             )
         if loop_sampling_mean is not None and loop_sampling_mean > loop_max_iterations:
             raise ValueError(

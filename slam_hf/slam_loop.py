@@ -34,11 +34,13 @@ from .slam_pretrained import (
     validate_inputs,
     validate_labels,
 )
+from .slam_validation import LOOP_SPECS
 from .slam_vision import SlamRotaryEmbedding2D, SlamVisionTower, place_image_features, placeholder_grid_positions
 
 logger = logging.get_logger(__name__)
 
 EXIT_CRITERIA = ("confidence", "kl", "hidden_change", "none")  # "none": every token runs full depth
+MAX_EXIT_THRESHOLD = LOOP_SPECS["loop_exit_threshold"].high
 
 
 @dataclass
@@ -149,6 +151,7 @@ class _LoopSettings:
     grad_from: int  # first iteration with a graph (truncated backprop); 1 = all
     criterion: str | None  # exit criterion, None: no exit
     threshold: float | None
+    loss_trigger: float | None = None  # training, "loss_triggered": go past iteration 1 only above this token loss
 
 
 class SlamLoopModel(SlamLoopPreTrainedModel):
@@ -180,7 +183,6 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
                 self.patch_rotary_emb = SlamRotaryEmbedding2D(config.head_dim, config.rope_theta)
         self.gradient_checkpointing = False
         # Running state, not weights (plain attributes: from_pretrained would leave buffers uninitialised):
-        self.previous_loss = None  # the last training step's LM loss (loss_triggered sampling reads it)
         self.loop_counts = None  # see _count_iterations
         self.post_init()
 
@@ -210,24 +212,24 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
                 f"{loop_exit_criterion!r}."
             )
         if loop_exit_threshold is not None and (
-            not isinstance(loop_exit_threshold, (int, float))
-            or isinstance(loop_exit_threshold, bool)
-            or not 0 <= loop_exit_threshold <= (1 if criterion == "confidence" else float("inf"))
+            not isinstance(loop_exit_threshold, (int, float)) or isinstance(loop_exit_threshold, bool)
+        ):
+            raise TypeError(f"`loop_exit_threshold` must be a number, got {type(loop_exit_threshold).__name__}.")
+        if loop_exit_threshold is not None and not 0 <= loop_exit_threshold <= (
+            1 if criterion == "confidence" else MAX_EXIT_THRESHOLD
         ):
             raise ValueError(
-                "`loop_exit_threshold` must be a number >= 0 (at most 1 for a confidence), got "
+                f"`loop_exit_threshold` must be in [0, {MAX_EXIT_THRESHOLD:g}] (at most 1 for a confidence), got "
                 f"{loop_exit_threshold!r}."
             )
         threshold = config.loop_exit_threshold if loop_exit_threshold is None else loop_exit_threshold
         if criterion == "none":
             threshold = None
         if self.training:
-            previous = float("inf")
-            if config.loop_iteration_sampling == "loss_triggered" and self.previous_loss is not None:
-                previous = float(self.previous_loss)  # a host sync, only for this rule
-            iterations = loop_iterations or sample_iterations(config, previous)
+            iterations = loop_iterations or sample_iterations(config)
             grad_from = max(1, iterations - config.loop_backprop_iterations + 1)
-            return _LoopSettings(iterations, grad_from, None, None)
+            triggered = loop_iterations is None and config.loop_iteration_sampling == "loss_triggered"
+            return _LoopSettings(iterations, grad_from, None, None, config.loop_loss_trigger if triggered else None)
         iterations = loop_iterations or maximum
         return _LoopSettings(iterations, 1, None if threshold is None else criterion, threshold)
 
@@ -404,7 +406,8 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
                 if not bool(running.all()):
                     rows = running.nonzero().squeeze(-1)
             previous = state
-            with torch.set_grad_enabled(torch.is_grad_enabled() and iteration >= settings.grad_from):
+            with_graph = iteration >= settings.grad_from or (iteration == 1 and settings.loss_trigger is not None)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and with_graph):
                 if iteration == settings.grad_from and iteration > 1:
                     previous = previous.detach()  # truncated backprop: no graph into the earlier iterations
                 state = self._iterate(previous, prelude_output, rows, active, iteration, kv, layer_inputs)
@@ -421,6 +424,9 @@ class SlamLoopModel(SlamLoopPreTrainedModel):
                 probes.append(probe)
             if active is not None and iteration < settings.iterations:
                 active = active & ~self._exits(settings, confidence, state, previous, probe, probes)
+            if iteration == 1 and settings.loss_trigger is not None and probe is not None:
+                if not torch.nanmean(probe) > settings.loss_trigger:  # one host sync, only for this rule
+                    break
         kv.finish(ran, self.config.loop_max_iterations)
         return state, iterations, tuple(confidences) or None, tuple(probes) or None
 
@@ -491,6 +497,12 @@ class SlamLoopForCausalLM(SlamLMHeadMixin, EmptyBatchGenerationMixin, SlamLoopPr
     trunk_class = SlamLoopModel
     output_class = SlamLoopCausalLMOutput
     loop_statistics = None
+    # generate() on 0 rows validates these too (EmptyBatchGenerationMixin)
+    _empty_batch_inputs = EmptyBatchGenerationMixin._empty_batch_inputs | {
+        "loop_iterations",
+        "loop_exit_criterion",
+        "loop_exit_threshold",
+    }
 
     @forward_arguments
     def forward(
@@ -517,10 +529,13 @@ class SlamLoopForCausalLM(SlamLMHeadMixin, EmptyBatchGenerationMixin, SlamLoopPr
         """The forward of both heads, from their arguments (`locals()` of their forward) and loss kwargs."""
         labels, loop_exit_threshold = arguments["labels"], arguments["loop_exit_threshold"]
         train_confidence = self.training and labels is not None and self.config.loop_confidence_loss_weight > 0
+        loss_triggered = (
+            self.training and labels is not None and self.config.loop_iteration_sampling == "loss_triggered"
+        )
         criterion = arguments["loop_exit_criterion"] or self.config.loop_exit_criterion
         threshold = self.config.loop_exit_threshold if loop_exit_threshold is None else loop_exit_threshold
         probe = None
-        if train_confidence:
+        if train_confidence or loss_triggered:
             if arguments["input_ids"] is not None:
                 validate_labels(labels, arguments["input_ids"].shape, vocab_size=self.config.vocab_size)
 
@@ -544,8 +559,6 @@ class SlamLoopForCausalLM(SlamLMHeadMixin, EmptyBatchGenerationMixin, SlamLoopPr
             loss = lm_loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
-            if self.training:
-                self.model.previous_loss = lm_loss.detach()
         if train_confidence and outputs.iteration_probes:
             full_depth = len(outputs.iteration_probes) == self.config.loop_max_iterations
             head_loss = confidence_loss(

@@ -11,21 +11,20 @@ from torch.nn import functional as F
 IGNORE_INDEX = -100
 
 
-def sample_iterations(config, previous_loss: float = math.inf) -> int:
+def sample_iterations(config) -> int:
     """Core iterations for one training step, by `config.loop_iteration_sampling`.
 
     "lognormal_poisson" (Huginn): tau ~ N(log(mean) - sigma^2 / 2, sigma), r = 1 + Poisson(e^tau), clipped to
     loop_max_iterations; e^tau has mean `mean`, so r averages about mean + 1 before clipping (mean: loop_sampling_mean,
     default loop_max_iterations: most steps train full depth, some shallower ones teach early states to be useful).
-    "fixed": loop_max_iterations. "loss_triggered" (the published rule, "iterate more while the loss is high"): full
-    depth while the previous step's LM loss exceeds `loop_loss_trigger`, else one iteration. Draws use torch's
+    "fixed": loop_max_iterations. "loss_triggered" (the published rule, "iterate more while the loss is high"):
+    loop_max_iterations, of which the loop runs only the first unless this batch's token loss after it exceeds
+    `loop_loss_trigger` (decided in the forward: `SlamLoopModel._loop`). Draws use torch's
     global generator, so `transformers.set_seed` / Trainer's seed make them reproducible.
     """
     maximum = config.loop_max_iterations
-    if config.loop_iteration_sampling == "fixed" or maximum == 1:
+    if config.loop_iteration_sampling in ("fixed", "loss_triggered") or maximum == 1:
         return maximum
-    if config.loop_iteration_sampling == "loss_triggered":
-        return maximum if previous_loss > config.loop_loss_trigger else 1
     mean = config.loop_sampling_mean or maximum
     sigma = config.loop_sampling_sigma
     tau = torch.normal(math.log(mean) - sigma**2 / 2, sigma, size=(1,))
@@ -69,8 +68,9 @@ def confidence_loss(config, confidence_logits, losses, labels, full_depth: bool,
     targets, weight = confidence_targets(config, list(losses), full_depth)
     logits = torch.stack(confidence_logits).float()  # (r, B, L)
     labelled = F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False).to(logits.dtype)  # (B, L)
-    per_token = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    per_token = F.binary_cross_entropy_with_logits(logits, targets.nan_to_num(0.0), reduction="none")
     weights = weight[:, None, None] * labelled[None]
+    per_token = per_token.masked_fill(weights == 0, 0.0)
     if num_items_in_batch is not None:
         return (per_token * weights).sum() / (weight.sum() * num_items_in_batch).clamp(min=1)
     return (per_token * weights).sum() / weights.sum().clamp(min=1)

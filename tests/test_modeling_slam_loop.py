@@ -108,7 +108,8 @@ def test_exit_batch_equals_rows_alone():
 def test_untrained_exit_criteria(criterion, threshold):
     """The untrained exits (hidden-state change, Huginn's KL between successive steps) stop tokens early, batch
     rows stay independent, and "kl" (which probes the coda every iteration) refuses a cache."""
-    model = loop_model(loop_exit_criterion=criterion, loop_exit_threshold=threshold)
+    no_cache = {"use_cache": False} if criterion == "kl" else {}
+    model = loop_model(loop_exit_criterion=criterion, loop_exit_threshold=threshold, **no_cache)
     ids = prompts()
     with torch.no_grad():
         outputs = model(ids, use_cache=False)
@@ -118,6 +119,8 @@ def test_untrained_exit_criteria(criterion, threshold):
         if criterion == "kl":
             with pytest.raises(ValueError, match="use_cache=False"):
                 model(ids, use_cache=True)
+            with pytest.raises(ValueError, match="use_cache=False"):  # a config that could not decode by default
+                TESTER.get_config(loop_exit_criterion="kl", loop_exit_threshold=threshold)
         else:
             cached, _ = incremental_logits(model, ids, prefix=6)
             torch.testing.assert_close(cached, outputs.logits, rtol=0, atol=ATOL)
@@ -206,9 +209,19 @@ def test_sampled_depth():
     assert draws[:50] == [sample_iterations(config) for _ in range(50)]
     assert min(draws) >= 1 and max(draws) == 6
     assert 4.5 < sum(draws) / len(draws) < 6 and draws.count(1) > 0
-    triggered = SlamLoopConfig(loop_max_iterations=6, loop_iteration_sampling="loss_triggered", loop_loss_trigger=2.0)
-    assert sample_iterations(triggered, previous_loss=3.0) == 6 and sample_iterations(triggered, 1.0) == 1
     assert sample_iterations(SlamLoopConfig(loop_iteration_sampling="fixed")) == 4
+
+
+def test_loss_triggered_depth():
+    """The published trigger: past iteration 1 only while this batch's token loss after it is above the trigger;
+    with full depth, gradients still reach only the last loop_backprop_iterations iterations."""
+    ids = prompts()
+    for trigger, expected in ((0.0, 3), (100.0, 1)):
+        model = loop_model(loop_iteration_sampling="loss_triggered", loop_loss_trigger=trigger).train()
+        outputs = model(ids, labels=ids)
+        assert outputs.loop_iterations.unique().tolist() == [expected]
+        outputs.loss.backward()
+        assert model.model.core[0].mlp.down_proj.weight.grad.abs().sum() > 0
 
 
 def test_truncated_backprop():

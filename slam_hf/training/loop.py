@@ -118,6 +118,12 @@ def calibrate_exit_threshold(
         )
     if criterion not in DEFAULT_THRESHOLDS:
         raise ValueError(f"`criterion` must be one of {', '.join(DEFAULT_THRESHOLDS)}, got {criterion!r}.")
+    if criterion == "kl" and apply and model.config.use_cache:
+        raise ValueError(
+            "The 'kl' exit runs only without a cache, so it cannot be applied to a model with use_cache=True: "
+            "calibrate it with apply=False and pass loop_exit_criterion='kl', loop_exit_threshold=<threshold> "
+            "with use_cache=False to the forward or generate."
+        )
     batches = list(batches)
     full = evaluate_exit(model, batches)
     curve = exit_curve(model, batches, criterion, thresholds)
