@@ -5,7 +5,9 @@ either save order, stale entries dropped); a missing or edited config.json refus
 and the remote code (fresh process without slam_hf), each naming config.json and the way out; `config=` skipping
 the config check and re-signing by re-saving; a damaged manifest (not JSON, wrong structure) refused as an OSError
 naming checksums.json; folders without a manifest (other tools) or with a weights-only one (older slam_hf) keeping
-their behaviour; `slam-hf push` refusing an edited config.json.
+their behaviour; `slam-hf push` refusing an edited config.json. The latent loop's exit threshold lives in config.json
+alone (a calibrated threshold is a config field, not a weight): an edited one is refused like any other edit, and a
+threshold changed in-process and re-saved loads.
 """
 
 import json
@@ -15,6 +17,7 @@ import pytest
 import torch
 from hub_helpers import run_offline
 from slam_common import single_threaded_torch
+from slam_tester import SlamLoopModelTester
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import slam_hf
@@ -41,6 +44,12 @@ def tiny_v1(seed=0):
         ef_segment_overlap=1,
     )
     return slam_hf.SlamV1ForCausalLM(config).eval()
+
+
+def tiny_loop(seed=0):
+    """The latent loop with its confidence exit on (threshold 0.5): some tokens stop after 1 or 2 iterations."""
+    torch.manual_seed(seed)
+    return slam_hf.SlamLoopForCausalLM(SlamLoopModelTester().get_config()).eval()
 
 
 @torch.no_grad()
@@ -125,6 +134,32 @@ def test_edited_config_is_refused_naming_it(saved, load):
     assert "SlamV1Config.from_json_file" in message and "re-sign" in message and "checksums.json" in message
 
 
+@pytest.mark.parametrize(
+    "load", [slam_hf.SlamLoopForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained], ids=["slam", "auto"]
+)
+def test_edited_loop_exit_threshold_is_refused_and_a_resaved_one_loads(tmp_path, load):
+    """A hand-edited exit threshold loads without any other error and changes what the model computes (tokens stop
+    at other depths): only the manifest can tell. Changing it in-process, as calibrate_exit_threshold does, and
+    saving again re-signs the folder."""
+    model = tiny_loop()
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        before, after = (model(IDS, loop_exit_threshold=t).loop_iterations for t in (0.5, 0.9))
+    assert not torch.equal(before, after)  # the edit below is not a no-op
+    edit_config(tmp_path, loop_exit_threshold=0.9)
+    with pytest.raises(OSError, match="config.json of .* is not the one save_pretrained recorded") as err:
+        load(tmp_path)
+    assert "SlamLoopConfig.from_json_file" in str(err.value)
+
+    model.config.loop_exit_threshold = 0.9
+    model.save_pretrained(tmp_path)
+    reloaded = load(tmp_path).eval()
+    assert reloaded.config.loop_exit_threshold == 0.9
+    torch.testing.assert_close(logits(reloaded), logits(model), rtol=0, atol=0)
+    with torch.no_grad():
+        assert torch.equal(reloaded(IDS).loop_iterations, after)
+
+
 def test_explicit_config_skips_the_check_and_resaving_re_signs(saved):
     folder, model = saved
     edit_config(folder, use_cache=False)  # a deliberate, harmless change
@@ -201,16 +236,18 @@ REMOTE_LOADER = textwrap.dedent(
 
 def test_remote_code_refuses_missing_and_edited_config(tmp_path):
     model = tiny_v1()
-    folders = {name: tmp_path / name for name in ("intact", "edited", "missing")}
-    for folder in folders.values():
-        model.save_pretrained(folder)
+    folders = {name: tmp_path / name for name in ("intact", "edited", "missing", "loop-intact", "loop-edited")}
+    for name, folder in folders.items():
+        (tiny_loop() if name.startswith("loop") else model).save_pretrained(folder)
     edit_config(folders["edited"], ef_segment_length=5)
+    edit_config(folders["loop-edited"], loop_exit_threshold=0.9)
     (folders["missing"] / "config.json").unlink()
     (tmp_path / "loader.py").write_text(REMOTE_LOADER)
     stdout = run_offline([tmp_path / "loader.py", *folders.values()], tmp_path / "hf_home", cwd=tmp_path)
     errors = json.loads(stdout.strip().splitlines()[-1])
-    assert errors[str(folders["intact"])] is None
+    assert errors[str(folders["intact"])] is None and errors[str(folders["loop-intact"])] is None
     assert "OSError: config.json of" in errors[str(folders["edited"])], errors
+    assert "OSError: config.json of" in errors[str(folders["loop-edited"])], errors
     assert "config.json" in errors[str(folders["missing"])], errors  # transformers' AutoConfig refuses it first
 
 

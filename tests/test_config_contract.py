@@ -21,6 +21,8 @@ import torch
 from transformers import AutoConfig
 
 from slam_hf import (
+    SlamLoopConfig,
+    SlamLoopForCausalLM,
     SlamV1Config,
     SlamV1ForCausalLM,
     SlamV1ForMaskedLM,
@@ -34,7 +36,7 @@ from slam_hf import (
 from slam_hf.slam_validation import VISION_SPECS
 
 SEED = 17
-DRAWS = {"slam_v1": 500, "slam_v2": 500, "slam_v3": 400, "slam_v3_vision": 400}
+DRAWS = {"slam_v1": 500, "slam_v2": 500, "slam_v3": 400, "slam_v3_vision": 400, "slam_loop": 500}
 VISION = dict(patch_size=2, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
 TEXT = dict(
     vocab_size=32,
@@ -57,8 +59,17 @@ BASE_KWARGS = {
         v_head_dim=4,
         vision_config=VISION,
     ),
+    # The exit is on (a confidence threshold), so accepted configs run the per-token exit and row gathering.
+    "slam_loop": dict(
+        TEXT, prelude_layers=1, core_layers=1, coda_layers=1, loop_max_iterations=2, loop_exit_threshold=0.5
+    ),
 }
-CONFIG_CLASSES = {"slam_v1": SlamV1Config, "slam_v2": SlamV2Config, "slam_v3": SlamV3Config}
+CONFIG_CLASSES = {
+    "slam_v1": SlamV1Config,
+    "slam_v2": SlamV2Config,
+    "slam_v3": SlamV3Config,
+    "slam_loop": SlamLoopConfig,
+}
 
 # Valid values of the size fields, kept small so that an accepted config builds and runs in milliseconds.
 SMALL_VALUES = {
@@ -90,6 +101,12 @@ SMALL_VALUES = {
     "num_channels": [1, 3],
     "num_labels": [1, 2, 5],
     "chunk_size_feed_forward": [0, 1],
+    "prelude_layers": [0, 1, 2],
+    "core_layers": [1, 2],
+    "coda_layers": [0, 1, 2],
+    "loop_max_iterations": [1, 2, 3],
+    "loop_backprop_iterations": [1, 2, 4],
+    "loop_sampling_mean": [None, 1.0, 1.5, 3.0],  # 3.0: above loop_max_iterations=2 unless that is drawn too
 }
 LAST_ID, PAST_VOCAB = object(), object()  # token ids resolved against the drawn vocab_size
 
@@ -156,14 +173,16 @@ def draw(rng, variant):
 def head_for(config):
     if isinstance(config, SlamV3Config):
         return SlamV3ForConditionalGeneration
+    if isinstance(config, SlamLoopConfig):
+        return SlamLoopForCausalLM
     causal = {SlamV1Config: SlamV1ForCausalLM, SlamV2Config: SlamV2ForCausalLM}[type(config)]
     masked = {SlamV1Config: SlamV1ForMaskedLM, SlamV2Config: SlamV2ForMaskedLM}[type(config)]
     return causal if config.is_causal else masked
 
 
 def forward_inputs(config, generator):
-    """A short batch of 2 for `config`: text for v1/v2; for v3 a prompt with one 2 x 2-patch image, the answer as
-    labels, and aux values when aux_dim is set."""
+    """A short batch of 2 for `config`: text for v1/v2 and the latent loop; for v3 a prompt with one 2 x 2-patch
+    image, the answer as labels, and aux values when aux_dim is set."""
     ids = torch.randint(0, config.vocab_size, (2, min(10, config.max_position_embeddings)), generator=generator)
     if not isinstance(config, SlamV3Config):
         return {"input_ids": ids, "labels": ids}
@@ -263,6 +282,12 @@ REGRESSIONS = [
     (SlamV1Config, dict(hidden_size=65536 * 2), ValueError, r"`hidden_size`"),
     (SlamV1Config, dict(output_hidden_states="yes"), TypeError, r"`output_hidden_states`"),
     (SlamV1Config, dict(num_labels=10**9), ValueError, r"`num_labels`"),
+    (SlamLoopConfig, dict(loop_max_iterations=10**6), ValueError, r"`loop_max_iterations` .*\(at most 256\)"),
+    (SlamLoopConfig, dict(loop_exit_threshold=math.nan), ValueError, r"`loop_exit_threshold` .*got nan"),
+    (SlamLoopConfig, dict(loop_exit_threshold=2.0), ValueError, r"`loop_exit_threshold` \(2.0\) compares with a conf"),
+    (SlamLoopConfig, dict(loop_sampling_sigma=math.inf), ValueError, r"`loop_sampling_sigma`.*got inf"),
+    (SlamLoopConfig, dict(core_layers=2.0), TypeError, r"`core_layers` must be a positive integer"),
+    (SlamLoopConfig, dict(loop_iteration_sampling=None), TypeError, r"`loop_iteration_sampling` must be set"),
 ] + [
     (SlamV3VisionConfig, {name: value}, ValueError, rf"`vision_config.{name}`.*got {value}")
     for name in ("norm_eps", "rope_theta", "initializer_range", "attention_dropout", "hidden_dropout")
@@ -276,6 +301,23 @@ def test_each_listed_defect_fails_at_construction(config_class, kwargs, error, m
     with pytest.raises(error, match=match):
         config_class(**kwargs)
     assert time.perf_counter() - start < 1.0  # absurd sizes fail at once, they do not start building
+
+
+def test_loop_kl_exit_config_runs_or_is_refused():
+    """The "kl" exit with a threshold (what `calibrate_exit_threshold(criterion="kl")` writes into the config) is
+    either refused at construction, naming the exit and the cache, or the model it builds runs its default forward
+    and `generate()` (use_cache defaults to True, and the "kl" exit refuses a cache at the forward)."""
+    kwargs = dict(BASE_KWARGS["slam_loop"], loop_exit_criterion="kl", loop_exit_threshold=0.1)
+    try:
+        config = SlamLoopConfig(**kwargs)
+    except ValueError as error:
+        assert "loop_exit_criterion" in str(error) and "use_cache" in str(error), error
+        return
+    model = SlamLoopForCausalLM(config).eval()
+    ids = torch.randint(3, config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(SEED))
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+    assert model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=False).shape == (2, 12)
 
 
 def test_json_values_and_ints_for_floats_are_accepted():

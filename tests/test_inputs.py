@@ -1,9 +1,14 @@
 """Malformed inputs are rejected by name; legal degenerate inputs (batch of 0 rows, rows of nothing but padding) run.
 
 ONE table (`CASES`): every public forward (v1/v2: Model, ForCausalLM, ForMaskedLM, ForSequenceClassification; v3:
-Model, ForConditionalGeneration), `generate()` of the generative heads, `SlamProcessor` and `SlamImageProcessor`,
-each with a bad input (-> the exception type and a fragment naming the argument) or a degenerate one (-> the output
-shape, all values finite). Rows come from per-family lists of inputs crossed with the family's classes.
+Model, ForConditionalGeneration; the latent loop: Model, ForCausalLM, ForImageTextToText), `generate()` of the
+generative heads, `SlamProcessor` and `SlamImageProcessor`, each with a bad input (-> the exception type and a
+fragment naming the argument) or a degenerate one (-> the output shape, all values finite). Rows come from
+per-family lists of inputs crossed with the family's classes. The latent loop runs the decoder-only rows with its
+adaptive exit on (the tester's confidence threshold), plus its own: the loop arguments (`loop_iterations`,
+`loop_exit_criterion`, `loop_exit_threshold`) out of range or of the wrong type, and legal corner cases (one token,
+no rows, every token padding, each exit criterion); its forwards must also report a depth per token within the one
+asked for. The image-text loop adds image inputs.
 """
 # ruff: noqa: E501  (the tables keep one case per line, so a reader scans them row by row)
 
@@ -14,14 +19,21 @@ import pytest
 import torch
 from PIL import Image
 from slam_common import single_threaded_torch
-from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
+from slam_tester import (
+    SlamLoopImageTextModelTester,
+    SlamLoopModelTester,
+    SlamV1ModelTester,
+    SlamV2ModelTester,
+    SlamV3ModelTester,
+)
 
 from slam_hf.image_processing_slam import SlamImageProcessor
 from slam_hf.processing_slam import SlamProcessor, train_bpe_tokenizer
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 
-V1, V2, V3 = SlamV1ModelTester(), SlamV2ModelTester(), SlamV3ModelTester()
+V1, V2, V3, LOOP = SlamV1ModelTester(), SlamV2ModelTester(), SlamV3ModelTester(), SlamLoopModelTester()
+LOOP_IMAGE = SlamLoopImageTextModelTester()
 VOCAB, LENGTH, ANSWER = V1.vocab_size, 9, V3.decoder_seq_length
 
 
@@ -112,6 +124,91 @@ DECODER_ONLY = [
     ("gen_padded_batch", lambda: dict(input_ids=ids(), attention_mask=padded_mask(padded_rows=(0, 1))), output(2, LENGTH + 3), "gen"),
     ("gen_batch0", lambda: dict(input_ids=ids(0), attention_mask=padded_mask(0, ())), output(0, LENGTH), "gen"),
     ("gen_batch0_ids_float", lambda: dict(input_ids=ids(0).float()), raises(TypeError, "`input_ids`"), "gen"),
+]  # fmt: skip
+
+
+def loop_ids(**loop_arguments):
+    return dict(input_ids=ids(), **loop_arguments)
+
+
+# The latent loop, on top of DECODER_ONLY: (id, inputs, expected, which heads: "all", "base" (the trunk), "lm", "gen").
+# The tester's model has loop_max_iterations=3 and the confidence exit on (threshold 0.5).
+LOOP_ONLY = [
+    ("loop_iterations_0", lambda: loop_ids(loop_iterations=0), raises(ValueError, "`loop_iterations` must be in [1, loop_max_iterations=3], got 0"), "all"),
+    ("loop_iterations_above_max", lambda: loop_ids(loop_iterations=4), raises(ValueError, "`loop_iterations` must be in [1, loop_max_iterations=3], got 4"), "all"),
+    ("loop_iterations_negative", lambda: loop_ids(loop_iterations=-1), raises(ValueError, "`loop_iterations` must be in"), "all"),
+    ("loop_iterations_float", lambda: loop_ids(loop_iterations=2.0), raises(TypeError, "`loop_iterations` must be an int, got float"), "all"),
+    ("loop_iterations_bool", lambda: loop_ids(loop_iterations=True), raises(TypeError, "`loop_iterations` must be an int, got bool"), "all"),
+    ("loop_iterations_tensor", lambda: loop_ids(loop_iterations=torch.tensor(2)), raises(TypeError, "`loop_iterations` must be an int"), "all"),
+    ("loop_exit_criterion_bogus", lambda: loop_ids(loop_exit_criterion="bogus"), raises(ValueError, "`loop_exit_criterion` must be one of"), "all"),
+    ("loop_exit_criterion_int", lambda: loop_ids(loop_exit_criterion=1), raises(ValueError, "`loop_exit_criterion` must be one of"), "all"),
+    ("loop_exit_threshold_str", lambda: loop_ids(loop_exit_threshold="0.5"), raises(TypeError, "`loop_exit_threshold`"), "all"),
+    ("loop_exit_threshold_nan", lambda: loop_ids(loop_exit_threshold=float("nan")), raises(ValueError, "`loop_exit_threshold`"), "all"),
+    ("loop_exit_threshold_negative", lambda: loop_ids(loop_exit_criterion="hidden_change", loop_exit_threshold=-0.5), raises(ValueError, "`loop_exit_threshold`"), "all"),
+    ("loop_exit_threshold_above_1_confidence", lambda: loop_ids(loop_exit_threshold=1.5), raises(ValueError, "`loop_exit_threshold`"), "all"),
+    ("kl_on_trunk", lambda: loop_ids(loop_exit_criterion="kl", use_cache=False), raises(ValueError, "loop_exit_criterion='kl' compares next-token distributions"), "base"),
+    ("kl_with_cache", lambda: loop_ids(loop_exit_criterion="kl", use_cache=True), raises(ValueError, "pass use_cache=False"), "lm"),
+    ("batch0_loop_iterations_0", lambda: dict(input_ids=ids(0), loop_iterations=0), raises(ValueError, "`loop_iterations` must be in"), "all"),
+    ("batch0_loop_exit_criterion_bogus", lambda: dict(input_ids=ids(0), loop_exit_criterion="bogus"), raises(ValueError, "`loop_exit_criterion`"), "all"),
+    ("gen_loop_iterations_above_max", lambda: loop_ids(loop_iterations=4), raises(ValueError, "`loop_iterations` must be in"), "gen"),
+    ("gen_loop_iterations_float", lambda: loop_ids(loop_iterations=2.0), raises(TypeError, "`loop_iterations` must be an int"), "gen"),
+    ("gen_loop_exit_criterion_bogus", lambda: loop_ids(loop_exit_criterion="bogus"), raises(ValueError, "`loop_exit_criterion` must be one of"), "gen"),
+    ("gen_kl_with_cache", lambda: loop_ids(loop_exit_criterion="kl"), raises(ValueError, "pass use_cache=False"), "gen"),
+    ("gen_batch0_loop_iterations_0", lambda: dict(input_ids=ids(0), loop_iterations=0), raises(ValueError, "`loop_iterations` must be in"), "gen"),
+    # legal degenerate inputs
+    ("one_token", lambda: dict(input_ids=ids(2, 1)), output(2, 1, "V"), "all"),
+    ("one_token_padded_row", lambda: dict(input_ids=ids(2, 1), attention_mask=torch.tensor([[1], [0]])), output(2, 1, "V"), "all"),
+    ("batch0_loop_arguments", lambda: dict(input_ids=ids(0), loop_iterations=2, loop_exit_criterion="hidden_change", loop_exit_threshold=0.1), output(0, LENGTH, "V"), "all"),
+    ("padded_batch_loop_iterations_1", lambda: dict(input_ids=ids(), attention_mask=padded_mask(padded_rows=(0, 1)), loop_iterations=1), output(2, LENGTH, "V"), "all"),
+    ("loop_iterations_max", lambda: loop_ids(loop_iterations=3), output(2, LENGTH, "V"), "all"),
+    ("exit_none", lambda: loop_ids(loop_exit_criterion="none", loop_exit_threshold=0.5), output(2, LENGTH, "V"), "all"),
+    ("exit_threshold_0", lambda: loop_ids(loop_exit_threshold=0.0), output(2, LENGTH, "V"), "all"),
+    ("exit_threshold_1", lambda: loop_ids(loop_exit_threshold=1.0), output(2, LENGTH, "V"), "all"),
+    ("exit_hidden_change", lambda: loop_ids(loop_exit_criterion="hidden_change", loop_exit_threshold=0.5), output(2, LENGTH, "V"), "all"),
+    ("exit_kl_uncached", lambda: loop_ids(loop_exit_criterion="kl", loop_exit_threshold=0.1, use_cache=False), output(2, LENGTH, "V"), "lm"),
+    ("exit_kl_labels_uncached", lambda: loop_ids(loop_exit_criterion="kl", loop_exit_threshold=0.1, use_cache=False, labels=token_labels()), output(2, LENGTH, "V"), "lm"),
+    ("gen_one_token", lambda: dict(input_ids=ids(2, 1)), output(2, 1 + 3), "gen"),
+    ("gen_one_token_loop_iterations_1", lambda: dict(input_ids=ids(2, 1), loop_iterations=1), output(2, 1 + 3), "gen"),
+    ("gen_padded_batch_hidden_change", lambda: dict(input_ids=ids(), attention_mask=padded_mask(padded_rows=(0, 1)), loop_exit_criterion="hidden_change", loop_exit_threshold=0.5), output(2, LENGTH + 3), "gen"),
+    ("gen_kl_uncached", lambda: loop_ids(loop_exit_criterion="kl", loop_exit_threshold=0.1, use_cache=False), output(2, LENGTH + 3), "gen"),
+    ("gen_batch0_loop_arguments", lambda: dict(input_ids=ids(0), loop_iterations=1, loop_exit_criterion="none"), output(0, LENGTH), "gen"),
+]  # fmt: skip
+
+
+def loop_image(batch=2, **changes):
+    """The image-text loop's inputs: LENGTH tokens per row with one image's placeholders, and the images."""
+    inputs = LOOP_IMAGE.model_inputs(seq_length=LENGTH)
+    inputs = {**{name: value[:batch] for name, value in inputs.items()}, **changes}
+    return {name: value for name, value in inputs.items() if value is not None}
+
+
+def loop_image_mask(padded_rows):
+    mask = torch.ones(2, LENGTH, dtype=torch.long)
+    mask[list(padded_rows)] = 0
+    return mask
+
+
+# The image-text latent loop (its trunk, and SlamLoopForImageTextToText): image inputs and the loop arguments.
+IMAGE_LOOP = [
+    ("image_pixels_uint8", lambda: loop_image(pixel_values=loop_image()["pixel_values"].to(torch.uint8)), raises(TypeError, "`pixel_values` must be a float tensor"), "all"),
+    ("image_images_vs_placeholders", lambda: loop_image(pixel_values=loop_image()["pixel_values"][:1]), raises(ValueError, "image placeholder tokens, but `pixel_values` give 1 image"), "all"),
+    ("image_placeholders_no_images", lambda: loop_image(pixel_values=None), raises(ValueError, "no `pixel_values`"), "all"),
+    ("image_loop_iterations_0", lambda: loop_image(loop_iterations=0), raises(ValueError, "`loop_iterations` must be in"), "all"),
+    ("image_loop_exit_criterion_bogus", lambda: loop_image(loop_exit_criterion="bogus"), raises(ValueError, "`loop_exit_criterion` must be one of"), "all"),
+    ("image_labels_ge_vocab", lambda: loop_image(labels=with_value(loop_image()["input_ids"], VOCAB)), raises(ValueError, "`labels` holds"), "lm"),
+    ("gen_image_pixels_uint8", lambda: loop_image(pixel_values=loop_image()["pixel_values"].to(torch.uint8)), raises(TypeError, "`pixel_values`"), "gen"),
+    ("gen_image_loop_iterations_float", lambda: loop_image(loop_iterations=2.0), raises(TypeError, "`loop_iterations` must be an int"), "gen"),
+    ("gen_image_batch0_pixels_uint8", lambda: loop_image(0, pixel_values=torch.zeros(0, 3, 8, 8, dtype=torch.uint8)), raises(TypeError, "`pixel_values`"), "gen"),
+    # legal degenerate inputs
+    ("image_batch0", lambda: loop_image(0), output(0, LENGTH, "V"), "all"),
+    ("image_text_only", lambda: dict(input_ids=LOOP_IMAGE.input_ids(2, LENGTH)), output(2, LENGTH, "V"), "all"),
+    ("image_one_token", lambda: dict(input_ids=LOOP_IMAGE.input_ids(2, 1)), output(2, 1, "V"), "all"),
+    ("image_padded_row", lambda: loop_image(attention_mask=loop_image_mask((1,))), output(2, LENGTH, "V"), "all"),
+    ("image_padded_batch", lambda: loop_image(attention_mask=loop_image_mask((0, 1))), output(2, LENGTH, "V"), "all"),
+    ("image_labels", lambda: loop_image(labels=loop_image()["input_ids"]), output(2, LENGTH, "V"), "lm"),
+    ("gen_image", lambda: loop_image(), output(2, LENGTH + 3), "gen"),
+    ("gen_image_padded_row", lambda: loop_image(attention_mask=loop_image_mask((1,))), output(2, LENGTH + 3), "gen"),
+    ("gen_image_batch0", lambda: loop_image(0), output(0, LENGTH), "gen"),
 ]  # fmt: skip
 
 
@@ -214,13 +311,20 @@ def family_classes(tester, heads):
         "lm": [cls for cls in tester.classes_with_labels if cls is not tester.sequence_classification_class],
         "cls": [tester.sequence_classification_class] if tester.sequence_classification_class else [],
         "gen": [tester.generative_class],
+        "base": [tester.base_model_class],
     }
     return by_head[heads]
 
 
 CASES = [
     pytest.param(tester, cls, make, expected, heads == "gen", id=f"{cls.__name__}-{'gen-' * (heads == 'gen')}{name}")
-    for tester, table in ((V1, DECODER_ONLY), (V2, DECODER_ONLY), (V3, ENCODER_DECODER))
+    for tester, table in (
+        (V1, DECODER_ONLY),
+        (V2, DECODER_ONLY),
+        (V3, ENCODER_DECODER),
+        (LOOP, DECODER_ONLY + LOOP_ONLY),
+        (LOOP_IMAGE, IMAGE_LOOP),
+    )
     for name, make, expected, heads in table
     for cls in family_classes(tester, heads)
 ] + [pytest.param(None, None, make, expected, False, id=name) for name, make, expected in PREPROCESSING]
@@ -237,7 +341,12 @@ def main_output(tester, cls, inputs, generate):
     if "labels" in inputs:
         assert outputs.loss is not None and outputs.loss.dim() == 0
         assert inputs["labels"].shape[0] == 0 or torch.isfinite(outputs.loss)
-    return outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
+    main = outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
+    iterations = getattr(outputs, "loop_iterations", None)
+    if iterations is not None:  # the latent loop: core iterations per token, (B, L), within the depth asked for
+        depth = inputs.get("loop_iterations", net.config.loop_max_iterations)
+        assert iterations.shape == main.shape[:2] and ((0 <= iterations) & (iterations <= depth)).all()
+    return main
 
 
 @pytest.mark.parametrize(("tester", "cls", "make", "expected", "generate"), CASES)
@@ -269,7 +378,7 @@ def test_table_covers_every_public_class():
     assert classes <= covered, classes - covered
 
 
-@pytest.mark.parametrize("tester", [V1, V2, V3], ids=["v1", "v2", "v3"])
+@pytest.mark.parametrize("tester", [V1, V2, V3, LOOP], ids=["v1", "v2", "v3", "loop"])
 def test_generate_on_no_rows_returns_the_output_class_asked_for(tester):
     """transformers' decoding loop cannot run 0 rows (LlamaForCausalLM fails too); SLAM's generate answers them."""
     net = model(tester, tester.generative_class)

@@ -1,7 +1,8 @@
-"""transformers pipelines on SLAM v1 and v2, batched: every item of a batch equals the item run alone.
+"""transformers pipelines on SLAM v1, v2 and the latent loop, batched: every item of a batch equals the item run alone.
 
 `text-generation` (left-padded batches through `generate()` with the KV cache) must give the continuation that
-uncached greedy decoding gives each prompt alone; `text-classification`, `fill-mask` and
+uncached greedy decoding gives each prompt alone (the latent loop with its adaptive exit on: a padded, cached batch
+must stop each token at the depth it stops at alone); `text-classification`, `fill-mask` and
 `zero-shot-classification` with `batch_size=2` (pipelines split every output tensor by rows, so no output may be a
 0-dim tensor) must give the scores of `batch_size=1`. SLAM v3's `image-text-to-text` pipeline is tested in
 test_modeling_slam_v3.py.
@@ -10,10 +11,12 @@ test_modeling_slam_v3.py.
 import pytest
 import torch
 from slam_common import assert_context_sensitive, single_threaded_torch
-from slam_tester import SlamV1ModelTester, SlamV2ModelTester
+from slam_tester import SlamLoopModelTester, SlamV1ModelTester, SlamV2ModelTester
 from transformers import pipeline
 
 from slam_hf import (
+    SlamLoopConfig,
+    SlamLoopForCausalLM,
     SlamV1Config,
     SlamV1ForCausalLM,
     SlamV1ForMaskedLM,
@@ -27,10 +30,12 @@ from slam_hf.data import load_default_tokenizer
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 
-VARIANTS = {
+VARIANTS = {  # config, causal LM, masked LM, classifier (None: the variant has no such head), tester
     "slam_v1": (SlamV1Config, SlamV1ForCausalLM, SlamV1ForMaskedLM, SlamV1ForSequenceClassification, SlamV1ModelTester),
     "slam_v2": (SlamV2Config, SlamV2ForCausalLM, SlamV2ForMaskedLM, SlamV2ForSequenceClassification, SlamV2ModelTester),
+    "slam_loop": (SlamLoopConfig, SlamLoopForCausalLM, None, None, SlamLoopModelTester),
 }
+CLASSIFYING_VARIANTS = [variant for variant, (_, _, masked, *_) in VARIANTS.items() if masked is not None]
 PROMPTS = ["To be, or not to be", "Friends, Romans", "All the world's a stage, and all the men and women", "O"]
 LABELS = ["comedy", "history", "tragedy"]
 
@@ -73,9 +78,12 @@ def test_text_generation_pipeline_batched(variant, tokenizer):
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
     results = pipe(PROMPTS, batch_size=2, return_full_text=False, **kwargs)
     assert [result[0]["generated_text"] for result in results] == expected
+    if variant == "slam_loop":  # the last batch exited some tokens early and ran others deeper
+        stats = model.loop_statistics
+        assert stats["new_tokens"] and 1 < stats["new_mean_iterations"] < stats["max_iterations"], stats
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", CLASSIFYING_VARIANTS)
 def test_classification_pipelines_batched(variant, tokenizer):
     """text-classification, zero-shot-classification (an NLI-style head with an "entailment" label) and fill-mask,
     with batch_size=2 vs 1, padded on the right as encoder pipelines do."""

@@ -1,12 +1,14 @@
 """The Hub path: a saved folder loads with `trust_remote_code=True` where slam_hf cannot be imported.
 
-Every class of every variant (SLAM v1, v2, v3) is saved (with the tokenizer) into its own folder; ONE clean
-subprocess (fresh HF_HOME, other cwd, empty PYTHONPATH, `import slam_hf` made to fail) loads them all
+Every class of every variant (SLAM v1, v2, v3, the latent loop) is saved (with the tokenizer) into its own folder;
+ONE clean subprocess (fresh HF_HOME, other cwd, empty PYTHONPATH, `import slam_hf` made to fail) loads them all
 through the Auto classes and writes back logits and greedy tokens (with the KV cache, as `generate()` passes it
 under the running transformers, and without), which must equal the in-process reference bit for bit; the
 models are context-sensitive (slam_common.assert_context_sensitive), so a cache that drops the history fails.
 SLAM v3's generation head is loaded through both of its factories (AutoModelForImageTextToText and
-AutoModelForSeq2SeqLM) from one folder, with image + prompt inputs.
+AutoModelForSeq2SeqLM) from one folder, with image + prompt inputs. The latent loop generates with its adaptive
+exit on (the tester's confidence threshold): the copied code must stop the same tokens early, so the core iterations
+it reports (`loop_statistics`) equal the in-process ones, which exit some tokens early and run others deeper.
 """
 
 import json
@@ -18,17 +20,17 @@ import pytest
 import torch
 from hub_helpers import run_offline
 from slam_common import assert_context_sensitive, single_threaded_torch
-from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
+from slam_tester import SlamLoopModelTester, SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
 from transformers import AutoModel
 
 import slam_hf
-from slam_hf import MODEL_FAMILIES
+from slam_hf import MODEL_FAMILIES, SlamLoopForCausalLM
 from slam_hf.data import load_default_tokenizer
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(slam_hf.__file__))
 TOKENIZER_TEXT = "To be, or not to be, that is the question"
 NEW_TOKENS = 6
-TESTERS = (SlamV1ModelTester(), SlamV2ModelTester(), SlamV3ModelTester())
+TESTERS = (SlamV1ModelTester(), SlamV2ModelTester(), SlamV3ModelTester(), SlamLoopModelTester())
 
 single_threaded = pytest.fixture(scope="module", autouse=True)(single_threaded_torch)
 pytestmark = pytest.mark.contract  # the remote-code path is part of the fast contract job (README, Compatibility)
@@ -78,11 +80,13 @@ LOADER = textwrap.dedent(
             unknown_kwarg_error = None
         except TypeError as error:
             unknown_kwarg_error = str(error)
+        loop_statistics = {}  # the latent loop: the core iterations each generate() spent
         if entry["generate"]:
             for use_cache in (True, False):
                 tensors[key][f"generated_cache={use_cache}"] = model.generate(
                     **variant_inputs["generate"], use_cache=use_cache, **spec["generate_kwargs"]
                 )
+                loop_statistics[f"cache={use_cache}"] = getattr(model, "loop_statistics", None)
         report[key] = {
             "class": type(model).__name__,
             "module_file": module.__file__,
@@ -91,6 +95,7 @@ LOADER = textwrap.dedent(
             and model.get_output_embeddings().weight is model.get_input_embeddings().weight,
             "token_ids": tokenizer(spec["text"])["input_ids"],
             "unknown_kwarg_error": unknown_kwarg_error,
+            "loop_statistics": loop_statistics,
         }
     loaded = [name for name, module in sys.modules.items() if name.startswith("slam_hf") and module is not None]
     report["slam_hf_modules"] = sorted(loaded)
@@ -167,10 +172,15 @@ def saved_folders(tmp_path_factory):
             tokenizer.save_pretrained(folder)
             with torch.no_grad():
                 expected = tester.logits_of(model, **forward_inputs)
-            generated = None
+            generated, loop_statistics = None, {}
             if role in GENERATING_ROLES:
                 generated = model.generate(**inputs[variant]["generate"], use_cache=False, **generate_kwargs)
                 assert_context_sensitive(model, inputs[variant]["generate"], generated, tester, model_class.__name__)
+            if role in GENERATING_ROLES and isinstance(model, SlamLoopForCausalLM):
+                loop_statistics["cache=False"] = model.loop_statistics
+                cached = model.generate(**inputs[variant]["generate"], use_cache=True, **generate_kwargs)
+                assert torch.equal(cached, generated), "the loop's cached greedy tokens differ in-process"
+                loop_statistics["cache=True"] = model.loop_statistics
             for auto_class in auto_classes:
                 saved[f"{folder}::{auto_class}"] = dict(
                     folder=folder,
@@ -181,6 +191,7 @@ def saved_folders(tmp_path_factory):
                     output=expected,
                     generated=generated,
                     tied=model_class in tester.lm_classes,
+                    loop_statistics=loop_statistics,
                 )
     return root, inputs, generate_kwargs, saved
 
@@ -235,6 +246,8 @@ def test_saved_folders_hold_the_remote_code():
         "slam_decoder.py",
         "slam_mla.py",
         "slam_vision.py",
+        "slam_loop.py",  # the latent loop
+        "slam_loop_training.py",
     } <= expected_files
     assert "__init__.py" not in expected_files and "data.py" not in expected_files
 
@@ -270,8 +283,9 @@ def test_remote_code_loads_every_class_without_slam_hf(remote_run):
     assert report["slam_hf_modules"] == []
     expected_classes = {getattr(t, role) for t in TESTERS for role in AUTO_CLASSES_BY_ROLE} - {None}
     assert {info["model_class"] for info in saved.values()} == expected_classes
-    assert len(expected_classes) == 10  # SLAM v1 and v2: base model and three heads each; v3: base model and head
-    assert len(saved) == 11  # v3's head is loaded through two Auto classes
+    # SLAM v1 and v2: base model and three heads each; v3 and the latent loop: base model and head
+    assert len(expected_classes) == 12
+    assert len(saved) == 13  # v3's head is loaded through two Auto classes
     expected_token_ids = load_default_tokenizer()(TOKENIZER_TEXT)["input_ids"]
     for key, info in saved.items():
         name = f"{info['model_class'].__name__} via {info['auto_class']}"
@@ -289,3 +303,16 @@ def test_remote_code_loads_every_class_without_slam_hf(remote_run):
             for use_cache in (True, False):
                 remote = tensors[key][f"generated_cache={use_cache}"]
                 assert torch.equal(remote, info["generated"]), f"{name}: greedy tokens differ (use_cache={use_cache})"
+
+
+def test_remote_loop_exits_tokens_early_as_in_process(remote_run):
+    """The latent loop's adaptive exit runs from the copied code: in-process, greedy decoding with the cache spends
+    between 1 and the maximum core iterations per new token on average (some tokens stop early, some run deeper), and
+    the clean process, whose tokens equal the in-process ones (above), spends exactly as many, cached and uncached."""
+    saved, report, _, _ = remote_run
+    (key,) = [key for key, info in saved.items() if info["model_class"] is SlamLoopForCausalLM]
+    expected = saved[key]["loop_statistics"]
+    cached = expected["cache=True"]
+    assert cached["new_tokens"] > 0 and 1 < cached["new_mean_iterations"] < cached["max_iterations"], cached
+    assert expected["cache=False"]["prompt_mean_iterations"] < cached["max_iterations"], expected
+    assert report[key]["loop_statistics"] == expected
