@@ -3,24 +3,29 @@
     slam-hf train --config configs/slam-v1-tiny.yaml --output-dir outputs/slam-v1-tiny
     slam-hf train --config configs/slam-v2-tiny.yaml --output-dir outputs/slam-v2-tiny
     slam-hf train --config configs/slam-v3-tiny.yaml --output-dir outputs/slam-v3-tiny
+    slam-hf train --config configs/slam-loop-tiny.yaml --output-dir outputs/slam-loop-tiny
     slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be"
     slam-hf generate --model outputs/slam-v3-tiny --image digits.png --input "what number is shown?"
     slam-hf push --model outputs/slam-v1-tiny --repo your-name/slam-v1-tiny
 
-`train` reads three YAML sections (`model`, `data`, `training`; plus optional `generation`, `output_dir`, `hub` and
-`torch_threads`); the output folder defaults to `outputs/<config name>`.
-Text variants (SLAM v1, v2): trains `AutoModelForCausalLM.from_config(config)` with the transformers `Trainer`
-on the Shakespeare corpus shipped with `slam_hf.data` (whole works held out for validation), measures
-held-out perplexity before and after training (the LM loss alone: auxiliary losses such as SLAM v2's MoA load
-balancing are trained with but not scored), and saves weights (safetensors), config with `auto_map`, remote
-code, tokenizer, a model card (README.md), `training_metrics.json` and generation_config.json holding the YAML's
-`generation` section (the configs ship sampling for the text models, greedy decoding for SLAM v3).
+`train` reads three YAML sections (`model`, `data`, `training`; plus optional `generation`, `exit_calibration`,
+`output_dir`, `hub` and `torch_threads`); the output folder defaults to `outputs/<config name>`.
+Text variants (SLAM v1, v2, the latent loop `slam_loop`): trains `AutoModelForCausalLM.from_config(config)` with
+the transformers `Trainer` on the Shakespeare corpus shipped with `slam_hf.data` (whole works held out for
+validation), measures held-out perplexity before and after training (the LM loss alone: auxiliary losses such as
+SLAM v2's MoA load balancing and the loop's confidence-head loss are trained with but not scored), and saves
+weights (safetensors), config with `auto_map`, remote code, tokenizer, a model card (README.md),
+`training_metrics.json` and generation_config.json holding the YAML's `generation` section (the configs ship
+sampling for the text models, greedy decoding for SLAM v3). A latent-loop model's exit threshold is calibrated on
+the held-out rows for a loss budget (`exit_calibration`, --exit-loss-budget) before it is saved, and the
+calibration is recorded in training_metrics.json and the model card.
 Image-text variant (SLAM v3): trains `AutoModelForImageTextToText.from_config(config)` on MNIST digit tiles
 ("what number is shown?" -> the digit string; validation and test tiles are built from digit images never
 seen in training), reports held-out exact match of greedy generation against chance, and saves the processor
 (tokenizer + image processor, with their remote code) next to the model.
 `generate` decodes with the folder's generation_config.json; flags override single fields (`--greedy`,
-`--do-sample`, `--temperature`, `--top-k`, `--top-p`, `--max-new-tokens`), `--no-cache` turns the KV cache off.
+`--do-sample`, `--temperature`, `--top-k`, `--top-p`, `--max-new-tokens`), `--no-cache` turns the KV cache off;
+for a latent-loop model it also says how many core iterations the new tokens used (`model.loop_statistics`).
 Every folder loads with `trust_remote_code=True` where slam_hf is not installed; `push` checks a folder and
 uploads it to the Hub (slam_hf.hub); `bench` runs the leaderboard (slam_hf.bench.runner).
 
@@ -33,6 +38,8 @@ Not part of the remote code: this module may import anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import time
@@ -47,6 +54,11 @@ def train(args) -> dict:
     """`slam-hf train`: returns the metrics written to training_metrics.json."""
     t_start = time.perf_counter()
     run = load_run_config(args.config)
+    budget = getattr(args, "exit_loss_budget", None)
+    if budget is not None:
+        if run["exit_calibration"] is None:
+            raise ConfigError(f"--exit-loss-budget applies to slam_loop runs; {args.config} trains {run['variant']}")
+        run["exit_calibration"]["loss_budget"] = budget
     with using_torch_threads(run["torch_threads"]), distributed_teardown():
         # Training-only imports (datasets, Trainer, model cards) stay out of `generate` and `--help`.
         if variants()[run["variant"]].task == IMAGE_TEXT_TASK:
@@ -96,10 +108,51 @@ def generate(args) -> str:
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
     model.to(device).eval()
     inputs = tokenizer(args.input, return_tensors="pt").to(device)
-    output = _run_generate(args, model, inputs)
+    with _quiet_loop_log():
+        output = _run_generate(args, model, inputs)
+    _report_loop_statistics(model)
     text = tokenizer.decode(output[0], skip_special_tokens=True)
     print(text)
     return text
+
+
+def _report_loop_statistics(model) -> None:
+    """A latent-loop model: the mean core iterations its generate() call used per new token (`loop_statistics`),
+    on stderr with the exit it applied."""
+    stats = getattr(model, "loop_statistics", None)
+    if not stats:
+        return
+    from .training.run_config import loop_exit_description
+
+    maximum, prompt = stats["max_iterations"], stats["prompt_mean_iterations"]
+    if stats["new_tokens"]:
+        used = (
+            f"{stats['new_mean_iterations']:.2f} of {maximum} core iterations per new token "
+            f"({100 * stats['new_compute_saved']:.0f} % of core compute saved)"
+        )
+        if prompt is not None:
+            used += f", {prompt:.2f} per prompt token"
+    elif prompt is not None:  # --no-cache: every step re-runs all positions, each forward without a past
+        used = (
+            f"{prompt:.2f} of {maximum} core iterations per position over every forward pass (without the KV cache "
+            "each step re-runs the whole sequence, so new tokens are not counted apart)"
+        )
+    else:
+        used = f"no token went through the loop (at most {maximum} core iterations)"
+    print(f"[slam-hf] latent loop: {used}; exit {loop_exit_description(model.config)}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _quiet_loop_log():
+    """Within the block, slam_hf's loop model does not log its own iteration summary: `slam-hf` shows slam_hf's
+    INFO lines on stdout, where the generated text goes; `_report_loop_statistics` says it on stderr instead."""
+    loop_logger = logging.getLogger("slam_hf.slam_loop")
+    level = loop_logger.level
+    loop_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        loop_logger.setLevel(level)
 
 
 def _generate_image_text(args, image, device) -> str:
@@ -194,6 +247,7 @@ EXAMPLES = """examples:
   slam-hf train --config configs/slam-v1-tiny.yaml --output-dir outputs/slam-v1-tiny
   slam-hf train --config configs/slam-v2-tiny.yaml --output-dir outputs/slam-v2-tiny
   slam-hf train --config configs/slam-v3-tiny.yaml --output-dir outputs/slam-v3-tiny
+  slam-hf train --config configs/slam-loop-tiny.yaml --output-dir outputs/slam-loop-tiny --exit-loss-budget 0.01
   slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --max-new-tokens 40
   slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be" --greedy --no-cache
   slam-hf generate --model outputs/slam-v3-tiny --image digits.png --input "what number is shown?"
@@ -218,8 +272,9 @@ def _add_train(sub) -> None:
         "train",
         help="train from a YAML config and write a Hub-ready folder",
         description="Train a SLAM model and write a Hub-ready folder (safetensors, config with auto_map, remote "
-        "code, tokenizer or processor, model card, training_metrics.json): SLAM v1/v2 as causal LMs on the "
-        "Shakespeare corpus, SLAM v3 on MNIST digit tiles (image + 'what number is shown?' -> the digits).",
+        "code, tokenizer or processor, model card, training_metrics.json): SLAM v1/v2 and the latent loop as causal "
+        "LMs on the Shakespeare corpus (the loop's exit threshold calibrated on the held-out rows before saving), "
+        "SLAM v3 on MNIST digit tiles (image + 'what number is shown?' -> the digits).",
     )
     p.add_argument("--config", required=True, help="YAML file with `model`, `data` and `training` sections")
     p.add_argument("--output-dir", help="folder to write (default: `output_dir` in the YAML)")
@@ -242,6 +297,13 @@ def _add_train(sub) -> None:
         "YAML), restoring weights, optimizer, scheduler, RNG and data position; `latest`: the newest checkpoint-N "
         "in the output folder",
     )
+    p.add_argument(
+        "--exit-loss-budget",
+        type=_non_negative_float,
+        metavar="BUDGET",
+        help="slam_loop: override exit_calibration.loss_budget, the held-out loss increase over full depth the "
+        "calibrated exit may cost (0.005 = 0.5 %%, the default)",
+    )
     p.set_defaults(func=train)
 
 
@@ -250,7 +312,8 @@ def _add_generate(sub) -> None:
         "generate",
         help="continue a prompt (or answer about an image) with a trained model",
         description="Load a folder written by `slam-hf train` (or a Hub repo) with trust_remote_code=True. "
-        "Text models (SLAM v1, v2) print the prompt followed by its continuation; image-text models (SLAM v3) "
+        "Text models (SLAM v1, v2, slam_loop) print the prompt followed by its continuation (a latent-loop model "
+        "also reports the mean core iterations per new token on stderr); image-text models (SLAM v3) "
         "load their processor too and print the answer to the prompt about --image (or to the prompt alone). "
         "Decoding follows the folder's generation_config.json (what `slam-hf train` wrote: sampling for the "
         "text models, greedy for SLAM v3); the flags below override single fields.",
@@ -401,6 +464,16 @@ def _positive(cast, what):
 
 _positive_int = _positive(int, "integer")
 _positive_float = _positive(float, "number")
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def main(argv=None) -> int:

@@ -283,6 +283,7 @@ def render_generic_card(model, folder: Path, repo_id: str | None):
         head_auto_class=variant.head_auto_classes[0],
         lora_targets=[DECODER_LORA_PATTERN] if image_text else lora_targets(config),
         lora_modules=variant.lora_modules,
+        usage_note=variant.usage_note,
         interpretation=variant.interpretation,
         tested_range=tested_transformers_range(),
         metrics=metrics,

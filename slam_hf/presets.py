@@ -5,7 +5,10 @@
 
 tiny is the shape the CLI configs train in minutes on a CPU; small is the published SLAM test shape (hidden 512,
 16 heads, FFN 2048); base is BERT-base width (768, 12 heads, FFN 3072). All use the shipped 8192-token tokenizer,
-pre-RMSNorm and a gated MLP. Keyword overrides are applied on top (`load_preset("slam_v1", "tiny", ef_cycles=3)`).
+pre-RMSNorm and a gated MLP. The latent loop (`slam_loop`) keeps its description's GQA and GeGLU and loops its core
+up to 4 times: tiny 1 prelude + 2 core + 1 coda layers, small 1 + 4 + 1, base 2 + 6 + 2 (about 93M parameters, 28
+layer applications at full depth). Keyword overrides are applied on top (`load_preset("slam_v1", "tiny",
+ef_cycles=3)`).
 Not remote code: nothing in the model files imports this module.
 """
 
@@ -13,7 +16,7 @@ import json
 from pathlib import Path
 
 PRESET_SIZES = ("tiny", "small", "base")
-PRESET_VARIANTS = ("slam_v1", "slam_v2", "slam_v3")
+PRESET_VARIANTS = ("slam_v1", "slam_v2", "slam_v3", "slam_loop")
 
 
 def preset_path(variant: str, size: str) -> Path:

@@ -66,6 +66,14 @@ def test_smoke_run_measures_every_metric_of_every_model(smoke_run):
     assert rows["llama"]["metrics"]["active_parameters"]["mean"] == rows["llama"]["metrics"]["total_parameters"]["mean"]
     for moe in ("mixtral", "deepseek_v3", "hunyuan_moe", "slam_v2"):
         assert rows[moe]["metrics"]["active_parameters"]["mean"] < rows[moe]["metrics"]["total_parameters"]["mean"], moe
+    # The latent loop holds Llama's weights (its shared core counted once; its idle exit head not active) but runs
+    # its core twice: 2L - 2 = 6 cache layers per token to Llama's 4.
+    loop, llama = rows["slam_loop"]["metrics"], rows["llama"]["metrics"]
+    assert loop["active_parameters"]["mean"] == llama["total_parameters"]["mean"] < loop["total_parameters"]["mean"]
+    assert loop["kv_cache_bytes_per_token"]["mean"] == 1.5 * llama["kv_cache_bytes_per_token"]["mean"]
+    assert (
+        "2L - 2" in rows["slam_loop"]["notes"] and "equal parameters, not equal compute" in rows["slam_loop"]["notes"]
+    )
 
 
 def test_smoke_run_writes_reports(smoke_run):

@@ -76,6 +76,7 @@ def test_registry():
         "slam_v1",
         "slam_v2",
         "slam_v3",
+        "slam_loop",
         "llama",
         "mixtral",
         "deepseek_v3",
@@ -144,6 +145,15 @@ def test_structure_follows_shape():
         assert config.vocab_size == 10000 and config.tie_word_embeddings is False, name
     for name in ("slam_v1", "slam_v2", "llama", "mixtral", "deepseek_v3", "jamba", "hunyuan_dense", "hunyuan_moe"):
         assert configs[name].num_hidden_layers == 6, name
+    loop = configs["slam_loop"]  # 6 unique layers, the core of 4 run twice: 10 layers (and cache layers) per token
+    assert (loop.prelude_layers, loop.core_layers, loop.coda_layers, loop.loop_max_iterations) == (1, 4, 1, 2)
+    assert loop.num_hidden_layers == len(loop.layer_schedule) == 10
+    assert (loop.num_key_value_heads, loop.mlp_type, loop.rope_theta) == (16, "swiglu", 1e4)
+    assert (loop.loop_iteration_sampling, loop.loop_confidence_loss_weight, loop.loop_exit_criterion) == (
+        "fixed",
+        0.0,
+        "none",
+    )
     assert configs["slam_v1"].ef_cycles == 2 and configs["slam_v1"].ef_segment_length == 64
     assert configs["slam_v1"].ef_segment_overlap == 16
     assert configs["slam_v2"].ef_cycles == 4 and configs["slam_v2"].ef_segment_length == 32
@@ -163,6 +173,8 @@ def test_published_shape_parameters():
     v, h, i, layers = 10000, 512, 2048, 6
     assert counts["llama"][0] == 2 * v * h + layers * (4 * h * h + 3 * h * i + 2 * h) + h
     assert counts["slam_v1"][0] == counts["llama"][0]  # same six layers' weights, EF windows cost nothing
+    # the loop's six unique layers are Llama's; its unused confidence head (norm + hidden -> 1) is not active
+    assert counts["slam_loop"] == (counts["llama"][0] + 2 * h + 1, counts["llama"][0])
     print({name: f"{total:,} / {active:,}" for name, (total, active) in counts.items()})
 
 
@@ -184,6 +196,22 @@ def test_active_parameters(name):
         block = sum(p.numel() for n, p in model.named_parameters() if n.startswith("model.fusion.blocks.0."))
         expected -= 4 * block * (1 - 2 / 4)
     assert active < total and active == round(expected)
+
+
+def test_slam_loop_counts_its_core_once_and_its_idle_exit_head_not_at_all():
+    """The shared core's weights count once however many iterations reuse them; the confidence head counts only when
+    the confidence exit runs it; training with the bench's settings gives the head no gradient."""
+    model = smoke("slam_loop")
+    usage = parameter_usage("slam_loop", model)
+    head = {n for n in usage if n.startswith(("model.confidence_head.", "model.confidence_norm."))}
+    assert head and all(usage[n][1] == 0.0 for n in head)
+    assert all(share == 1.0 for n, (_, share) in usage.items() if n not in head)
+    assert active_parameters("slam_loop", model) == model.num_parameters() - sum(usage[n][0] for n in head)
+    model(**lm_batch("slam_loop", model, rows())).loss.backward()
+    for pname, param in model.named_parameters():
+        assert (param.grad is None) == (pname in head), pname
+    model.config.loop_exit_criterion, model.config.loop_exit_threshold = "confidence", 0.9
+    assert active_parameters("slam_loop", model) == model.num_parameters()
 
 
 def test_slam_v1_shares_and_v3_unused_parameters():
@@ -246,6 +274,14 @@ def test_cache_bytes():
     v2 = smoke("slam_v2")  # 3 full-width cache layers + the MoA layer's shared K/V (heads / top_k)
     assert cache_bytes(v2, "slam_v2", x)["per_token"] == 3 * 2 * 4 * 8 * 4 + 2 * 2 * 8 * 4
 
+    loop = smoke("slam_loop")  # per-iteration core cache: prelude + 2 iterations x 2 core layers + coda = 6 layers
+    assert cache_bytes(loop, "slam_loop", x) == {
+        "per_token": 6 * 2 * 4 * 8 * 4,
+        "fixed": 0,
+        "lengths": [16, 32],
+        "bytes": [6 * 16 * 256, 6 * 32 * 256],
+    }
+
 
 def test_seed_is_the_only_randomness():
     torch.manual_seed(123)
@@ -269,6 +305,10 @@ def test_minimum_depth():
         smoke("slam_v2", num_hidden_layers=2)
     with pytest.raises(ValueError, match=r"slam_v1 needs an even"):
         smoke("slam_v1", num_hidden_layers=5)
+    loop = smoke("slam_loop", num_hidden_layers=3)  # the smallest loop: a core of one layer
+    assert loop.config.core_layers == 1 and loop(**lm_batch("slam_loop", loop, rows(length=8))).loss.isfinite()
+    with pytest.raises(ValueError, match=r"slam_loop needs num_hidden_layers >= 3, got 2 \(1 prelude layer"):
+        smoke("slam_loop", num_hidden_layers=2)
 
 
 def test_bad_input():

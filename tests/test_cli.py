@@ -1,6 +1,7 @@
 """`slam-hf` command: a 3-step training run writes a Hub-ready folder; generate reads it; bad input fails clearly.
 
-SLAM v1 runs `configs/slam-v1-tiny.yaml`; SLAM v2 runs `configs/slam-v2-tiny.yaml` for 2 steps on tiny batches.
+SLAM v1 runs `configs/slam-v1-tiny.yaml`; SLAM v2 runs `configs/slam-v2-tiny.yaml` and the latent loop
+`configs/slam-loop-tiny.yaml` (with its exit calibration) for 2 steps on tiny batches.
 """
 
 import json
@@ -196,7 +197,7 @@ def test_generate_flag_conflicts(trained, trained_v3, capsys):
     assert exc.value.code == 2 and "decodes greedily; add --do-sample" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fixture_name", ["trained", "trained_v2", "trained_v3"])
+@pytest.mark.parametrize("fixture_name", ["trained", "trained_v2", "trained_v3", "trained_loop"])
 def test_saved_files_are_readable_like_every_other_file(fixture_name, request):
     """model.safetensors gets the mode config.json gets (safetensors >= 0.8 alone would leave it 0o600)."""
     folder = request.getfixturevalue(fixture_name)
@@ -211,7 +212,7 @@ def test_tiny_configs_run_on_one_thread():
     """The README states the set-up timings with one torch thread: every tiny config sets it."""
     from slam_hf.training.run_config import load_run_config
 
-    for name in ("slam-v1-tiny", "slam-v2-tiny", "slam-v3-tiny"):
+    for name in ("slam-v1-tiny", "slam-v2-tiny", "slam-v3-tiny", "slam-loop-tiny"):
         assert load_run_config(REPO / "configs" / f"{name}.yaml")["torch_threads"] == 1, name
     assert "`torch_threads: 1`" in (REPO / "README.md").read_text()
 
@@ -645,7 +646,150 @@ def test_v3_patch_size_must_divide_the_tiles(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("fixture_name", ["trained", "trained_v2", "trained_v3"])
+# --------------------------------------------------------------------------------------------------------------
+# The latent loop (slam_loop): the same command, the exit threshold calibrated on the held-out rows before saving
+
+TINY_LOOP = REPO / "configs" / "slam-loop-tiny.yaml"
+LOOP_BUDGET = 0.01  # --exit-loss-budget, over the YAML's 0.005
+
+
+def _loop_doc():
+    return yaml.safe_load(TINY_LOOP.read_text())
+
+
+@pytest.fixture(scope="module")
+def trained_loop(tmp_path_factory):
+    out = tmp_path_factory.mktemp("slam-loop-tiny")
+    doc = _loop_doc()
+    doc["training"].update(logging_steps=1, per_device_train_batch_size=4, per_device_eval_batch_size=4)
+    config = out / "run.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    argv = ["train", "--config", str(config), "--output-dir", str(out / "model"), "--max-steps", "2"]
+    argv += ["--max-train-rows", "8", "--max-eval-rows", "4", "--exit-loss-budget", str(LOOP_BUDGET)]
+    assert main(argv) == 0
+    return out / "model"
+
+
+def test_loop_yaml_is_the_tiny_preset():
+    from slam_hf.presets import load_preset
+    from slam_hf.training.run_config import load_run_config
+
+    run = load_run_config(TINY_LOOP)
+    assert run["variant"] == "slam_loop" and run["torch_threads"] == 1
+    assert run["exit_calibration"] == dict(enabled=True, criterion="confidence", loss_budget=0.005)
+    preset = load_preset("slam_loop", "tiny").to_dict()
+    for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "mlp_type"):
+        assert run["model"][key] == preset[key], key
+    for key in ("prelude_layers", "core_layers", "coda_layers", "loop_max_iterations"):
+        assert run["model"][key] == preset[key], key
+
+
+def test_loop_train_calibrates_the_exit_and_records_it(trained_loop):
+    config = json.loads((trained_loop / "config.json").read_text())
+    assert config["model_type"] == "slam_loop"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_slam.SlamLoopConfig",
+        "AutoModel": "modeling_slam.SlamLoopModel",
+        "AutoModelForCausalLM": "modeling_slam.SlamLoopForCausalLM",
+    }
+    assert (trained_loop / "slam_loop.py").is_file() and (trained_loop / "slam_loop_training.py").is_file()
+
+    metrics = json.loads((trained_loop / "training_metrics.json").read_text())
+    assert metrics["variant"] == "slam_loop" and metrics["train_steps"] == 2
+    calibration = metrics["exit_calibration"]
+    assert calibration["criterion"] == "confidence" and calibration["loss_budget"] == LOOP_BUDGET
+    # the saved config applies what the calibration chose
+    assert config["loop_exit_criterion"] == "confidence"
+    assert config["loop_exit_threshold"] == calibration["threshold"]
+    # full depth is what the run scored as held-out loss (one batch of the same 4 rows)
+    assert math.isclose(calibration["full_depth_loss"], metrics["val_loss_after"], rel_tol=1e-4)
+    assert calibration["chosen_loss"] <= calibration["full_depth_loss"] * (1 + LOOP_BUDGET) + 1e-9
+    assert 1 <= calibration["mean_iterations"] <= calibration["max_iterations"] == 4
+    assert math.isclose(calibration["compute_saved"], 1 - calibration["mean_iterations"] / 4)
+    assert calibration["tokens"] == 4 * 127 and len(calibration["curve"]) > 3
+    # the confidence head's loss is trained with (logged every step) but never scored
+    logged = [e for e in metrics["log_history"] if "loss" in e]
+    assert len(logged) == 2 and all(e["confidence_loss"] > 0 for e in logged), logged
+    assert metrics["loop_confidence_loss_weight"] == 1.0
+    assert metrics["train_confidence_loss_last_logged"] == logged[-1]["confidence_loss"]
+
+    text = (trained_loop / "README.md").read_text()
+    assert "{{" not in text and "[More Information Needed]" not in text
+    assert "(`slam_loop`)" in text and "shared by every iteration" in text
+    assert "| prelude / core / coda layers | 1 / 2 / 1 (the core's 2 layers are shared) |" in text
+    assert "| loop_max_iterations | 4 (10 layer applications at full depth) |" in text
+    assert "| loop_cache | per_iteration: 10 cache layers (1 + 4 × 2 + 1) |" in text
+    assert "## Adaptive depth: the calibrated exit" in text and "+1 % of the full-depth loss" in text
+    assert f"| full depth | {calibration['full_depth_loss']:.4f} |" in text
+    assert f"**{calibration['mean_iterations']:.2f}**" in text
+    assert "confidence-head loss, first → last logged" in text and "`model.loop_statistics`" in text
+    assert ModelCard.load(trained_loop / "README.md").data.model_name == "slam-loop-tiny"
+
+
+def test_loop_generate_reports_the_iterations_it_used(trained_loop, capsys):
+    """stdout holds the text alone; stderr says the mean core iterations per new token, as loop_statistics does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    capsys.readouterr()
+    argv = ["generate", "--model", str(trained_loop), "--input", "To be", "--max-new-tokens", "6", "--greedy"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    printed = captured.out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("To be") and len(printed[0]) > len("To be")
+    line = next(line for line in captured.err.splitlines() if "latent loop:" in line)
+
+    tokenizer = AutoTokenizer.from_pretrained(trained_loop)
+    model = AutoModelForCausalLM.from_pretrained(trained_loop).eval()
+    ids = tokenizer("To be", return_tensors="pt").input_ids
+    with torch.no_grad():
+        model.generate(ids, do_sample=False, max_new_tokens=6)
+    stats = model.loop_statistics
+    assert stats["new_tokens"] == 5  # the last new token is never fed back
+    assert f"{stats['new_mean_iterations']:.2f} of 4 core iterations per new token" in line, line
+    assert "exit confidence: a token stops once sigmoid(confidence head) ≥" in line, line
+
+
+@pytest.mark.parametrize(
+    "where, value, fragments",
+    [
+        (("exit_calibration", "criterion"), "kl", ["`exit_calibration.criterion` must be one of", "cached decoding"]),
+        (("exit_calibration", "criterion"), "none", ["no threshold to calibrate", "`exit_calibration.enabled: false`"]),
+        (("exit_calibration", "loss_budget"), -0.1, ["`exit_calibration.loss_budget` must be a relative loss"]),
+        (("exit_calibration", "enabled"), "yes", ["`exit_calibration.enabled` must be true or false"]),
+        (("exit_calibration", "budget"), 0.1, ["`exit_calibration.budget`", "`loss_budget`"]),
+        (("model", "loop_exit_criterion"), "hidden_change", ["`model.loop_exit_criterion` (hidden_change) and"]),
+        (("model", "loop_confidence_loss_weight"), 0.0, ["needs a trained confidence head"]),
+    ],
+)
+def test_loop_yaml_errors_name_the_key(tmp_path, capsys, where, value, fragments):
+    doc = _loop_doc()
+    doc[where[0]][where[1]] = value
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--config", _write(tmp_path, doc), "--output-dir", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_exit_calibration_is_for_the_loop_only(tmp_path, capsys):
+    doc = _tiny_doc()
+    doc["exit_calibration"] = {"loss_budget": 0.01}
+    with pytest.raises(SystemExit):
+        main(["train", "--config", _write(tmp_path, doc), "--output-dir", str(tmp_path / "out")])
+    assert "`exit_calibration` applies to the latent-loop model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(TINY), "--output-dir", str(tmp_path / "out"), "--exit-loss-budget", "0.01"])
+    assert "--exit-loss-budget applies to slam_loop runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--config", str(TINY_LOOP), "--exit-loss-budget", "-1"])
+    assert exc.value.code == 2 and "expected a number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fixture_name", ["trained", "trained_v2", "trained_v3", "trained_loop"])
 def test_trained_folders_are_push_ready(fixture_name, request):
     """`slam-hf train` writes everything `slam-hf push` checks: nothing to add, the card has the issue's sections."""
     from slam_hf.hub import TESTED_TRANSFORMERS, check_folder

@@ -311,6 +311,59 @@ def test_check_folder_of_image_text_model_needs_processor_and_renders_its_card(t
         assert needle in card.text, needle
 
 
+def test_check_folder_of_loop_model_renders_its_architecture_and_exit(tmp_path, tokenizer):
+    """A latent-loop folder without a card gets one that describes prelude / core / coda, the iterations, the exit
+    (criterion and threshold) and the cache mode, and reports a recorded exit calibration."""
+    torch.manual_seed(0)
+    config = slam_hf.SlamLoopConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        prelude_layers=1,
+        core_layers=2,
+        coda_layers=1,
+        loop_max_iterations=3,
+        loop_exit_threshold=0.9,
+        loop_cache="shared",
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    folder = tmp_path / "loop"
+    slam_hf.SlamLoopForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    calibration = dict(
+        criterion="confidence",
+        threshold=0.9,
+        loss_budget=0.005,
+        full_depth_loss=4.25,
+        chosen_loss=4.26,
+        mean_iterations=2.125,
+        max_iterations=3,
+    )
+    (folder / "training_metrics.json").write_text(json.dumps({"val_loss_after": 4.25, "exit_calibration": calibration}))
+    report = check_folder(folder, f"{USER}/slam-loop-card")
+    assert report.architecture == "SlamLoopForCausalLM" and "README.md" in report.written
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "text-generation" and "slam_loop" in card.data.tags
+    for needle in (
+        "AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True)",
+        "| prelude / core / coda layers | 1 / 2 / 1 (the core's 2 layers are shared) |",
+        "| loop_max_iterations | 3 (8 layer applications at full depth) |",
+        "| exit (loop_exit_criterion / loop_exit_threshold) | confidence: a token stops once sigmoid(confidence "
+        "head) ≥ 0.9 |",
+        "| loop_cache | shared: 4 cache layers, each token's last core K/V (read at every iteration: approximate) |",
+        "`model.loop_statistics`",
+        "Exit calibration (`exit_calibration`): confidence threshold 0.9",
+        "2.12 of 3 core iterations per token",
+        "| val_loss_after | 4.25 |",
+        "model\\.core\\.\\d+",
+        "## Interpretation choices",
+    ):
+        assert needle in card.text, needle
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Load-time checks of the remote code, in a fresh process (no slam_hf): what a Hub user sees.
 

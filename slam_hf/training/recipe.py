@@ -109,6 +109,7 @@ def write_model_card(
         variant_summary=variant.summary,
         interpretation=variant.interpretation,
         lora_modules=variant.lora_modules,
+        usage_note=variant.usage_note,
         m=metrics,
         t=training_args,
         optimizer=enum_value(training_args.optim),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -39,6 +40,7 @@ class Variant(NamedTuple):
     lora_modules: str  # model-card paragraph: which modules LoRA can target
     task: str = TEXT_TASK  # TEXT_TASK: causal LM on Shakespeare; IMAGE_TEXT_TASK: digit tiles -> digit string
     interpretation: tuple = ()  # model card: where the public description was loose, what this code chose
+    usage_note: str = ""  # model card, after the usage snippet: what else a user of this variant should know
 
     @property
     def head_auto_classes(self) -> tuple:
@@ -114,6 +116,61 @@ def _v3_rows(config) -> list[tuple[str, object]]:
     ]
 
 
+def _loop_depth(config) -> str:
+    """How the training depth is drawn (model card)."""
+    sampling, maximum = config.loop_iteration_sampling, config.loop_max_iterations
+    if sampling == "fixed":
+        depth = f"fixed: always {maximum} iterations"
+    elif sampling == "loss_triggered":
+        depth = f"loss_triggered: {maximum} while the last LM loss > {config.loop_loss_trigger}, else 1"
+    else:
+        mean = config.loop_sampling_mean or maximum
+        depth = f"lognormal_poisson: 1 + Poisson(e^τ), mean {mean}, σ {config.loop_sampling_sigma}, at most {maximum}"
+    if config.loop_backprop_iterations >= maximum:
+        return f"{depth}; backprop through every iteration"
+    return f"{depth}; backprop through the last {config.loop_backprop_iterations} iterations"
+
+
+def loop_exit_description(config) -> str:
+    """The inference exit a saved loop config applies (model card, `slam-hf generate`)."""
+    criterion, threshold = config.loop_exit_criterion, config.loop_exit_threshold
+    if criterion == "none" or threshold is None:
+        return f"none: every token runs all {config.loop_max_iterations} iterations"
+    rule = {
+        "confidence": f"sigmoid(confidence head) ≥ {threshold:g}",
+        "hidden_change": f"|s_i − s_(i−1)| / |s_i| ≤ {threshold:g}",
+        "kl": f"KL(successive next-token distributions) ≤ {threshold:g} (uncached decoding only)",
+    }[criterion]
+    return f"{criterion}: a token stops once {rule}"
+
+
+def _loop_rows(config) -> list[tuple[str, object]]:
+    prelude, core, coda, maximum = (
+        config.prelude_layers,
+        config.core_layers,
+        config.coda_layers,
+        config.loop_max_iterations,
+    )
+    injection = "added to the state" if config.loop_injection == "add" else "Linear([state; prelude output])"
+    if config.loop_cache == "per_iteration":
+        cache = f"per_iteration: {config.num_hidden_layers} cache layers ({prelude} + {maximum} × {core} + {coda})"
+    else:
+        cache = (
+            f"shared: {config.num_hidden_layers} cache layers, each token's last core K/V (read at every "
+            "iteration: approximate)"
+        )
+    head = f"target {config.loop_confidence_target}, loss weight {config.loop_confidence_loss_weight}"
+    return [
+        ("prelude / core / coda layers", f"{prelude} / {core} / {coda} (the core's {core} layers are shared)"),
+        ("loop_max_iterations", f"{maximum} ({prelude + maximum * core + coda} layer applications at full depth)"),
+        ("loop_injection", f"{config.loop_injection} (prelude output {injection} before each iteration)"),
+        ("training depth (loop_iteration_sampling)", _loop_depth(config)),
+        ("confidence head", head),
+        ("exit (loop_exit_criterion / loop_exit_threshold)", loop_exit_description(config)),
+        ("loop_cache", cache),
+    ]
+
+
 _MLP_LORA_MODULES = (
     "`up_proj`, `down_proj` (MLP), and `gate_proj` for gated MLPs (`mlp_type` `geglu` or `swiglu`) only. "
     '`target_modules="all-linear"` also works'
@@ -122,7 +179,7 @@ _MLP_LORA_MODULES = (
 
 def variants() -> dict[str, Variant]:
     """`model.variant` -> classes. One entry per SLAM variant."""
-    return {"slam_v1": _slam_v1(), "slam_v2": _slam_v2(), "slam_v3": _slam_v3()}
+    return {"slam_v1": _slam_v1(), "slam_v2": _slam_v2(), "slam_v3": _slam_v3(), "slam_loop": _slam_loop()}
 
 
 def _slam_v1() -> Variant:
@@ -236,10 +293,76 @@ def _slam_v3() -> Variant:
     )
 
 
+def _slam_loop() -> Variant:
+    from ..configuration_slam import SlamLoopConfig
+    from ..modeling_slam import SlamLoopForCausalLM
+
+    return Variant(
+        SlamLoopConfig,
+        SlamLoopForCausalLM,
+        "The latent-loop transformer embeds the tokens, runs `prelude_layers` ordinary layers, then a core of "
+        "`core_layers` layers whose weights are shared by every iteration, applied up to `loop_max_iterations` "
+        "times with the prelude output re-injected before each iteration (`loop_injection`), then `coda_layers` "
+        "layers, the final norm and the LM head. Training draws the depth of each step "
+        "(`loop_iteration_sampling`) and backpropagates through the last `loop_backprop_iterations` iterations "
+        "only. A confidence head reads the state after every iteration; it learns from the detached per-iteration "
+        "token losses, so it never changes the language model, and at inference each token stops iterating once "
+        "its exit criterion is met (`loop_exit_criterion`, `loop_exit_threshold`): easy tokens spend fewer core "
+        'iterations. `generate()` keeps the KV cache: one set of core cache layers per iteration (`loop_cache="'
+        'per_iteration"`, exact: a token that stopped early fills its deeper slots with its last keys and values) or '
+        'one shared set holding each token\'s last keys and values (`"shared"`, smaller, an approximation: new '
+        "tokens read them at every iteration).",
+        _loop_rows,
+        "Valid targets: `q_proj`, `k_proj`, `v_proj`, `o_proj` (attention of the prelude, core and coda layers), "
+        f"{_MLP_LORA_MODULES}. The core's layers are shared by every iteration, so an adapter on `model.core.<i>` acts "
+        "at every iteration; to adapt the core alone pass a regular expression, e.g. "
+        r'`target_modules=r"model\.core\.\d+\.self_attn\.(q_proj|v_proj)"`. `confidence_head` (hidden size to one '
+        "logit) is the exit head; retraining the language model moves the token losses it was trained on, so "
+        "recalibrate the exit afterwards (`slam_hf.training.loop.calibrate_exit_threshold`).",
+        interpretation=(
+            "Prelude → shared core looped up to N times → coda (recurrent depth, as in Huginn); the prelude output is "
+            "re-injected before every iteration, added to the state by default, so one iteration is exactly the "
+            "plain transformer of prelude + core + coda layers.",
+            "Training depth is drawn per step (Huginn's log-normal Poisson by default) with truncated backprop "
+            "through the last iterations; the published rule, full depth while the loss is high "
+            '(`loop_iteration_sampling="loss_triggered"`), and a fixed depth are options.',
+            "The confidence head is trained on detached per-iteration token losses (target 1 when no later "
+            "iteration lowers the token's loss by more than `loop_confidence_margin`), so it cannot change the "
+            "language model; its loss is added to the training loss, never to the held-out loss.",
+            "The exit threshold is chosen after training on held-out rows: the one that saves the most core "
+            "iterations while the held-out loss stays within a relative budget of the full-depth loss "
+            "(`slam_hf.training.loop.calibrate_exit_threshold`; `slam-hf train` does it for slam_loop).",
+            "Per-token exit keeps cached decoding exact with the per-iteration cache (the default): an exited "
+            "token's last keys and values stand in at deeper iterations, in the uncached forward and in the cache "
+            'alike. `loop_cache="shared"` trades that for a cache of prelude + core + coda layers, new tokens reading '
+            "past tokens' last keys and values at every iteration.",
+            "Defaults follow the description: pre-RMSNorm, GeGLU, grouped-query attention, RoPE.",
+        ),
+        usage_note="After `generate()`, `model.loop_statistics` holds the mean core iterations per new token "
+        "(`new_mean_iterations`, of `max_iterations`) and the share of core compute the exit saved "
+        '(`new_compute_saved`). `model.generate(..., loop_exit_criterion="none")` runs every token to full '
+        "depth; `loop_exit_threshold=` overrides the calibrated threshold for one call.",
+    )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # YAML config
 
-TOP_LEVEL_KEYS = ("model", "data", "training", "generation", "output_dir", "hub", "torch_threads")
+TOP_LEVEL_KEYS = (
+    "model",
+    "data",
+    "training",
+    "generation",
+    "exit_calibration",
+    "output_dir",
+    "hub",
+    "torch_threads",
+)
+# slam_loop: after training, pick the exit threshold on the held-out rows (slam_hf.training.loop).
+EXIT_CALIBRATION_KEYS = ("enabled", "criterion", "loss_budget")
+DEFAULT_EXIT_LOSS_BUDGET = 0.005
+# Criteria a calibrated folder can decode with: "kl" probes the coda every iteration, which cached decoding cannot.
+CALIBRATED_CRITERIA = ("confidence", "hidden_change")
 DATA_KEYS = ("block_size", "max_train_rows", "max_eval_rows")
 # SLAM v3 (digit tiles): rows per split (validation scores the loss, test the exact match), digits per tile,
 # the training collator's translation augmentation, and the tiling seed.
@@ -349,19 +472,21 @@ def _training_fields() -> set[str]:
 
 
 def load_run_config(path) -> dict:
-    """Read and validate a training YAML; returns {model, variant, data, training, generation, output_dir, hub,
-    torch_threads}.
+    """Read and validate a training YAML; returns {model, variant, data, training, generation, exit_calibration,
+    output_dir, hub, torch_threads}.
 
     `torch_threads` (optional, top level): torch intra-op threads for the run (null: torch's default). Tiny models
     train faster on 1 thread, and on a busy machine OpenMP spin-waiting made 2 threads ~25-50x slower.
     `generation` (optional, top level): GenerationConfig fields saved in generation_config.json, the decoding a user
     of the folder gets by default (without it: transformers' defaults, i.e. greedy, at most 20 tokens in all).
+    `exit_calibration` (optional, slam_loop only): see `_exit_calibration`; None for the other variants.
     """
     raw = _read_yaml(Path(path))
     variant, model = _model_section(raw)
     data = _data_section(raw, variants()[variant].task)
     training = _training_section(raw)
     generation = _generation(_section(raw, "generation"))
+    exit_calibration = _exit_calibration(raw, variant, model)
     hub = _checked_keys(_section(raw, "hub"), "hub", HUB_KEYS)
     output_dir = raw.get("output_dir")
     if output_dir is not None and not isinstance(output_dir, str):
@@ -373,10 +498,67 @@ def load_run_config(path) -> dict:
         data=data,
         training=training,
         generation=generation,
+        exit_calibration=exit_calibration,
         output_dir=output_dir,
         hub=hub,
         torch_threads=torch_threads,
     )
+
+
+def _exit_calibration(raw: dict, variant: str, model: dict) -> dict | None:
+    """The `exit_calibration` section of a slam_loop run: {enabled, criterion, loss_budget}.
+
+    After training, `slam-hf train` sets the saved config's exit (loop_exit_criterion, loop_exit_threshold) to the
+    threshold of `criterion` that saves the most core iterations while the held-out loss stays within
+    (1 + loss_budget) x the full-depth loss (slam_hf.training.loop.calibrate_exit_threshold). Defaults: enabled,
+    the model section's loop_exit_criterion (else "confidence"), loss_budget 0.005 (0.5 %).
+    """
+    section = _checked_keys(_section(raw, "exit_calibration"), "exit_calibration", EXIT_CALIBRATION_KEYS)
+    if variant != "slam_loop":
+        if section:
+            raise ConfigError(
+                f"`exit_calibration` applies to the latent-loop model (model.variant: slam_loop) only; remove it "
+                f"from this {variant} config"
+            )
+        return None
+    enabled = section.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"`exit_calibration.enabled` must be true or false, got {enabled!r}")
+    model_criterion = model.get("loop_exit_criterion")
+    criterion = section.get("criterion", model_criterion or "confidence")
+    budget = check_exit_loss_budget(
+        section.get("loss_budget", DEFAULT_EXIT_LOSS_BUDGET), "exit_calibration.loss_budget"
+    )
+    if not enabled:
+        return dict(enabled=False, criterion=criterion, loss_budget=budget)
+    if criterion not in CALIBRATED_CRITERIA:
+        why = {
+            "kl": "'kl' probes the coda after every iteration, which cached decoding (generate's default) cannot do",
+            "none": "'none' has no threshold to calibrate",
+        }.get(criterion, f"{criterion!r} is not an exit criterion")
+        raise ConfigError(
+            f"`exit_calibration.criterion` must be one of {', '.join(CALIBRATED_CRITERIA)}: {why}; to save the "
+            "model without calibrating, set `exit_calibration.enabled: false`"
+        )
+    if model_criterion is not None and model_criterion != criterion:
+        raise ConfigError(
+            f"`model.loop_exit_criterion` ({model_criterion}) and `exit_calibration.criterion` ({criterion}) differ: "
+            "calibration writes its criterion into the saved config; set one of them, or `exit_calibration.enabled: "
+            "false` to keep the model section's exit"
+        )
+    if criterion == "confidence" and model.get("loop_confidence_loss_weight", 1.0) == 0:
+        raise ConfigError(
+            "`exit_calibration.criterion: confidence` needs a trained confidence head, but "
+            "`model.loop_confidence_loss_weight` is 0; raise it, or calibrate `criterion: hidden_change`"
+        )
+    return dict(enabled=True, criterion=criterion, loss_budget=budget)
+
+
+def check_exit_loss_budget(value, where: str) -> float:
+    """A relative held-out loss increase >= 0 (0.005 = 0.5 %), else a ConfigError naming `where`."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"`{where}` must be a relative loss increase >= 0 (0.005 = 0.5 %), got {value!r}")
+    return float(value)
 
 
 def _read_yaml(path: Path) -> dict:

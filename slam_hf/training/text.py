@@ -1,5 +1,6 @@
-"""`slam-hf train` for the text variants (SLAM v1, v2): a causal LM on the Shakespeare corpus, trained with the
-transformers Trainer, scored on whole held-out works, saved as a Hub-ready folder.
+"""`slam-hf train` for the text variants (SLAM v1, v2, the latent loop): a causal LM on the Shakespeare corpus,
+trained with the transformers Trainer, scored on whole held-out works, saved as a Hub-ready folder. A latent-loop
+model's exit threshold is calibrated on the held-out rows before it is saved.
 
 Not part of the remote code: this module may import anything.
 """
@@ -26,42 +27,53 @@ from .trainer import (
     eval_perplexity,
     evenly_spaced,
     format_seconds,
+    full_loop_depth,
     lm_loss_only,
     model_config_from_yaml,
     prepare_run,
     run_description,
 )
 
+# Auxiliary training losses a model returns next to `loss`, logged as their mean since the last log: SLAM v2's MoA
+# load-balancing loss, the latent loop's confidence-head loss.
+AUXILIARY_LOSSES = ("aux_loss", "confidence_loss")
+
 
 class PerplexityTrainer(CpuFsdpMixin, Trainer):
-    """Scores the LM loss alone, and logs the auxiliary (MoA load-balancing) loss next to the training loss.
+    """Scores the LM loss alone, and logs the auxiliary losses (MoA load balancing, loop confidence head) next to
+    the training loss.
 
     A model with `router_aux_loss_coef` (SLAM v2) adds coef * aux_loss to its loss whenever labels are given:
     that sum is what trains and what `loss` logs, but evaluation runs with the coefficient at 0, so
-    `eval_loss` and perplexity are next-token cross-entropy only, comparable across variants.
+    `eval_loss` and perplexity are next-token cross-entropy only, comparable across variants. The latent loop adds
+    its confidence-head loss in training mode only, so its evaluation is the LM loss already; it is evaluated at full
+    depth (`full_loop_depth`).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.aux_losses = []  # training micro-batches since the last log
+        self.auxiliary = {name: [] for name in AUXILIARY_LOSSES}  # training micro-batches since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        aux_loss = outputs.get("aux_loss") if isinstance(outputs, dict) else None
-        if aux_loss is not None and model.training:
-            self.aux_losses.append(aux_loss.detach().float())
+        if isinstance(outputs, dict) and model.training:
+            for name, values in self.auxiliary.items():
+                if outputs.get(name) is not None:
+                    values.append(outputs[name].detach().float())
         return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, *args, **kwargs):
-        with lm_loss_only(self.model):
+        with lm_loss_only(self.model), full_loop_depth(self.model):
             return super().evaluate(*args, **kwargs)
 
     def log(self, logs, *rest, **kwargs):
         if "eval_loss" in logs:
             logs["eval_perplexity"] = round(math.exp(logs["eval_loss"]), 3)
-        if "loss" in logs and self.aux_losses:
-            logs["aux_loss"] = round(torch.stack(self.aux_losses).mean().item(), 4)
-            self.aux_losses = []
+        if "loss" in logs:
+            for name, values in self.auxiliary.items():
+                if values:
+                    logs[name] = round(torch.stack(values).mean().item(), 4)
+                    values.clear()
         super().log(logs, *rest, **kwargs)
 
 
@@ -111,10 +123,13 @@ def train_text(args, run: dict, t_start: float) -> dict:
     if not job.is_main:
         return recipe.worker_result(job, trained, scores.loss_after)
 
+    calibration = _calibrate_exit(model, rows.validation, run, job)
     recipe.save_hub_folder(model, job, use_cache, run["generation"], tokenizer, tokenizer)
     wall_seconds = time.perf_counter() - t_start
     description = run_description(trainer, job, trained, parameters_per_process, wall_seconds)
     metrics = _metrics(run, data_cfg, job, trainer, trained, config, rows, n_params, scores, description)
+    if calibration is not None:
+        metrics["exit_calibration"] = calibration
     recipe.write_metrics(job, metrics)
     _write_card(template, args, run, variant, job, trained, metrics, config, rows, tokenizer)
     run_tokens = _run_tokens(job, trained, data_cfg["block_size"])
@@ -124,6 +139,70 @@ def train_text(args, run: dict, t_start: float) -> dict:
         f"wall time {format_seconds(wall_seconds)}"
     )
     return metrics
+
+
+def _calibrate_exit(model, validation, run: dict, job: TrainingRun) -> dict | None:
+    """slam_loop: set the model's exit threshold for the loss budget on the held-out rows (the rows that scored
+    the run), before it is saved; returns the record training_metrics.json keeps (None for other variants or with
+    `exit_calibration.enabled: false`)."""
+    settings = run.get("exit_calibration")
+    if not settings or not settings["enabled"]:
+        return None
+    from .loop import calibrate_exit_threshold
+
+    batch_size = job.training_args.per_device_eval_batch_size
+    ids = torch.tensor(validation["input_ids"])
+    batches = [ids[start : start + batch_size] for start in range(0, len(ids), batch_size)]
+    job.say(
+        f"calibrating the loop exit ({settings['criterion']}) on {len(ids)} held-out rows, loss budget "
+        f"{settings['loss_budget']:g} (+{100 * settings['loss_budget']:g} % over full depth)"
+    )
+    started = time.perf_counter()
+    result = calibrate_exit_threshold(model, batches, settings["loss_budget"], settings["criterion"])
+    record = exit_calibration_record(result, model.config.loop_max_iterations, time.perf_counter() - started)
+    job.say(exit_calibration_summary(record))
+    return record
+
+
+def exit_calibration_record(result, max_iterations: int, seconds: float) -> dict:
+    """training_metrics.json's `exit_calibration`: a `slam_hf.training.loop.Calibration` in plain numbers."""
+    full, chosen = result.full_depth, result.chosen
+    return {
+        "criterion": result.criterion,
+        "threshold": result.threshold,  # None: no threshold met the budget, every token runs full depth
+        "loss_budget": result.loss_budget,
+        "full_depth_loss": full.loss,
+        "full_depth_perplexity": math.exp(full.loss),
+        "chosen_loss": chosen.loss,
+        "chosen_perplexity": math.exp(chosen.loss),
+        "loss_increase": chosen.loss / full.loss - 1 if full.loss else 0.0,
+        "mean_iterations": chosen.mean_iterations,
+        "max_iterations": max_iterations,
+        "compute_saved": 1 - chosen.mean_iterations / max_iterations,
+        "tokens": full.tokens,
+        "seconds": seconds,
+        "curve": [
+            {"threshold": point.threshold, "loss": point.loss, "mean_iterations": point.mean_iterations}
+            for point in result.curve
+        ],
+    }
+
+
+def exit_calibration_summary(record: dict) -> str:
+    """One status line for a calibration record."""
+    full = f"full-depth held-out loss {record['full_depth_loss']:.4f}"
+    if record["threshold"] is None:
+        return (
+            f"loop exit: no {record['criterion']} threshold kept the held-out loss within "
+            f"+{100 * record['loss_budget']:g} % of the {full}; the exit stays off (all "
+            f"{record['max_iterations']} iterations)"
+        )
+    return (
+        f"loop exit: {record['criterion']} threshold {record['threshold']:g}, held-out loss "
+        f"{record['chosen_loss']:.4f} ({full}, +{100 * record['loss_increase']:.2f} %), "
+        f"{record['mean_iterations']:.2f} of {record['max_iterations']} core iterations per token "
+        f"({100 * record['compute_saved']:.0f} % of core compute saved)"
+    )
 
 
 def _data_section(args, run: dict) -> dict:
@@ -182,6 +261,7 @@ def _metrics(run, data_cfg, job, trainer, trained, config, rows, n_params, score
     """training_metrics.json of a text run."""
     block_size = data_cfg["block_size"]
     aux_losses = trained.logged("aux_loss")
+    confidence_losses = trained.logged("confidence_loss")
     train_losses = trained.logged("loss")
     return {
         "variant": run["variant"],
@@ -205,6 +285,11 @@ def _metrics(run, data_cfg, job, trainer, trained, config, rows, n_params, score
         "router_aux_loss_coef": getattr(config, "router_aux_loss_coef", None),
         "train_aux_loss_first_logged": aux_losses[0] if aux_losses else None,
         "train_aux_loss_last_logged": aux_losses[-1] if aux_losses else None,
+        # slam_loop: the confidence head's loss, in the training loss with this weight; never in val_loss. None for
+        # the other variants.
+        "loop_confidence_loss_weight": getattr(config, "loop_confidence_loss_weight", None),
+        "train_confidence_loss_first_logged": confidence_losses[0] if confidence_losses else None,
+        "train_confidence_loss_last_logged": confidence_losses[-1] if confidence_losses else None,
         "train_seconds": trained.train_seconds,
         "train_seconds_excluding_eval": trained.optim_seconds,
         # this invocation's steps (a resumed run: those after its checkpoint) over its optimisation time

@@ -42,10 +42,14 @@ def hardware_description(processes: int = 1, distributed: str | None = None) -> 
 
 
 def config_rows(config, block_size, variant: Variant) -> list[tuple[str, object]]:
+    if getattr(config, "core_cache_slots", None) is None:
+        layers = ("num_hidden_layers", f"{config.num_hidden_layers} (" + " → ".join(config.layer_schedule) + ")")
+    else:  # the latent loop: its num_hidden_layers counts cache layers; the loop rows give the structure
+        layers = ("num_hidden_layers (cache layers)", config.num_hidden_layers)
     rows = [
         ("model_type", config.model_type),
         ("hidden_size", config.hidden_size),
-        ("num_hidden_layers", f"{config.num_hidden_layers} (" + " → ".join(config.layer_schedule) + ")"),
+        layers,
         ("num_attention_heads / num_key_value_heads", f"{config.num_attention_heads} / {config.num_key_value_heads}"),
         ("head_dim", config.head_dim),
         ("intermediate_size", config.intermediate_size),
@@ -413,6 +417,22 @@ def lm_loss_only(model):
         yield
     finally:
         config.router_aux_loss_coef = coef
+
+
+@contextlib.contextmanager
+def full_loop_depth(model):
+    """Within the block, a latent-loop model runs every token through all its core iterations (no exit), so held-out
+    scores during training are the full-depth model's whatever `loop_exit_threshold` the YAML set."""
+    config = model.config
+    threshold = getattr(config, "loop_exit_threshold", None)
+    if threshold is None:
+        yield
+        return
+    config.loop_exit_threshold = None
+    try:
+        yield
+    finally:
+        config.loop_exit_threshold = threshold
 
 
 def enum_value(value) -> str:
