@@ -1,6 +1,7 @@
 """Everything a user pushes to and pulls from the Hub, against the local Hub (tests/hub_server.py).
 
-1. Every variant round-trips by repo id: SLAM v1 and v2 (causal LM + the default tokenizer) and SLAM v3 (the
+1. Every variant round-trips by repo id: SLAM v1, v2 and the latent loop (causal LM + the default tokenizer; the
+   loop with its adaptive exit on, which must spend the same core iterations in generate()) and SLAM v3 (the
    image-text model + SlamProcessor) are pushed with `push_to_hub`, then loaded in a fresh interpreter that cannot
    import slam_hf (empty HF_HOME, trust_remote_code=True) through the head Auto class(es), bare `AutoModel`,
    `AutoTokenizer` and `AutoProcessor`. Logits, trunk states, token ids, processor tensors and a greedy
@@ -31,7 +32,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from PIL import Image
 from safetensors.torch import load_file
 from slam_common import single_threaded_torch
-from slam_tester import SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
+from slam_tester import SlamLoopModelTester, SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester
 from transformers import AutoModelForCausalLM
 
 import slam_hf
@@ -94,6 +95,7 @@ with torch.no_grad():
 generated = model.generate(**prompt, **ARGS["generate"])
 results["generated"] = generated
 results["decoded"] = tokenizer.decode(generated[0], skip_special_tokens=True)
+results["loop_statistics"] = getattr(model, "loop_statistics", None)  # the latent loop's core iterations
 try:
     trunk = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
     results["trunk"] = (type(trunk).__name__, module_of(trunk))
@@ -118,7 +120,11 @@ def tiny_causal(tester, tokenizer):
     return tester.causal_lm_class(config).eval()
 
 
-@pytest.mark.parametrize("tester_class", [SlamV1ModelTester, SlamV2ModelTester], ids=["slam_v1", "slam_v2"])
+@pytest.mark.parametrize(
+    "tester_class",
+    [SlamV1ModelTester, SlamV2ModelTester, SlamLoopModelTester],
+    ids=["slam_v1", "slam_v2", "slam_loop"],
+)
 def test_causal_lm_and_tokenizer_round_trip_by_repo_id(hub_server, tmp_path, tester_class):
     tester = tester_class()
     tokenizer = load_default_tokenizer()
@@ -153,6 +159,9 @@ def test_causal_lm_and_tokenizer_round_trip_by_repo_id(hub_server, tmp_path, tes
     generated = model.generate(**prompt, **greedy())
     assert generated.shape == (1, prompt["input_ids"].shape[1] + NEW_TOKENS)
     assert len(set(generated[0, -NEW_TOKENS:].tolist())) > 1  # not one token repeated: a real comparison
+    loop_statistics = getattr(model, "loop_statistics", None)
+    if loop_statistics is not None:  # the latent loop exited some tokens early and ran others deeper
+        assert 1 < loop_statistics["new_mean_iterations"] < loop_statistics["max_iterations"], loop_statistics
 
     out = run_fresh(
         hub_server, tmp_path, CAUSAL_LOADER, dict(repo=repo_id, texts=TEXTS, prompt=PROMPT, generate=greedy())
@@ -169,6 +178,7 @@ def test_causal_lm_and_tokenizer_round_trip_by_repo_id(hub_server, tmp_path, tes
     assert_equal(out["logits"], logits, "logits")
     assert_equal(out["generated"], generated, "greedy generate")
     assert out["decoded"] == tokenizer.decode(generated[0], skip_special_tokens=True)
+    assert out["loop_statistics"] == loop_statistics
     # the bare trunk through AutoModel (needs "AutoModel" in the pushed config's auto_map)
     assert "trunk_error" not in out, (
         f"AutoModel.from_pretrained({repo_id!r}, trust_remote_code=True) failed in a fresh process: "
