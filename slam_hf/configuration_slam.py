@@ -690,7 +690,8 @@ class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
             "improvement" (Ouro-style): 1 when no later iteration lowers the loss by more than
             `loop_confidence_margin` nats; "absolute" (the description): clamp(1 - l_i / 2, 0, 1).
         loop_confidence_loss_weight: weight of the confidence head's BCE in the training loss (0: not trained).
-            Its input is detached, so it never changes the language model.
+            Its input is detached, so no gradient of it reaches the language model (a global gradient-norm clip
+            still counts it in the norm).
         loop_exit_criterion, loop_exit_threshold: inference exit per token. "confidence": sigmoid(head) >=
             threshold; "hidden_change": |s_i - s_{i-1}| / |s_i| <= threshold; "kl" (Huginn): KL between successive
             iterations' next-token distributions <= threshold (probes the coda every iteration; needs

@@ -489,7 +489,7 @@ class SlamLoopForCausalLM(SlamLMHeadMixin, EmptyBatchGenerationMixin, SlamLoopPr
     """Causal LM on the latent loop: `generate` with cache, beams and sampling; per-token exit at inference.
 
     With labels in training mode the loss is the LM loss plus `loop_confidence_loss_weight` times the confidence
-    head's BCE on the detached per-iteration token losses (the head's input is detached, so the LM is unchanged).
+    head's BCE on the detached per-iteration token losses (its input is detached, so no gradient of it reaches the LM).
     After `generate`, `loop_statistics` holds the mean core iterations per prompt and per new token (also logged
     at INFO and, with `return_dict_in_generate=True`, returned as `loop_statistics` in the output).
     """
