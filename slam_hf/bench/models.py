@@ -40,6 +40,8 @@ SHAPE_REQUIRED = (
 )
 SHAPE_DEFAULTS = {"num_experts": 8, "num_experts_per_tok": 2}
 OBJECTIVES = ("causal_lm", "prefix_to_continuation")
+# slam_loop: core iterations (the smallest loop), so that its unique layers, and parameters, match Llama's.
+LOOP_ITERATIONS = 2
 
 COMMON_NOTES = (
     "Every model gets the same hidden size, attention heads, FFN width (`intermediate_size`, the inner width of a "
@@ -55,8 +57,9 @@ COMMON_NOTES = (
     "parameters = parameters a token's prediction actually uses: routed experts count top_k / num_experts, "
     "position-routed SLAM blocks count by the share of positions that use them, parameters that text-only input never "
     "reaches or whose output it zeroes (SLAM v3's vision tower, image and cross-modal paths, fusion cross-modal "
-    "attention) count 0; embeddings and the LM head count fully. KV-cache bytes are measured from the cache tensors "
-    "of a real forward pass (float32)."
+    "attention) count 0, weights a token reuses (the latent loop's shared core, run once per iteration) count once, "
+    "although its compute grows with every reuse; embeddings and the LM head count fully. KV-cache bytes are "
+    "measured from the cache tensors of a real forward pass (float32)."
 )
 
 BENCH_MODELS: dict[str, dict] = {
@@ -125,6 +128,32 @@ BENCH_MODELS: dict[str, dict] = {
             "the LM head is separate. Cache: the decoder's MLA latent (kv_lora_rank + qk_rope_head_dim per token and "
             "layer) grows with generated tokens; the cross-attention K/V over the encoder memory depend on the prompt "
             "length, not the generated length, and are counted in the fixed part."
+        ),
+    },
+    "slam_loop": {
+        "label": "SLAM latent loop (prelude + shared core looped twice + coda)",
+        "class_name": "SlamLoopForCausalLM",
+        "family": "slam",
+        "objective": "causal_lm",
+        "min_layers": 3,
+        "notes": (
+            "L unique layers, so the weights match Llama's: 1 prelude layer, a core of L - 2 layers, 1 coda layer "
+            "(L = 6 -> 1 + 4 + 1). The core runs loop_max_iterations = 2 times, the smallest loop, with the prelude "
+            "output added back before each iteration (loop_injection 'add'), so a token passes 1 + 2 (L - 2) + 1 = "
+            "2L - 2 layers: 10 at L = 6, 6 at L = 4. Compute per token is therefore (2L - 2) / L x Llama's layer "
+            "compute (1.67x at L = 6, 1.5x at L = 4) for the same parameters: this row compares at equal parameters, "
+            "not equal compute, and the throughput, latency and generation columns carry the extra iterations. "
+            "Trained at a fixed depth of 2 (loop_iteration_sampling 'fixed', gradients through both iterations) so "
+            "every step costs the same and evaluation runs the depth that was trained (the loop's default draws the "
+            "depth per step). The confidence head is not trained (loop_confidence_loss_weight 0; its input is "
+            "detached, so training it would not change the language model) and no exit threshold is set, so every "
+            "token runs both iterations in every measurement: the per-token early exit is the loop's inference "
+            "feature, measured by the exit calibration of `slam-hf train` (slam_hf.training.loop), not here. "
+            "Active parameters: the core's weights count once (iterating reuses them), the confidence head (hidden "
+            "+ 1 weights and its RMSNorm) counts 0 because no exit runs it. Cache: loop_cache 'per_iteration', one "
+            "set of core cache layers per iteration, so 2L - 2 layers of K/V per token (1.67x Llama's at L = 6; "
+            "'shared' would keep L, every iteration then attending to earlier tokens' last-iteration K/V). The "
+            "loop's own defaults (GQA with 2 KV heads, GeGLU) give way to the common rules: MHA, SwiGLU."
         ),
     },
     "llama": {
@@ -291,6 +320,7 @@ _MIN_LAYERS_WHY = {
     "slam_v1": "2 full-attention layers + 2 blocks per encoder-fusion cycle, at least one cycle",
     "slam_v2": "1 full-attention layer + at least one fusion cycle + 1 attention-experts layer",
     "slam_v3": "at least one encoder layer and one decoder layer",
+    "slam_loop": "1 prelude layer + at least one core layer + 1 coda layer",
     "deepseek_v3": "a dense first layer and at least one MoE layer",
     "jamba": "at least one Mamba layer and one attention layer",
     "llama": "",
@@ -395,6 +425,21 @@ def _slam_config(name, common: dict, s: dict):
             moa_num_experts=s["num_experts"],
             moa_top_k=top_k,
             router_aux_loss_coef=0.01,
+        )
+    if name == "slam_loop":
+        return slam_hf.SlamLoopConfig(
+            **slam,
+            prelude_layers=1,
+            core_layers=layers - 2,
+            coda_layers=1,
+            loop_max_iterations=LOOP_ITERATIONS,
+            loop_injection="add",
+            loop_iteration_sampling="fixed",
+            loop_backprop_iterations=LOOP_ITERATIONS,
+            loop_confidence_loss_weight=0.0,
+            loop_exit_criterion="none",
+            loop_exit_threshold=None,
+            loop_cache="per_iteration",
         )
     if bos_token_id is None:
         raise ValueError("slam_v3 starts the decoder with `bos_token_id`; pass one.")

@@ -48,6 +48,14 @@ _V3_UNUSED_ON_TEXT = (
 )
 
 
+# The latent loop's confidence head: run at inference only by the "confidence" exit.
+_LOOP_EXIT_HEAD = ("model.confidence_head.", "model.confidence_norm.")
+
+
+def _loop_confidence_exit(config) -> bool:
+    return config.loop_exit_criterion == "confidence" and config.loop_exit_threshold is not None
+
+
 def parameter_usage(name, model) -> dict[str, tuple[int, float]]:
     """{parameter name: (numel, share used per token)} - the basis of `active_parameters`.
 
@@ -55,7 +63,10 @@ def parameter_usage(name, model) -> dict[str, tuple[int, float]]:
     module experts `...experts.<i>....` alike); SLAM v1 EF blocks the share of positions whose windows use them;
     SLAM v2 Level-2 blocks min(ef_cycles, 4) / 4; SLAM v3 parameters that text-only input never reaches 0 (vision
     tower, image and cross-modal paths, the fusion node's cross-modal attention, the image and cross-modal input
-    columns of the concat projection); everything else, embeddings and LM head included, 1."""
+    columns of the concat projection); the latent loop's confidence head 0 unless its exit criterion is
+    "confidence" with a threshold (nothing else runs it), and its shared core 1, once, however many iterations
+    reuse it (compute per token is higher than the count says: see BENCH_MODELS["slam_loop"]["notes"]); everything
+    else, embeddings and LM head included, 1."""
     _check_name(name)
     config = model.config
     experts, top_k = _experts_and_top_k(name, config)
@@ -78,6 +89,8 @@ def parameter_usage(name, model) -> dict[str, tuple[int, float]]:
             share = _v1_block_shares(config)[block]
         elif name == "slam_v2" and pname.startswith("model.fusion.blocks."):
             share = min(config.ef_cycles, config.ef_num_blocks) / config.ef_num_blocks
+        elif name == "slam_loop" and pname.startswith(_LOOP_EXIT_HEAD) and not _loop_confidence_exit(config):
+            share = 0.0
         elif name == "slam_v3":
             if pname.startswith(_V3_UNUSED_ON_TEXT):
                 share = 0.0
@@ -94,8 +107,9 @@ def active_parameters(name, model) -> int:
 
     Convention: input embeddings and the LM head count fully (as in "Mixtral 8x7B: 12.9B active"); routed experts
     count top_k / num_experts; shared experts, dense layers, routers and norms count fully; SLAM's position-routed
-    blocks count by the share of positions that use them; weights text-only input never reaches count 0. Equal to
-    the total for dense models (llama, hunyuan_dense)."""
+    blocks count by the share of positions that use them; weights text-only input never reaches count 0; weights a
+    token reuses (the latent loop's core, once per iteration) count once. Equal to the total for dense models
+    (llama, hunyuan_dense)."""
     return round(sum(numel * share for numel, share in parameter_usage(name, model).values()))
 
 
