@@ -9,9 +9,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .slam_ternary import TernaryLinear
+
 
 def make_linear(config, in_features: int, out_features: int, bias: bool) -> nn.Linear:
-    return nn.Linear(in_features, out_features, bias=bias)
+    """A projection: `nn.Linear`, or BitNet b1.58's `TernaryLinear` (an `nn.Linear` subclass) for a config with
+    `ternary_linear=True`."""
+    linear_class = TernaryLinear if getattr(config, "ternary_linear", False) else nn.Linear
+    return linear_class(in_features, out_features, bias=bias)
 
 
 def rms_normalize(hidden_states: torch.Tensor, eps: float) -> torch.Tensor:
