@@ -12,8 +12,10 @@ from transformers.utils import logging
 
 from .slam_validation import (
     BASE_SPECS,
+    LATENT_ATTENTION_PROJECTIONS,
     LOOP_SPECS,
     SHARED_SPECS,
+    TERNARY_PROJECTIONS,
     V1_SPECS,
     V2_SPECS,
     V3_SPECS,
@@ -46,6 +48,9 @@ SHARED_FIELDS = (
     "hidden_dropout",
     "initializer_range",
     "use_cache",
+    "ternary_linear",
+    "ternary_modules",
+    "ternary_subln",
 )
 
 
@@ -160,9 +165,16 @@ class FieldTableMixin:
 
 
 class SlamConfigMixin(FieldTableMixin):
-    """Fields and checks shared by every SLAM variant (DESIGN §2): attention, MLP, norm, positions."""
+    """Fields and checks shared by every SLAM variant (DESIGN §2): attention, MLP, norm, positions, and BitNet b1.58.
+
+    ternary_linear: build the projections named by `ternary_modules` as `TernaryLinear` (slam_ternary: ternary
+        weights, int8 activations, full-precision master weights). ternary_modules: None = every attention and MLP
+        projection of the variant (`default_ternary_modules`). ternary_subln: BitNet's SubLN, an RMSNorm on the
+        input of each ternary `o_proj` (`attn_sub_norm`) and `down_proj` (`ffn_sub_norm`).
+    """
 
     derived_fields = ("num_hidden_layers",)
+    default_ternary_modules = TERNARY_PROJECTIONS
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
@@ -214,6 +226,20 @@ class SlamConfigMixin(FieldTableMixin):
         _check_heads(self)
         if self.position_embedding_type == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even `head_dim`, got {self.head_dim}.")
+        if self.ternary_modules is not None:
+            self.ternary_modules = list(self.ternary_modules)  # as config.json will give it back
+        if self.ternary_subln and not self.ternary_linear:
+            raise ValueError(
+                "`ternary_subln=True` adds BitNet's SubLN norms in front of ternary projections, but `ternary_linear` "
+                "is False: set `ternary_linear=True` too, or drop `ternary_subln`."
+            )
+
+    @property
+    def ternary_projections(self) -> tuple[str, ...]:
+        """The projection names built as `TernaryLinear`: empty unless `ternary_linear`."""
+        if not self.ternary_linear:
+            return ()
+        return tuple(self.ternary_modules) if self.ternary_modules is not None else self.default_ternary_modules
 
     def _derive_num_hidden_layers(self, given, derived: int, rule: str, variant: str, field: str):
         """`num_hidden_layers` counts cache layers and follows from `field`: a different given value is an error."""
@@ -279,6 +305,9 @@ class SlamV1Config(SlamConfigMixin, PretrainedConfig):
         attention_dropout: float = 0.0,
         hidden_dropout: float = 0.0,
         initializer_range: float = 0.02,
+        ternary_linear: bool = False,
+        ternary_modules: list[str] | None = None,
+        ternary_subln: bool = False,
         ef_cycles: int = 2,
         ef_segment_length: int = 60,
         ef_segment_overlap: int = 20,
@@ -375,6 +404,9 @@ class SlamV2Config(SlamConfigMixin, PretrainedConfig):
         attention_dropout: float = 0.0,
         hidden_dropout: float = 0.0,
         initializer_range: float = 0.02,
+        ternary_linear: bool = False,
+        ternary_modules: list[str] | None = None,
+        ternary_subln: bool = False,
         ef_cycles: int = 2,
         ef_num_blocks: int = 4,
         ef_segment_length: int | None = None,
@@ -556,6 +588,7 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
 
     model_type = "slam_v3"
     field_specs = {**SHARED_SPECS, **V3_SPECS, **BASE_SPECS}
+    default_ternary_modules = TERNARY_PROJECTIONS + LATENT_ATTENTION_PROJECTIONS
     sub_configs = {"vision_config": SlamV3VisionConfig}
     keys_to_ignore_at_inference = ["cache", "past_key_values", "encoder_last_hidden_state"]
 
@@ -579,6 +612,9 @@ class SlamV3Config(SlamConfigMixin, PretrainedConfig):
         attention_dropout: float = 0.0,
         hidden_dropout: float = 0.0,
         initializer_range: float = 0.02,
+        ternary_linear: bool = False,
+        ternary_modules: list[str] | None = None,
+        ternary_subln: bool = False,
         encoder_layers: int = 2,
         fusion_num_latents: int = 0,
         aux_dim: int | None = None,
@@ -734,6 +770,9 @@ class SlamLoopConfig(SlamConfigMixin, PretrainedConfig):
         attention_dropout: float = 0.0,
         hidden_dropout: float = 0.0,
         initializer_range: float = 0.02,
+        ternary_linear: bool = False,
+        ternary_modules: list[str] | None = None,
+        ternary_subln: bool = False,
         prelude_layers: int = 1,
         core_layers: int = 2,
         coda_layers: int = 1,

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .slam_compat import get_attention_function
-from .slam_layers import apply_rotary_pos_emb, make_linear
+from .slam_layers import apply_rotary_pos_emb, make_linear, make_sub_norm
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -27,7 +27,9 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + attention_mask[..., : key.shape[-2]]
-    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    # softmax in float32 at least (float64 models stay float64)
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32))
+    weights = weights.to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return output, weights
@@ -78,10 +80,11 @@ class SlamAttention(SlamAttentionBase):
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
         self.use_rope = config.position_embedding_type == "rope"
         hidden, bias = config.hidden_size, config.attention_bias
-        self.q_proj = make_linear(config, hidden, self.num_heads * self.head_dim, bias)
-        self.k_proj = make_linear(config, hidden, self.num_key_value_heads * self.head_dim, bias)
-        self.v_proj = make_linear(config, hidden, self.num_key_value_heads * self.head_dim, bias)
-        self.o_proj = make_linear(config, self.num_heads * self.head_dim, hidden, bias)
+        self.q_proj = make_linear(config, hidden, self.num_heads * self.head_dim, bias, "q_proj")
+        self.k_proj = make_linear(config, hidden, self.num_key_value_heads * self.head_dim, bias, "k_proj")
+        self.v_proj = make_linear(config, hidden, self.num_key_value_heads * self.head_dim, bias, "v_proj")
+        self.attn_sub_norm = make_sub_norm(config, self.num_heads * self.head_dim, "o_proj")
+        self.o_proj = make_linear(config, self.num_heads * self.head_dim, hidden, bias, "o_proj")
 
     def project(self, hidden_states, position_embeddings):
         # (B, L, hidden) -> q: (B, heads, L, D), k, v: (B, kv_heads, L, D)
@@ -97,7 +100,7 @@ class SlamAttention(SlamAttentionBase):
         # q: (N, heads, Lq, D), k, v: (N, kv_heads, Lk, D) -> (N, Lq, hidden)
         output, weights = run_attention(self, q, k, v, attention_mask, implementation, **kwargs)
         output = output.reshape(*output.shape[:2], -1).contiguous()
-        return self.o_proj(output), weights
+        return self.o_proj(self.attn_sub_norm(output)), weights
 
     def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, **kwargs):
         q, k, v = self.project(hidden_states, position_embeddings)

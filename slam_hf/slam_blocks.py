@@ -233,7 +233,7 @@ class SlamCyclicFusion(GradientCheckpointingLayer):
         q, k, v = split_segments(group.q), split_segments(group.k), split_segments(group.v)
         attn_output, _ = run_attention(attention, q, k, v, mask, plan.implementation)
         attn_output = attn_output.reshape(*group.rows.shape[:2], -1)  # (g, B * m * q_len, heads * D)
-        output = group.layers.linear("self_attn.o_proj", attn_output)
+        output = group.layers.attention_output(attn_output)
         return finish_grouped(group.layers, group.rows, output, self.pre_norm, self.blocks[0].dropout)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from .slam_attention import SlamAttentionBase, run_attention
 from .slam_compat import GradientCheckpointingLayer
-from .slam_layers import SlamMLP, make_linear, make_norm
+from .slam_layers import SlamMLP, make_linear, make_norm, make_sub_norm
 from .slam_mla import SlamLatentAttention
 
 
@@ -28,10 +28,11 @@ class SlamCrossAttention(SlamAttentionBase):
         self.head_dim = config.head_dim
         self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
         hidden, bias = config.hidden_size, config.attention_bias
-        self.q_proj = make_linear(config, hidden, config.num_attention_heads * self.head_dim, bias)
-        self.k_proj = make_linear(config, hidden, config.num_key_value_heads * self.head_dim, bias)
-        self.v_proj = make_linear(config, hidden, config.num_key_value_heads * self.head_dim, bias)
-        self.o_proj = make_linear(config, config.num_attention_heads * self.head_dim, hidden, bias)
+        self.q_proj = make_linear(config, hidden, config.num_attention_heads * self.head_dim, bias, "q_proj")
+        self.k_proj = make_linear(config, hidden, config.num_key_value_heads * self.head_dim, bias, "k_proj")
+        self.v_proj = make_linear(config, hidden, config.num_key_value_heads * self.head_dim, bias, "v_proj")
+        self.attn_sub_norm = make_sub_norm(config, config.num_attention_heads * self.head_dim, "o_proj")
+        self.o_proj = make_linear(config, config.num_attention_heads * self.head_dim, hidden, bias, "o_proj")
 
     def memory_key_values(self, memory, cache=None):
         """(B, S, hidden) -> K, V (B, kv_heads, S, D), projected once per generation when a cache is given."""
@@ -52,7 +53,7 @@ class SlamCrossAttention(SlamAttentionBase):
         query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
         key, value = self.memory_key_values(memory, cache)
         output, _ = run_attention(self, query, key, value, memory_mask, is_causal=False)
-        return self.o_proj(output.reshape(batch, length, -1))
+        return self.o_proj(self.attn_sub_norm(output.reshape(batch, length, -1)))
 
 
 class SlamV3DecoderLayer(GradientCheckpointingLayer):

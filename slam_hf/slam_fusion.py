@@ -116,7 +116,7 @@ class SlamParallelPaths(nn.Module):
             cos, sin = (t.expand(batch, -1, -1).repeat(paths, 1, 1) for t in position_embeddings)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
         output, _ = run_attention(attention, q, k, v, allowed.flatten(0, 1)[:, None], implementation, is_causal=False)
-        output = layers.linear("self_attn.o_proj", output.reshape(paths, batch * length, -1))
+        output = layers.attention_output(output.reshape(paths, batch * length, -1))
         return finish_grouped(layers, rows, output, self.pre_norm, first.dropout).view(paths, batch, length, hidden)
 
 
@@ -132,7 +132,9 @@ class SlamFusionNode(GradientCheckpointingLayer):
 
     def __init__(self, config):
         super().__init__()
-        self.concat_proj = make_linear(config, len(ENCODER_PATHS) * config.hidden_size, config.hidden_size, False)
+        self.concat_proj = make_linear(
+            config, len(ENCODER_PATHS) * config.hidden_size, config.hidden_size, False, "concat_proj"
+        )
         self.cross_modal = SlamLayer(config, None, is_causal=False)
 
     def forward(self, path_states, has_key, position_embeddings, cross_modal_allowed, implementation="sdpa"):

@@ -44,6 +44,10 @@ class ModuleLayers:
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self._apply("mlp", x)
 
+    def attention_output(self, x: torch.Tensor) -> torch.Tensor:
+        """o_proj after BitNet's SubLN (`attn_sub_norm`: the identity unless o_proj is ternary)."""
+        return self.linear("self_attn.o_proj", self._apply("self_attn.attn_sub_norm", x))
+
 
 class StackedLayers:
     """All blocks at once: weights stacked along a leading block axis, one `bmm` per layer.
@@ -81,6 +85,10 @@ class StackedLayers:
             for n in NORM_NAMES
         )
         return cls(blocks) if plain and all(is_plain(b.mlp, (type(first.mlp),)) for b in blocks) else None
+
+    def attention_output(self, x: torch.Tensor) -> torch.Tensor:
+        # plain layers only: a SubLN exists only in front of a ternary o_proj, which is not plain
+        return self.linear("self_attn.o_proj", x)
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
         # x: (G, N, in) -> (G, N, out)

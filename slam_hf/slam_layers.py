@@ -1,8 +1,8 @@
 """Generic building blocks shared by every SLAM variant (DESIGN §2): norms, MLPs, positions.
 
 Each block is chosen in `__init__` from config data; `forward` holds no structural branching.
-Linear layers are built through `make_linear` so a later BitNet projection (an `nn.Linear`
-subclass) can slot in without touching the blocks, and PEFT keeps matching them by name.
+Projections are built through `make_linear` by name, so BitNet b1.58's `TernaryLinear` (an `nn.Linear` subclass)
+replaces the ones a config names without touching the blocks, and PEFT keeps matching them by name.
 """
 
 import torch
@@ -12,17 +12,31 @@ from torch.nn import functional as F
 from .slam_ternary import TernaryLinear
 
 
-def make_linear(config, in_features: int, out_features: int, bias: bool) -> nn.Linear:
-    """A projection: `nn.Linear`, or BitNet b1.58's `TernaryLinear` (an `nn.Linear` subclass) for a config with
-    `ternary_linear=True`."""
-    linear_class = TernaryLinear if getattr(config, "ternary_linear", False) else nn.Linear
+def is_ternary(config, name: str) -> bool:
+    """Whether the projection `name` (q_proj, down_proj, ...) is BitNet b1.58 ternary under `config`; configs
+    without the ternary fields (the vision tower's) are full precision."""
+    return name in getattr(config, "ternary_projections", ())
+
+
+def make_linear(config, in_features: int, out_features: int, bias: bool, name: str) -> nn.Linear:
+    """The projection `name`: `nn.Linear`, or BitNet b1.58's `TernaryLinear` (an `nn.Linear` subclass, so PEFT and
+    checkpoints see a linear layer) when the config's `ternary_projections` include `name`."""
+    linear_class = TernaryLinear if is_ternary(config, name) else nn.Linear
     return linear_class(in_features, out_features, bias=bias)
 
 
+def make_sub_norm(config, width: int, name: str) -> nn.Module:
+    """BitNet's SubLN in front of the ternary projection `name` (an RMSNorm over its input), else the identity (no
+    parameters, so a full-precision checkpoint keeps its keys)."""
+    if getattr(config, "ternary_subln", False) and is_ternary(config, name):
+        return SlamRMSNorm(width, eps=config.norm_eps)
+    return nn.Identity()
+
+
 def rms_normalize(hidden_states: torch.Tensor, eps: float) -> torch.Tensor:
-    # Normalise in float32: bf16 squares lose too much precision.
+    # Normalise in float32 at least: bf16 squares lose too much precision.
     dtype = hidden_states.dtype
-    hidden_states = hidden_states.float()
+    hidden_states = hidden_states.to(torch.promote_types(dtype, torch.float32))
     return (hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
 
 
@@ -53,15 +67,16 @@ class SlamMLP(nn.Module):
         hidden, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.gated = config.mlp_type in ("geglu", "swiglu")
         if self.gated:
-            self.gate_proj = make_linear(config, hidden, inner, bias)
-        self.up_proj = make_linear(config, hidden, inner, bias)
-        self.down_proj = make_linear(config, inner, hidden, bias)
+            self.gate_proj = make_linear(config, hidden, inner, bias, "gate_proj")
+        self.up_proj = make_linear(config, hidden, inner, bias, "up_proj")
+        self.ffn_sub_norm = make_sub_norm(config, inner, "down_proj")
+        self.down_proj = make_linear(config, inner, hidden, bias, "down_proj")
         self.act_fn = F.silu if config.mlp_type == "swiglu" else F.gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(self.act_fn(self.up_proj(x)))
+            return self.down_proj(self.ffn_sub_norm(self.act_fn(self.gate_proj(x)) * self.up_proj(x)))
+        return self.down_proj(self.ffn_sub_norm(self.act_fn(self.up_proj(x))))
 
 
 def rope_inverse_frequencies(head_dim: int, theta: float, device=None) -> torch.Tensor:
@@ -107,7 +122,9 @@ __all__ = [
     "SlamRMSNorm",
     "SlamRotaryEmbedding",
     "apply_rotary_pos_emb",
+    "is_ternary",
     "make_linear",
+    "make_sub_norm",
     "make_norm",
     "rms_normalize",
     "rope_inverse_frequencies",

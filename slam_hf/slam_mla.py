@@ -26,7 +26,7 @@ from torch import nn
 
 from .configuration_slam import check_latent_attention_dims
 from .slam_attention import SlamAttentionBase, run_attention
-from .slam_layers import SlamRMSNorm, apply_rotary_pos_emb, make_linear
+from .slam_layers import SlamRMSNorm, apply_rotary_pos_emb, make_linear, make_sub_norm
 
 
 def causal_bool_mask(q_len: int, kv_len: int, device) -> torch.Tensor:
@@ -60,15 +60,20 @@ class SlamLatentAttention(SlamAttentionBase):
         self.qk_head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
         hidden, bias, heads = config.hidden_size, config.attention_bias, self.num_heads
         if self.q_lora_rank is None:
-            self.q_proj = make_linear(config, hidden, heads * self.qk_head_dim, bias)
+            self.q_proj = make_linear(config, hidden, heads * self.qk_head_dim, bias, "q_proj")
         else:
-            self.q_a_proj = make_linear(config, hidden, self.q_lora_rank, bias)
+            self.q_a_proj = make_linear(config, hidden, self.q_lora_rank, bias, "q_a_proj")
             self.q_a_layernorm = SlamRMSNorm(self.q_lora_rank, eps=config.norm_eps)
-            self.q_b_proj = make_linear(config, self.q_lora_rank, heads * self.qk_head_dim, bias)
-        self.kv_a_proj_with_mqa = make_linear(config, hidden, self.kv_lora_rank + self.qk_rope_head_dim, bias)
+            self.q_b_proj = make_linear(config, self.q_lora_rank, heads * self.qk_head_dim, bias, "q_b_proj")
+        self.kv_a_proj_with_mqa = make_linear(
+            config, hidden, self.kv_lora_rank + self.qk_rope_head_dim, bias, "kv_a_proj_with_mqa"
+        )
         self.kv_a_layernorm = SlamRMSNorm(self.kv_lora_rank, eps=config.norm_eps)
-        self.kv_b_proj = make_linear(config, self.kv_lora_rank, heads * (self.qk_nope_head_dim + self.v_head_dim), bias)
-        self.o_proj = make_linear(config, heads * self.v_head_dim, hidden, bias)
+        self.kv_b_proj = make_linear(
+            config, self.kv_lora_rank, heads * (self.qk_nope_head_dim + self.v_head_dim), bias, "kv_b_proj"
+        )
+        self.attn_sub_norm = make_sub_norm(config, heads * self.v_head_dim, "o_proj")
+        self.o_proj = make_linear(config, heads * self.v_head_dim, hidden, bias, "o_proj")
 
     def extra_repr(self) -> str:
         return f"layer_idx={self.layer_idx}, absorb={self.absorb!r}"
@@ -174,7 +179,7 @@ class SlamLatentAttention(SlamAttentionBase):
             c_kv, k_rope = cache.update(c_kv, k_rope, self.layer_idx)
         attend = self.attend_absorbed if self.use_absorption(q_nope.shape[2]) else self.attend_expanded
         output = attend(q_nope, q_rope, c_kv, k_rope, attention_mask, self.config._attn_implementation, **kwargs)
-        return self.o_proj(output), None
+        return self.o_proj(self.attn_sub_norm(output)), None
 
 
 __all__ = ["SlamLatentAttention", "causal_bool_mask"]

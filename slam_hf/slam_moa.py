@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from .slam_attention import SlamAttentionBase, run_attention
 from .slam_compat import is_tracing
-from .slam_layers import apply_rotary_pos_emb, make_linear
+from .slam_layers import apply_rotary_pos_emb, make_linear, make_sub_norm
 
 
 class SlamAttentionExpert(nn.Module):
@@ -25,8 +25,8 @@ class SlamAttentionExpert(nn.Module):
 
     def __init__(self, config, width: int):
         super().__init__()
-        self.q_proj = make_linear(config, config.hidden_size, width, config.attention_bias)
-        self.o_proj = make_linear(config, width, config.hidden_size, config.attention_bias)
+        self.q_proj = make_linear(config, config.hidden_size, width, config.attention_bias, "q_proj")
+        self.o_proj = make_linear(config, width, config.hidden_size, config.attention_bias, "o_proj")
 
 
 class SlamMixtureOfAttention(SlamAttentionBase):
@@ -49,11 +49,12 @@ class SlamMixtureOfAttention(SlamAttentionBase):
         self.use_rope = config.position_embedding_type == "rope"
         hidden, bias = config.hidden_size, config.attention_bias
         self.router = nn.Linear(hidden, self.num_experts, bias=False)
-        self.k_proj = make_linear(config, hidden, self.num_key_value_heads * self.head_dim, bias)
-        self.v_proj = make_linear(config, hidden, self.num_key_value_heads * self.head_dim, bias)
+        self.k_proj = make_linear(config, hidden, self.num_key_value_heads * self.head_dim, bias, "k_proj")
+        self.v_proj = make_linear(config, hidden, self.num_key_value_heads * self.head_dim, bias, "v_proj")
         self.experts = nn.ModuleList(
             [SlamAttentionExpert(config, self.expert_heads * self.head_dim) for _ in range(self.num_experts)]
         )
+        self.attn_sub_norm = make_sub_norm(config, self.expert_heads * self.head_dim, "o_proj")
 
     def route(self, hidden_states):
         """Router logits (B, L, E), and per token the top-k experts (B, L, k) with renormalised gates."""
@@ -95,7 +96,7 @@ class SlamMixtureOfAttention(SlamAttentionBase):
         output, _ = run_attention(self, q, key, value, attention_mask)
         # (B, L, kv_heads * k * groups, D) -> (B * L * k, expert width), back in (token, slot) order
         output = output.reshape(batch, length, kv_heads, k, groups, head_dim).permute(0, 1, 3, 2, 4, 5)
-        output = output.reshape(batch * length * k, -1)
+        output = self.attn_sub_norm(output.reshape(batch * length * k, -1))  # per token: equal before or after routing
         if tracing:
             expert_outputs = self._every_expert("o_proj", output, assignment)
         else:

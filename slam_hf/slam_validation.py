@@ -30,9 +30,10 @@ MAX_AUX_LOSS_COEF = 100.0  # the balancing loss is ~1, so a weight of 100 alread
 
 
 class FieldSpec(NamedTuple):
-    """What one field may hold. kind: "bool" | "int" | "float" | "enum" | "token_id"; `low`/`high` bound ints and
-    floats (inclusive unless `*_open`); `optional`: None is allowed (a default derived later, or "no such
-    token"); `choices`: an enum's values; `many`: a token-id field may also hold a list of ids (eos_token_id)."""
+    """What one field may hold. kind: "bool" | "int" | "float" | "enum" | "names" | "token_id"; `low`/`high` bound
+    ints and floats (inclusive unless `*_open`); `optional`: None is allowed (a default derived later, or "no such
+    token"); `choices`: the values of an enum, or the strings a "names" list (non-empty, no repeats) may hold;
+    `many`: a token-id field may also hold a list of ids (eos_token_id)."""
 
     kind: str
     low: float | None = None
@@ -60,9 +61,21 @@ def Enum(*choices, optional=False):
     return FieldSpec("enum", choices=choices, optional=optional)
 
 
+def Names(*choices, optional=False):
+    return FieldSpec("names", choices=choices, optional=optional)
+
+
 def TokenId(optional=True, many=False):
     return FieldSpec("token_id", optional=optional, many=many)
 
+
+# BitNet b1.58 ternary projections (slam_ternary): the projections `ternary_modules` may name, by variant. Embeddings,
+# lm_head, norms, routers, confidence heads and the vision tower have no entry: they stay full precision.
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+LATENT_ATTENTION_PROJECTIONS = ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj")  # SLAM v3's MLA
+TERNARY_PROJECTIONS = ATTENTION_PROJECTIONS + MLP_PROJECTIONS
+V3_TERNARY_PROJECTIONS = TERNARY_PROJECTIONS + LATENT_ATTENTION_PROJECTIONS + ("concat_proj",)  # + the fusion node's
 
 # Fields of transformers' PreTrainedConfig that SLAM models read (or that transformers reads for them).
 BASE_SPECS = {
@@ -104,6 +117,9 @@ SHARED_SPECS = {
     "initializer_range": Float(0.0, 1.0, low_open=True),
     "num_hidden_layers": Int(1, 2 + 2 * MAX_LAYERS, optional=True),  # derived; given only to be cross-checked
     "is_causal": Bool(),
+    "ternary_linear": Bool(),
+    "ternary_modules": Names(*TERNARY_PROJECTIONS, optional=True),  # None: every attention and MLP projection
+    "ternary_subln": Bool(),
 }
 
 V1_SPECS = {
@@ -135,6 +151,7 @@ V3_SPECS = {
     "qk_rope_head_dim": Int(1, MAX_HEAD_DIM),
     "v_head_dim": Int(1, MAX_HEAD_DIM, optional=True),  # None: head_dim
     "image_token_id": TokenId(optional=False),
+    "ternary_modules": Names(*V3_TERNARY_PROJECTIONS, optional=True),
 }
 
 MAX_LOOP_ITERATIONS = 256  # core iterations; each is a full pass of the core layers (and cache layers per_iteration)
@@ -209,12 +226,24 @@ def _check_field(name, value, spec, vocab_size):
     elif spec.kind == "enum":
         if not isinstance(value, str) or value not in spec.choices:  # every enum is a string
             raise ValueError(f"`{name}`={value!r} is not supported; choose {_describe(spec)}.")
+    elif spec.kind == "names":
+        _check_names(name, value, spec)
     elif spec.kind == "token_id":
         ids = value if spec.many and isinstance(value, list | tuple) else [value]
         for token in ids:
             _check_token_id(name, value, token, vocab_size)
     else:
         _check_number(name, value, spec)
+
+
+def _check_names(name, value, spec):
+    allowed = ", ".join(map(repr, spec.choices)) + (", or None" if spec.optional else "")
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise TypeError(f"`{name}` must be a list of names from {allowed}; got {value!r}.")
+    unknown = [item for item in value if item not in spec.choices]
+    if unknown or not value or len(set(value)) != len(value):
+        problem = f"unknown names {unknown}" if unknown else "no names" if not value else "a repeated name"
+        raise ValueError(f"`{name}`={list(value)!r} has {problem}; list distinct names from {allowed}.")
 
 
 def _check_token_id(name, value, token, vocab_size):

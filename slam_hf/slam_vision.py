@@ -27,7 +27,8 @@ needs exactly these):
 `SlamAuxProjector(aux_dim, text_hidden_size)` takes plain ints (the fields live on the v3 config).
 
 `patch_proj` and `aux_proj` are plain `nn.Linear` (data entry points, like `embed_tokens`); the blocks and
-the projector are built through `make_linear`, so a BitNet projection can replace them later. A patch is
+the projector are built through `make_linear` from the vision config, which has no ternary fields, so the vision
+tower stays full precision when the text model is BitNet ternary. A patch is
 flattened in (channel, row, column) order, the layout of a Conv2d kernel, so a pretrained ViT's
 `patch_embed` Conv2d weight converts with `weight.reshape(hidden_size, -1)`.
 """
@@ -138,10 +139,10 @@ class SlamVisionProjector(nn.Module):
         super().__init__()
         if config.projector_type not in ("linear", "mlp"):
             raise ValueError(f"projector_type must be 'linear' or 'mlp', got {config.projector_type!r}.")
-        self.linear_1 = make_linear(config, config.hidden_size, text_hidden_size, True)
+        self.linear_1 = make_linear(config, config.hidden_size, text_hidden_size, True, "linear_1")
         self.linear_2 = None
         if config.projector_type == "mlp":
-            self.linear_2 = make_linear(config, text_hidden_size, text_hidden_size, True)
+            self.linear_2 = make_linear(config, text_hidden_size, text_hidden_size, True, "linear_2")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.linear_1(hidden_states)

@@ -1,10 +1,11 @@
 """BitNet b1.58 `TernaryLinear`: the published quantisation formulas, computed independently here; straight-through
 gradients; an `nn.Linear` to PEFT."""
 
+import pytest
 import torch
 from torch import nn
 
-from slam_hf.slam_ternary import TernaryLinear
+from slam_hf.slam_ternary import Int8TernaryLinear, TernaryLinear, pack_ternary, ternary_weight, unpack_ternary
 
 
 def reference_output(layer, inputs):
@@ -71,3 +72,58 @@ def test_is_an_nn_linear_that_peft_wraps():
     lora_layer = wrapped.base_model.model.q_proj
     assert isinstance(lora_layer.base_layer, TernaryLinear)
     assert wrapped(torch.randn(2, 16)).shape == (2, 16)
+
+
+def uncompiled(function):
+    """transformers decorates its BitNet helpers with torch.compile; the tests call the Python function itself."""
+    return getattr(function, "_torchdynamo_orig_callable", function)
+
+
+def test_packing_is_transformers_bitlinear_layout():
+    from transformers.integrations import bitnet
+
+    torch.manual_seed(3)
+    weight_q = torch.randint(-1, 2, (24, 10)).float()
+    packed = pack_ternary(weight_q)
+    assert packed.dtype == torch.uint8 and packed.shape == (6, 10)
+    assert torch.equal(packed, uncompiled(bitnet.pack_weights)(weight_q.clone()))
+    assert torch.equal(uncompiled(bitnet.unpack_weights)(packed, dtype=torch.float32), weight_q)
+    assert torch.equal(unpack_ternary(packed), weight_q.to(torch.int8))
+
+
+def test_packing_refuses_rows_that_do_not_fill_a_byte():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        pack_ternary(torch.zeros(10, 8))
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (3, 64), (2, 17, 64), (130, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_layer_equals_training_layer_bit_for_bit(shape, bias):
+    """Integer-valued float products are exact, so `_int_mm` and the float path must agree to the last bit."""
+    torch.manual_seed(4)
+    layer = TernaryLinear(64, 40, bias=bias).eval()
+    inputs = torch.randn(shape) * 3
+    fast = Int8TernaryLinear.from_ternary_linear(layer)
+    assert fast.weight_t.dtype == torch.int8 and fast.weight_t.shape == (64, 40)
+    with torch.no_grad():
+        assert torch.equal(fast(inputs), layer(inputs))
+
+
+def test_int8_layer_from_transformers_bitlinear_equals_bitlinear():
+    from transformers.integrations.bitnet import BitLinear, unpack_weights
+
+    torch.manual_seed(5)
+    layer = TernaryLinear(32, 16, bias=True).eval()
+    weight_q, gamma = ternary_weight(layer.weight.detach())
+    stock = BitLinear(32, 16, bias=True, dtype=torch.float32)
+    stock.weight.copy_(pack_ternary(weight_q))
+    stock.weight_scale.fill_(1 / gamma.item())
+    stock.bias.copy_(layer.bias.detach())
+    inputs = torch.randn(5, 32)
+    # BitLinear's forward, its compiled helpers called uncompiled (same arithmetic, no compile time in the suite)
+    activations_q, scale = uncompiled(BitLinear.activation_quant)(stock, inputs)
+    product = nn.functional.linear(activations_q.float(), uncompiled(unpack_weights)(stock.weight, dtype=torch.float32))
+    expected = product / (stock.weight_scale * scale) + stock.bias
+    with torch.no_grad():
+        assert torch.equal(Int8TernaryLinear.from_bitlinear(stock)(inputs), expected)
+        assert torch.equal(layer(inputs), expected)

@@ -1,0 +1,147 @@
+"""BitNet b1.58 ternary projections (`ternary_linear=True`) through the shared harness, for every SLAM variant.
+
+Each variant's tester runs again with every attention and MLP projection ternary and BitNet's SubLN on: the same
+equivalence tests (cached == uncached, padded == unpadded, batch == rows, remote code == local, save/load) on the
+same context-sensitive models, plus a check that the models really are ternary (every ternary projection's
+effective weight takes at most three values per tensor, and the outputs differ from the full-precision model).
+"""
+
+import pytest
+import torch
+from slam_common import SlamModelTesterMixin
+from slam_tester import (
+    SlamLoopImageTextModelTester,
+    SlamLoopModelTester,
+    SlamV1ModelTester,
+    SlamV2ModelTester,
+    SlamV3ModelTester,
+)
+
+from slam_hf.slam_ternary import TernaryLinear, ternary_weight
+
+TERNARY_KWARGS = dict(ternary_linear=True, ternary_subln=True)
+
+
+class TernaryHarness(SlamModelTesterMixin):
+    """The shared suite in float64. Rounding to ternary weights and int8 activations is discontinuous: in float32, two
+    paths that agree to 1e-7 (cached vs uncached, eager vs sdpa) put a few activations on opposite sides of a
+    rounding boundary and differ by a quantisation step (~1e-2 in the logits). In float64 such flips are ~1e-9 as
+    likely, so the equivalence tests keep their tolerances and still test that the paths compute the same thing."""
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def float64(cls):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        yield
+        torch.set_default_dtype(previous)
+
+
+def ternary_tester(base):
+    class TernaryTester(base):
+        # bf16 moves activations across int8 rounding boundaries: each flip costs a quantisation step
+        bf16_tolerance = 0.15
+        # Ternary weights are +-gamma or 0 whatever the init std; at 0.2 SLAM v3's greedy decoding repeats a token
+        # whatever the history in one row of the left-padding test (assert_context_sensitive catches it); 0.3 does not.
+        initializer_range = 0.3
+
+        def shared_config_kwargs(self) -> dict:
+            return {**super().shared_config_kwargs(), **TERNARY_KWARGS}
+
+    TernaryTester.__name__ = TernaryTester.__qualname__ = "Ternary" + base.__name__
+    return TernaryTester
+
+
+class TestTernarySlamV1Model(TernaryHarness):
+    model_tester_class = ternary_tester(SlamV1ModelTester)
+
+
+class TestTernarySlamV2Model(TernaryHarness):
+    model_tester_class = ternary_tester(SlamV2ModelTester)
+
+
+class TestTernarySlamV3Model(TernaryHarness):
+    model_tester_class = ternary_tester(SlamV3ModelTester)
+
+
+class TestTernarySlamLoopModel(TernaryHarness):
+    model_tester_class = ternary_tester(SlamLoopModelTester)
+
+
+class TestTernarySlamLoopImageTextModel(TernaryHarness):
+    model_tester_class = ternary_tester(SlamLoopImageTextModelTester)
+
+
+BASE_TESTERS = [SlamV1ModelTester, SlamV2ModelTester, SlamV3ModelTester, SlamLoopModelTester]
+
+
+@pytest.mark.parametrize("base", BASE_TESTERS, ids=lambda t: t.__name__)
+def test_every_attention_and_mlp_projection_is_ternary(base):
+    tester = ternary_tester(base)()
+    torch.manual_seed(0)
+    model = tester.generative_class(tester.get_config()).eval()
+    names = set(model.config.default_ternary_modules)
+    ternary = {name for name, module in model.named_modules() if isinstance(module, TernaryLinear)}
+    full = {name for name, module in model.named_modules() if type(module) is torch.nn.Linear}
+    assert ternary and all(name.rsplit(".", 1)[-1] in names for name in ternary)
+    # what stays full precision: embeddings, heads, routers, confidence heads, the vision tower and projector
+    assert not any(name.rsplit(".", 1)[-1] in names and ".vision" not in name for name in full), full
+    for name in ternary:
+        weight_q, gamma = ternary_weight(model.get_submodule(name).weight)
+        assert set(weight_q.unique().tolist()) <= {-1.0, 0.0, 1.0} and gamma > 0
+    sub_norms = [
+        n for n, _ in model.named_modules() if n.endswith(("attn_sub_norm", "ffn_sub_norm")) and ".vision" not in n
+    ]
+    assert sub_norms and all(type(model.get_submodule(n)).__name__ == "SlamRMSNorm" for n in sub_norms)
+
+
+@pytest.mark.parametrize("base", BASE_TESTERS, ids=lambda t: t.__name__)
+def test_ternary_model_computes_other_logits_than_full_precision(base):
+    """Same weights, quantised or not: the logits must differ (a flag that changed nothing would pass the harness)."""
+    tester = base()
+    torch.manual_seed(0)
+    full = tester.generative_class(tester.get_config()).eval()
+    ternary = tester.generative_class(tester.get_config(ternary_linear=True)).eval()
+    ternary.load_state_dict(full.state_dict())
+    inputs = tester.model_inputs(batch_size=2)
+    with torch.no_grad():
+        difference = (full(**inputs).logits - ternary(**inputs).logits).abs().max().item()
+    assert difference > 1e-2
+
+
+@pytest.mark.parametrize("base", BASE_TESTERS, ids=lambda t: t.__name__)
+def test_ternary_modules_selects_projections(base):
+    tester = base()
+    config = tester.get_config(ternary_linear=True, ternary_modules=["up_proj", "down_proj"], ternary_subln=True)
+    model = tester.generative_class(config)
+    ternary = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, TernaryLinear)}
+    assert ternary == {"up_proj", "down_proj"}
+    # SubLN only in front of a ternary projection: down_proj has one, o_proj (full precision) has none
+    sub_norms = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n.endswith("sub_norm")}
+    real = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n.endswith("sub_norm") and m.state_dict()}
+    assert sub_norms == {"attn_sub_norm", "ffn_sub_norm"} and real == {"ffn_sub_norm"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "words"),
+    [
+        (dict(ternary_subln=True), ValueError, "ternary_linear=True"),
+        (dict(ternary_linear=True, ternary_modules=["lm_head"]), ValueError, "unknown names ['lm_head']"),
+        (dict(ternary_linear=True, ternary_modules=[]), ValueError, "no names"),
+        (dict(ternary_linear=True, ternary_modules=["q_proj", "q_proj"]), ValueError, "repeated"),
+        (dict(ternary_linear=True, ternary_modules="q_proj"), TypeError, "list of names"),
+        (dict(ternary_linear=1), TypeError, "ternary_linear"),
+        (dict(ternary_linear=True, ternary_modules=["kv_b_proj"]), ValueError, "unknown names"),  # MLA: v3 only
+    ],
+)
+def test_invalid_ternary_fields_fail_at_construction(overrides, error, words):
+    with pytest.raises(error) as info:
+        SlamV1ModelTester().get_config(**overrides)
+    assert words in str(info.value)
+
+
+def test_v3_accepts_its_latent_attention_projections():
+    config = SlamV3ModelTester().get_config(ternary_linear=True, ternary_modules=["kv_b_proj", "concat_proj"])
+    model = SlamV3ModelTester.conditional_generation_class(config)
+    ternary = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, TernaryLinear)}
+    assert ternary == {"kv_b_proj", "concat_proj"}
