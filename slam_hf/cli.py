@@ -7,6 +7,7 @@
     slam-hf generate --model outputs/slam-v1-tiny --input "To be, or not to be"
     slam-hf generate --model outputs/slam-v3-tiny --image digits.png --input "what number is shown?"
     slam-hf push --model outputs/slam-v1-tiny --repo your-name/slam-v1-tiny
+    slam-hf export --ternary --model outputs/slam-v1-ternary --output-dir outputs/slam-v1-ternary-bitnet
 
 `train` reads three YAML sections (`model`, `data`, `training`; plus optional `generation`, `exit_calibration`,
 `output_dir`, `hub` and `torch_threads`); the output folder defaults to `outputs/<config name>`.
@@ -27,7 +28,9 @@ seen in training), reports held-out exact match of greedy generation against cha
 `--do-sample`, `--temperature`, `--top-k`, `--top-p`, `--max-new-tokens`), `--no-cache` turns the KV cache off;
 for a latent-loop model it also says how many core iterations the new tokens used (`model.loop_statistics`).
 Every folder loads with `trust_remote_code=True` where slam_hf is not installed; `push` checks a folder and
-uploads it to the Hub (slam_hf.hub); `bench` runs the leaderboard (slam_hf.bench.runner).
+uploads it to the Hub (slam_hf.hub); `bench` runs the leaderboard (slam_hf.bench.runner); `export --ternary` writes a
+BitNet b1.58 model (`ternary_linear: true`) in the packed format that transformers' own BitNet quantizer loads
+(slam_hf.export), and `generate` runs such a folder through int8 layers unpacked once (`load_ternary`'s fast path).
 
 This module holds the command line; the work lives in run_config (what a YAML means), training (what both
 training paths share), train_text, train_image_text, hub and bench.
@@ -107,6 +110,10 @@ def generate(args) -> str:
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
     model.to(device).eval()
+    if device == "cpu" and _is_bitnet_export(config):
+        from .slam_ternary import to_int8_ternary
+
+        to_int8_ternary(model)  # unpack the BitLinear weights once instead of on every call
     inputs = tokenizer(args.input, return_tensors="pt").to(device)
     with _quiet_loop_log():
         output = _run_generate(args, model, inputs)
@@ -261,8 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,push,bench}")
-    for add_subcommand in (_add_train, _add_generate, _add_push, _add_bench):
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,push,bench,export}")
+    for add_subcommand in (_add_train, _add_generate, _add_push, _add_bench, _add_export):
         add_subcommand(sub)
     return parser
 
@@ -419,6 +426,56 @@ def bench(args) -> dict:
     return run_bench(
         config, args.output_dir, command=command, log=lambda line: print(line, flush=True), resume=args.resume
     )
+
+
+def _is_bitnet_export(config) -> bool:
+    quantization = getattr(config, "quantization_config", None)
+    quantization = quantization if isinstance(quantization, dict) else getattr(quantization, "to_dict", dict)()
+    return quantization.get("quant_method") == "bitnet"
+
+
+def _add_export(sub) -> None:
+    e = sub.add_parser(
+        "export",
+        help="write a trained model in a deployment format (--ternary: BitNet b1.58, packed 2-bit weights)",
+        description="--ternary: load a folder holding a SLAM model trained with `ternary_linear: true` and write it "
+        "with every ternary projection packed as transformers' BitLinear stores it (four 2-bit weights per byte, "
+        "weight_scale = 1 / gamma) and `quantization_config` (quant_method bitnet, offline) in config.json, so stock "
+        "`from_pretrained(..., trust_remote_code=True)` loads it through transformers' BitNet quantizer with the "
+        "same logits. The tokenizer (or processor) is copied along.",
+    )
+    e.add_argument("--model", required=True, help="folder written by `slam-hf train` or save_pretrained")
+    e.add_argument("--output-dir", required=True, help="folder to write")
+    e.add_argument("--ternary", action="store_true", required=True, help="the BitNet b1.58 format (the only one)")
+    e.set_defaults(func=export)
+
+
+def export(args) -> Path:
+    """`slam-hf export --ternary`: returns the folder written."""
+    if not Path(args.model).is_dir():
+        raise ConfigError(f"model folder not found: {args.model}")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    from .export import export_ternary
+
+    config = AutoConfig.from_pretrained(args.model, trust_remote_code=True)
+    if _is_bitnet_export(config):
+        raise ConfigError(f"{args.model} is already a BitNet export (its config has a bitnet quantization_config)")
+    if not getattr(config, "ternary_linear", False):
+        raise ConfigError(
+            f"{args.model} holds a full-precision model (ternary_linear is false): train it with `ternary_linear: "
+            "true` in the YAML's model section (BitNet weights are learned, not rounded after training)"
+        )
+    image_text = getattr(config, "vision_config", None) is not None
+    model_class = AutoModelForImageTextToText if image_text else AutoModelForCausalLM
+    model = model_class.from_pretrained(args.model, trust_remote_code=True)
+    folder = export_ternary(model, args.output_dir)
+    preprocessor = (AutoProcessor if image_text else AutoTokenizer).from_pretrained(args.model, trust_remote_code=True)
+    preprocessor.save_pretrained(folder)
+    packed = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    source = sum(f.stat().st_size for f in Path(args.model).glob("*.safetensors"))
+    print(f"[slam-hf] wrote {folder}: weights {packed / 2**20:.1f} MiB (from {source / 2**20:.1f} MiB)", flush=True)
+    return folder
 
 
 def push(args) -> dict:
