@@ -164,8 +164,10 @@ class Int8TernaryLinear(nn.Module):
 
 def is_bitlinear(module: nn.Module) -> bool:
     """transformers' packed `BitLinear` (matched by name and layout: remote code does not import its module)."""
-    return type(module).__name__ == "BitLinear" and getattr(module, "weight", None) is not None and (
-        module.weight.dtype == torch.uint8
+    return (
+        type(module).__name__ == "BitLinear"
+        and getattr(module, "weight", None) is not None
+        and (module.weight.dtype == torch.uint8)
     )
 
 

@@ -118,6 +118,8 @@ def valid_values(name, spec):
         return [True, False] + ([None] if spec.optional else [])
     if spec.kind == "enum":
         return list(spec.choices) + ([None] if spec.optional else [])
+    if spec.kind == "names":
+        return [list(spec.choices[:1]), list(spec.choices[-3:]), list(spec.choices)] + ([None] if spec.optional else [])
     if spec.kind == "token_id":
         return [0, 1, LAST_ID] + ([None] if spec.optional else []) + ([[1, 2]] if spec.many else [])
     low = spec.low + 1e-6 if spec.low_open else spec.low
@@ -133,6 +135,8 @@ def invalid_values(spec):
         return nonsense + [1, 0, 1.0, "no"]
     if spec.kind == "enum":
         return nonsense + ["nonsense", 1, True]
+    if spec.kind == "names":
+        return nonsense + [[], ["nonsense"], [spec.choices[0]] * 2, spec.choices[0], [spec.choices[0], 1]]
     if spec.kind == "token_id":
         return nonsense + [-1, PAST_VOCAB, 10**9, True, 1.0]
     numbers = [math.inf, -math.inf, math.nan, True, spec.low - 1, spec.high + 1, 10**9 + spec.high, -(10**9)]

@@ -357,7 +357,21 @@ TOP_LEVEL_KEYS = (
     "output_dir",
     "hub",
     "torch_threads",
+    "base_model",
+    "lora",
 )
+# LoRA runs (a `lora` section with `base_model`): the variants they support, and the LoraConfig fields the command
+# sets itself.
+LORA_VARIANTS = ("slam_v1", "slam_v2")
+RESERVED_LORA_KEYS = {
+    "task_type": "the command trains a causal LM (CAUSAL_LM)",
+    "base_model_name_or_path": "set the top-level `base_model:`",
+    "inference_mode": "the adapter trains",
+    "peft_type": "the section is a LoraConfig",
+    "auto_mapping": "set by PEFT",
+    "peft_version": "set by PEFT",
+    "revision": "pass a local folder or a Hub id as `base_model:`",
+}
 # slam_loop: after training, pick the exit threshold on the held-out rows (slam_hf.training.loop).
 EXIT_CALIBRATION_KEYS = ("enabled", "criterion", "loss_budget")
 DEFAULT_EXIT_LOSS_BUDGET = 0.005
@@ -473,13 +487,15 @@ def _training_fields() -> set[str]:
 
 def load_run_config(path) -> dict:
     """Read and validate a training YAML; returns {model, variant, data, training, generation, exit_calibration,
-    output_dir, hub, torch_threads}.
+    output_dir, hub, torch_threads, base_model, lora}.
 
     `torch_threads` (optional, top level): torch intra-op threads for the run (null: torch's default). Tiny models
     train faster on 1 thread, and on a busy machine OpenMP spin-waiting made 2 threads ~25-50x slower.
     `generation` (optional, top level): GenerationConfig fields saved in generation_config.json, the decoding a user
     of the folder gets by default (without it: transformers' defaults, i.e. greedy, at most 20 tokens in all).
     `exit_calibration` (optional, slam_loop only): see `_exit_calibration`; None for the other variants.
+    `base_model` + `lora` (optional, together): LoRA adapters on a frozen trained model; see `_lora_section`. Both
+    None for a run that trains a model from its config.
     """
     raw = _read_yaml(Path(path))
     variant, model = _model_section(raw)
@@ -492,6 +508,7 @@ def load_run_config(path) -> dict:
     if output_dir is not None and not isinstance(output_dir, str):
         raise ConfigError(f"`output_dir` must be a path string, got {output_dir!r}")
     torch_threads = _optional_positive_int(raw.get("torch_threads"), "torch_threads")
+    base_model, lora = _lora_section(raw, variant, model, generation)
     return dict(
         variant=variant,
         model=model,
@@ -502,7 +519,64 @@ def load_run_config(path) -> dict:
         output_dir=output_dir,
         hub=hub,
         torch_threads=torch_threads,
+        base_model=base_model,
+        lora=lora,
     )
+
+
+def _lora_section(raw: dict, variant: str, model: dict, generation: dict) -> tuple[str | None, dict | None]:
+    """(`base_model`, `lora`) of a LoRA run, else (None, None).
+
+    `base_model` is a folder written by `slam-hf train` (or a Hub id) whose weights stay frozen; `lora` holds
+    `peft.LoraConfig` fields (`target_modules` required: a SLAM model_type has no PEFT default). Projections of a
+    ternary base (`ternary_linear: true`) get full-precision adapters whose merge is refused
+    (slam_hf.adapters.ternary_lora). The run saves the adapter, so the architecture comes from the base: `model`
+    holds only `variant`, and `generation` stays the base folder's.
+    """
+    lora = _section(raw, "lora")
+    base_model = raw.get("base_model")
+    if base_model is None and not lora:
+        return None, None
+    if base_model is None:
+        raise ConfigError("`lora` trains adapters on a trained model: set `base_model:` to its folder or Hub id")
+    if not isinstance(base_model, str) or not base_model:
+        raise ConfigError(f"`base_model` must be a model folder or Hub id, got {base_model!r}")
+    if not lora:
+        raise ConfigError(
+            "`base_model` is the frozen base of a LoRA run: add a `lora` section (LoraConfig fields, e.g. "
+            "`r: 8` and `target_modules: [q_proj, k_proj, v_proj, o_proj]`)"
+        )
+    if variant not in LORA_VARIANTS:
+        raise ConfigError(f"`lora` runs support model.variant {' and '.join(LORA_VARIANTS)}, not {variant}")
+    if model:
+        raise ConfigError(
+            f"`model.{next(iter(model))}`: a LoRA run takes the architecture from `base_model`'s config.json; "
+            "`model` holds only `variant`"
+        )
+    if generation:
+        raise ConfigError(
+            "`generation`: a LoRA run saves an adapter, which decodes with the base folder's generation_config.json; "
+            "remove the section"
+        )
+    for key in lora:
+        if key in RESERVED_LORA_KEYS:
+            raise ConfigError(f"`lora.{key}` cannot be set in the YAML: {RESERVED_LORA_KEYS[key]}")
+    if "target_modules" not in lora:
+        raise ConfigError(
+            "`lora.target_modules` is required (a SLAM model has no PEFT default): e.g. [q_proj, k_proj, v_proj, "
+            "o_proj, up_proj, down_proj], or all-linear"
+        )
+    from peft import LoraConfig
+
+    from ..adapters.ternary_lora import ternary_lora_config
+
+    fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+    _checked_keys(lora, "lora", fields - RESERVED_LORA_KEYS.keys())
+    try:
+        ternary_lora_config(task_type="CAUSAL_LM", **lora)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid `lora` section: {err}") from err
+    return base_model, lora
 
 
 def _exit_calibration(raw: dict, variant: str, model: dict) -> dict | None:

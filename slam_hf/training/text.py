@@ -1,6 +1,7 @@
 """`slam-hf train` for the text variants (SLAM v1, v2, the latent loop): a causal LM on the Shakespeare corpus,
 trained with the transformers Trainer, scored on whole held-out works, saved as a Hub-ready folder. A latent-loop
-model's exit threshold is calibrated on the held-out rows before it is saved.
+model's exit threshold is calibrated on the held-out rows before it is saved. With a `lora` section (SLAM v1, v2),
+LoRA adapters train on the frozen `base_model` instead and the folder holds the adapter (training/lora.py).
 
 Not part of the remote code: this module may import anything.
 """
@@ -16,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, Trainer, default_data_collator
 
 from ..data import VALIDATION_WORKS, group_texts_for_causal_lm, load_default_tokenizer, load_shakespeare_corpus
-from . import recipe
+from . import lora, recipe
 from .run_config import CARD_TAGS, ConfigError, Variant, lora_targets, template_path, variants
 from .trainer import (
     CpuFsdpMixin,
@@ -100,7 +101,10 @@ def train_text(args, run: dict, t_start: float) -> dict:
     config = _model_config(variant, run, tokenizer, data_cfg["block_size"])
     rows = _causal_lm_rows(tokenizer, data_cfg, job)
 
-    model, use_cache = recipe.build_model(AutoModelForCausalLM, config, job)
+    if run["lora"]:
+        model, use_cache = lora.build_peft_model(run, config, job)
+    else:
+        model, use_cache = recipe.build_model(AutoModelForCausalLM, config, job)
     n_params = model.num_parameters(), model.num_parameters(exclude_embeddings=True)
     job.say(f"{run['variant']}: {n_params[0]:,} parameters ({n_params[1]:,} without embeddings)")
     trainer = PerplexityTrainer(
@@ -110,8 +114,10 @@ def train_text(args, run: dict, t_start: float) -> dict:
         eval_dataset=rows.validation,
         data_collator=default_data_collator,
     )
+    if run["lora"]:
+        lora.check_not_fsdp(trainer)
     trained = recipe.train_with_report(trainer, job)
-    scores = _report_perplexities(job, trained)
+    scores = _report_perplexities(job, trained, is_lora=bool(run["lora"]))
     # Every process takes part in gathering FSDP shards; only the main one writes.
     model, parameters_per_process = recipe.gather_model(trainer, model, AutoModelForCausalLM, config)
     if job.processes > 1:
@@ -124,14 +130,20 @@ def train_text(args, run: dict, t_start: float) -> dict:
         return recipe.worker_result(job, trained, scores.loss_after)
 
     calibration = _calibrate_exit(model, rows.validation, run, job)
-    recipe.save_hub_folder(model, job, use_cache, run["generation"], tokenizer, tokenizer)
+    if run["lora"]:  # an adapter folder: PEFT writes its README.md
+        lora.save_adapter_folder(model, job, tokenizer)
+    else:
+        recipe.save_hub_folder(model, job, use_cache, run["generation"], tokenizer, tokenizer)
     wall_seconds = time.perf_counter() - t_start
     description = run_description(trainer, job, trained, parameters_per_process, wall_seconds)
     metrics = _metrics(run, data_cfg, job, trainer, trained, config, rows, n_params, scores, description)
     if calibration is not None:
         metrics["exit_calibration"] = calibration
+    if run["lora"]:
+        metrics["lora"] = lora.lora_metrics(run, model)
     recipe.write_metrics(job, metrics)
-    _write_card(template, args, run, variant, job, trained, metrics, config, rows, tokenizer)
+    if not run["lora"]:
+        _write_card(template, args, run, variant, job, trained, metrics, config, rows, tokenizer)
     run_tokens = _run_tokens(job, trained, data_cfg["block_size"])
     job.say(
         f"saved {job.output_dir}: {n_params[0]:,} params, held-out perplexity {scores.before:.2f} -> "
@@ -215,7 +227,10 @@ def _data_section(args, run: dict) -> dict:
 
 
 def _model_config(variant: Variant, run: dict, tokenizer, block_size: int):
-    config = model_config_from_yaml(variant, run["model"], tokenizer)
+    if run["lora"]:
+        config = lora.base_config(variant, run["base_model"], tokenizer)
+    else:
+        config = model_config_from_yaml(variant, run["model"], tokenizer)
     if config.position_embedding_type == "learned" and block_size > config.max_position_embeddings:
         raise ConfigError(
             f"`data.block_size` ({block_size}) exceeds `model.max_position_embeddings` "
@@ -244,10 +259,13 @@ def _causal_lm_rows(tokenizer, data_cfg: dict, job: TrainingRun) -> CausalLmRows
     return CausalLmRows(corpus, train_rows, eval_rows)
 
 
-def _report_perplexities(job: TrainingRun, trained: TrainedRun) -> Perplexities:
+def _report_perplexities(job: TrainingRun, trained: TrainedRun, is_lora: bool = False) -> Perplexities:
     loss_before, ppl_before = eval_perplexity(trained.before)
     loss_after, ppl_after = eval_perplexity(trained.final_eval)
-    job.say(f"held-out perplexity {recipe.starting_point(job, trained)}: {ppl_before:.2f} (loss {loss_before:.4f})")
+    start = recipe.starting_point(job, trained)
+    if is_lora and job.resume is None:
+        start = "of the base model (the adapters start as the identity)"
+    job.say(f"held-out perplexity {start}: {ppl_before:.2f} (loss {loss_before:.4f})")
     job.say(f"held-out perplexity after training: {ppl_after:.2f} (loss {loss_after:.4f})")
     return Perplexities(loss_before, ppl_before, loss_after, ppl_after)
 
