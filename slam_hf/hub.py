@@ -278,7 +278,7 @@ def render_generic_card(model, folder: Path, repo_id: str | None):
         variant_summary=variant.summary,
         architecture=type(model).__name__,
         params=f"{model.num_parameters():,}",
-        rows=variant.architecture_rows(config),
+        rows=variant.card_rows(config),
         image_text=image_text,
         head_auto_class=variant.head_auto_classes[0],
         lora_targets=[DECODER_LORA_PATTERN] if image_text else lora_targets(config),

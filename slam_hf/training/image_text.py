@@ -66,7 +66,7 @@ def _image_text_config_rows(config, variant: Variant, image_size, grid) -> list[
         ("norm", f"{config.norm_position}-{config.norm_type}"),
         ("position_embedding_type (encoder)", config.position_embedding_type),
     ]
-    rows += variant.architecture_rows(config)
+    rows += variant.card_rows(config)
     rows += [
         (
             "vision patch grid",

@@ -42,6 +42,21 @@ class Variant(NamedTuple):
     interpretation: tuple = ()  # model card: where the public description was loose, what this code chose
     usage_note: str = ""  # model card, after the usage snippet: what else a user of this variant should know
 
+    def card_rows(self, config) -> list[tuple[str, object]]:
+        """The variant's rows of the model-card table, then the BitNet row of a ternary model."""
+        rows = list(self.architecture_rows(config))
+        if getattr(config, "ternary_linear", False):
+            sub_ln = ", SubLN before o_proj / down_proj" if config.ternary_subln else ""
+            gated = config.mlp_type != "gelu"  # a gelu MLP has no gate_proj
+            names = [name for name in config.ternary_projections if gated or name != "gate_proj"]
+            rows.append(
+                (
+                    "BitNet b1.58 ternary projections",
+                    f"{', '.join(names)} (ternary weights, int8 activations{sub_ln})",
+                )
+            )
+        return rows
+
     @property
     def head_auto_classes(self) -> tuple:
         """The Auto factories that load head_class (configuration_slam.AUTO_FACTORIES)."""

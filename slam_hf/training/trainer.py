@@ -57,7 +57,7 @@ def config_rows(config, block_size, variant: Variant) -> list[tuple[str, object]
         ("norm", f"{config.norm_position}-{config.norm_type}"),
         ("position_embedding_type", config.position_embedding_type),
     ]
-    rows += variant.architecture_rows(config)
+    rows += variant.card_rows(config)
     rows += [
         ("vocab_size", config.vocab_size),
         ("tie_word_embeddings", config.tie_word_embeddings),
