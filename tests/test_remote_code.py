@@ -142,7 +142,7 @@ def test_remote_code_set_is_exactly_the_flat_modules():
     subpackages = {
         name for name in os.listdir(PACKAGE_DIR) if os.path.isfile(os.path.join(PACKAGE_DIR, name, "__init__.py"))
     }
-    assert subpackages == {"adapters", "bench", "data", "demos", "training"}
+    assert subpackages == {"adapters", "bench", "data", "demos", "export", "training"}
 
 
 @pytest.fixture(scope="module")
