@@ -15,6 +15,7 @@ import json
 import os
 import re
 import textwrap
+import tomllib
 
 import pytest
 import torch
@@ -143,6 +144,10 @@ def test_remote_code_set_is_exactly_the_flat_modules():
         name for name in os.listdir(PACKAGE_DIR) if os.path.isfile(os.path.join(PACKAGE_DIR, name, "__init__.py"))
     }
     assert subpackages == {"adapters", "bench", "data", "demos", "export", "training"}
+    # and the wheel ships every one of them (setuptools lists packages explicitly: a new one is easy to forget)
+    with open(os.path.join(os.path.dirname(PACKAGE_DIR), "pyproject.toml"), "rb") as project:
+        packaged = set(tomllib.load(project)["tool"]["setuptools"]["packages"])
+    assert {f"slam_hf.{name}" for name in subpackages} <= packaged
 
 
 @pytest.fixture(scope="module")
