@@ -15,9 +15,9 @@ import json
 import os
 import re
 import textwrap
-import tomllib
 
 import pytest
+import tomllib
 import torch
 from hub_helpers import run_offline
 from slam_common import assert_context_sensitive, single_threaded_torch
