@@ -121,12 +121,26 @@ def unpack_ternary(packed: torch.Tensor, dtype: torch.dtype = torch.int8) -> tor
     return torch.cat(slots)
 
 
-class Int8TernaryLinear(nn.Module):
-    """Inference-only ternary projection for CPUs: W_q held once as int8 (in, out), x_q @ W_q by `torch._int_mm`
-    (int32 accumulation), the same outputs as `TernaryLinear` and transformers' `BitLinear` (module docstring).
+def onednn_int8_linear_available() -> bool:
+    """Whether this torch build has oneDNN's int8 linear ops (x86 CPU builds with mkldnn)."""
+    onednn = getattr(torch.ops, "onednn", None)
+    return torch.backends.mkldnn.is_available() and onednn is not None and hasattr(onednn, "qlinear_pointwise")
 
-    1 byte per weight (a quarter of float32), unpacked once when built, never per call. Built by
-    `to_int8_ternary`; it has no trainable parameters (train `TernaryLinear`, deploy this)."""
+
+class Int8TernaryLinear(nn.Module):
+    """Inference-only ternary projection for CPUs: W_q held once as int8, x_q @ W_q by an int8 matmul with int32
+    accumulation, the same outputs as `TernaryLinear` and transformers' `BitLinear` (module docstring).
+
+    1 byte per weight (a quarter of float32), unpacked once when built, never per call. The matmul is oneDNN's int8
+    linear on a weight packed once in its blocked layout (`torch._int_mm` re-orders the weight on every call, which
+    benchmarks/bench_ternary.py measured at ~1.3x the packed kernel's prefill time), for weights of at least
+    `onednn_min_weights` where the op exists and reproduces `_int_mm` on a probe when packed; otherwise
+    `torch._int_mm` (CPU) or a float matmul of the integer values (other devices; exact, as in `TernaryMatmul`).
+    Built by `to_int8_ternary`; no trainable parameters (train `TernaryLinear`, deploy this)."""
+
+    # oneDNN's int8 linear costs ~20 us a call however small the layer (0.4-1.6 ms for 128 outputs at one row on the
+    # benchmark's CPU): below this many weights `_int_mm` is faster
+    onednn_min_weights = 2**20
 
     def __init__(self, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -134,7 +148,8 @@ class Int8TernaryLinear(nn.Module):
         self.register_buffer("weight_t", weight_q.to(torch.int8).T.contiguous())  # (in, out): _int_mm's layout
         self.register_buffer("weight_scale", weight_scale.float().reshape(()))  # 1 / gamma, as BitLinear stores it
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.use_int_mm = self.weight_t.device.type == "cpu"  # CUDA's _int_mm needs M > 16 and multiples of 8
+        self.packed_weight = None  # oneDNN's packed W_q, which then replaces weight_t
+        self.pack_weight()
 
     @classmethod
     def from_ternary_linear(cls, layer: TernaryLinear) -> "Int8TernaryLinear":
@@ -146,20 +161,78 @@ class Int8TernaryLinear(nn.Module):
         """From transformers' `BitLinear` (packed uint8 `weight`, `weight_scale` = 1 / gamma)."""
         return cls(unpack_ternary(layer.weight), layer.weight_scale, layer.bias)
 
+    def int8_weight(self) -> torch.Tensor:
+        """W_q^T as int8 (in, out), packed or not."""
+        return self.weight_t if self.packed_weight is None else self.packed_weight.to_dense()  # (in, out)
+
+    def pack_weight(self):
+        """Pack W_q for oneDNN where that pays (class docstring), after checking the packed product on a probe."""
+        large = self.in_features * self.out_features >= self.onednn_min_weights
+        if not (large and self.weight_t.device.type == "cpu" and onednn_int8_linear_available()):
+            return
+        try:
+            packed = torch.ops.onednn.qlinear_prepack(self.weight_t.T.contiguous(), None)
+            probe = torch.randint(-128, 128, (3, self.in_features), dtype=torch.int8)
+            exact = torch.equal(self._onednn_product(probe, packed), torch._int_mm(probe, self.weight_t).float())
+        except (RuntimeError, TypeError, NotImplementedError):  # an op whose signature this code does not know
+            return
+        if exact:
+            self.packed_weight, self.weight_t = packed, None
+
+    def _onednn_product(self, activations_q: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        # (x_q @ W_q^T) * 1 * 1 as float32: with unit scales and zero points, oneDNN returns the exact integer product
+        ones = torch.ones(self.out_features)
+        zeros = torch.zeros(self.out_features, dtype=torch.long)
+        return torch.ops.onednn.qlinear_pointwise(
+            activations_q, 1.0, 0, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+        )
+
+    def product(self, activations_q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """x_q @ W_q^T (rows, out), exact, in `dtype` (from x_q as integer-valued floats)."""
+        if self.packed_weight is not None:
+            return self._onednn_product(activations_q.to(torch.int8), self.packed_weight).to(dtype)
+        if activations_q.device.type == "cpu":
+            return torch._int_mm(activations_q.to(torch.int8), self.weight_t).to(dtype)
+        return activations_q @ self.weight_t.to(dtype)  # CUDA's _int_mm needs M > 16 and multiples of 8
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
-        activations_q, scale = int8_activations(hidden_states.reshape(-1, self.in_features))
-        if self.use_int_mm:
-            product = torch._int_mm(activations_q.to(torch.int8), self.weight_t).to(activations_q.dtype)
-        else:
-            product = activations_q @ self.weight_t.to(activations_q.dtype)
-        output = (product / (scale * self.weight_scale.to(scale.dtype))).to(hidden_states.dtype)
+        # int8_activations' operations in its order, on fewer temporaries (the same values bit for bit)
+        inputs = hidden_states.reshape(-1, self.in_features)
+        inputs = inputs.to(compute_dtype(inputs))
+        scale = ACTIVATION_MAX / inputs.abs().amax(dim=-1, keepdim=True).clamp_(min=ACTIVATION_EPS)
+        activations_q = torch.mul(inputs, scale).round_().clamp_(-ACTIVATION_MAX - 1, ACTIVATION_MAX)
+        product = self.product(activations_q, scale.dtype)
+        output = product.div_(scale.mul_(self.weight_scale.to(scale.dtype))).to(hidden_states.dtype)
         if self.bias is not None:
             output = output + self.bias
         return output.view(*shape[:-1], self.out_features)
 
+    def _apply(self, fn, recurse=True):
+        # a packed weight is an opaque CPU tensor: unpack it for .to() / .cuda() / .half(), pack again on the CPU
+        if self.packed_weight is not None:
+            self.weight_t, self.packed_weight = self.int8_weight().contiguous(), None
+        result = super()._apply(fn, recurse)
+        self.pack_weight()
+        return result
+
+    def __getstate__(self):
+        # deepcopy and pickle cannot read an opaque tensor: hand them the int8 weight (packed again on load)
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        if self.packed_weight is not None:
+            state = {**state, "packed_weight": None, "_buffers": {**state["_buffers"], "weight_t": self.int8_weight()}}
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self.packed_weight is None and self.weight_t is not None:
+            self.pack_weight()
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        kernel = "onednn" if self.packed_weight is not None else "int_mm"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {kernel}"
+        )
 
 
 def is_bitlinear(module: nn.Module) -> bool:
@@ -197,6 +270,7 @@ __all__ = [
     "Int8TernaryLinear",
     "TernaryLinear",
     "int8_activations",
+    "onednn_int8_linear_available",
     "pack_ternary",
     "straight_through",
     "ternary_weight",

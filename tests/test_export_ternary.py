@@ -114,7 +114,7 @@ def test_load_ternary_runs_int8_layers_with_equal_logits(exported, tester):
     fast = load_ternary(folder, AutoModelForImageTextToText if "V3" in key else AutoModelForCausalLM)
     layers = [m for m in fast.modules() if isinstance(m, Int8TernaryLinear)]
     assert len(layers) == sum(isinstance(m, TernaryLinear) for m in model.modules())
-    assert all(layer.weight_t.dtype == torch.int8 for layer in layers)
+    assert all(layer.int8_weight().dtype == torch.int8 for layer in layers)
     with torch.no_grad():
         assert torch.equal(fast(**inputs[key]["forward"]).logits, model(**inputs[key]["forward"]).logits)
         assert torch.equal(fast.generate(**inputs[key]["generate"], **GENERATE), generated)

@@ -1,11 +1,21 @@
 """BitNet b1.58 `TernaryLinear`: the published quantisation formulas, computed independently here; straight-through
 gradients; an `nn.Linear` to PEFT."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
 
-from slam_hf.slam_ternary import Int8TernaryLinear, TernaryLinear, pack_ternary, ternary_weight, unpack_ternary
+from slam_hf.slam_ternary import (
+    Int8TernaryLinear,
+    TernaryLinear,
+    onednn_int8_linear_available,
+    pack_ternary,
+    ternary_weight,
+    unpack_ternary,
+)
 
 
 def reference_output(layer, inputs):
@@ -104,7 +114,7 @@ def test_int8_layer_equals_training_layer_bit_for_bit(shape, bias):
     layer = TernaryLinear(64, 40, bias=bias).eval()
     inputs = torch.randn(shape) * 3
     fast = Int8TernaryLinear.from_ternary_linear(layer)
-    assert fast.weight_t.dtype == torch.int8 and fast.weight_t.shape == (64, 40)
+    assert fast.int8_weight().dtype == torch.int8 and fast.int8_weight().shape == (64, 40)
     with torch.no_grad():
         assert torch.equal(fast(inputs), layer(inputs))
 
@@ -127,3 +137,36 @@ def test_int8_layer_from_transformers_bitlinear_equals_bitlinear():
     with torch.no_grad():
         assert torch.equal(Int8TernaryLinear.from_bitlinear(stock)(inputs), expected)
         assert torch.equal(layer(inputs), expected)
+
+
+@pytest.mark.skipif(not onednn_int8_linear_available(), reason="this torch build has no oneDNN int8 linear")
+def test_int8_layer_packs_large_weights_for_onednn_with_the_same_outputs():
+    """Layers of at least `onednn_min_weights` run oneDNN's int8 linear on a weight packed once: the same outputs as
+    the training layer bit for bit, 1 byte per weight, and .to(), deepcopy and pickle still work."""
+    torch.manual_seed(6)
+    layer = TernaryLinear(512, 2048, bias=True).eval()
+    fast = Int8TernaryLinear.from_ternary_linear(layer)
+    assert fast.packed_weight is not None and fast.weight_t is None
+    assert torch.equal(fast.int8_weight(), ternary_weight(layer.weight.detach())[0].to(torch.int8).T)
+    small = Int8TernaryLinear.from_ternary_linear(TernaryLinear(32, 64))
+    assert small.packed_weight is None and small.weight_t is not None  # below onednn_min_weights: _int_mm
+    inputs = torch.randn(2, 9, 512)
+    with torch.no_grad():
+        expected = layer(inputs)
+        assert torch.equal(fast(inputs), expected)
+        assert torch.equal(fast(inputs[:1, :1]), layer(inputs[:1, :1]))  # one row: decode
+        assert torch.equal(copy.deepcopy(fast)(inputs), expected)
+        restored = pickle.loads(pickle.dumps(fast))
+        assert restored.packed_weight is not None and torch.equal(restored(inputs), expected)
+        moved = copy.deepcopy(fast).to(torch.float64)  # unpacked for the move, packed again on the CPU
+        assert moved.packed_weight is not None and moved.weight_scale.dtype == torch.float64
+
+
+def test_int8_layer_falls_back_to_int_mm_when_packing_is_not_exact(monkeypatch):
+    """A packed product that differs from `_int_mm` on the probe (an op whose meaning changed) is not used."""
+    monkeypatch.setattr(Int8TernaryLinear, "_onednn_product", lambda self, x, packed: torch.zeros(1))
+    layer = TernaryLinear(512, 2048).eval()
+    fast = Int8TernaryLinear.from_ternary_linear(layer)
+    assert fast.packed_weight is None
+    with torch.no_grad():
+        assert torch.equal(fast(torch.ones(3, 512)), layer(torch.ones(3, 512)))
