@@ -22,17 +22,16 @@ The sections live in slam_hf.bench.suites (loop, loop_exits, loop_decode, loop_r
 line.
 """
 
-import argparse
 import os
 import sys
-from dataclasses import fields
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, _REPO_ROOT)
 
+from slam_hf.bench import script  # noqa: E402
 from slam_hf.bench.suites.loop import LoopBenchSettings  # noqa: E402
-from slam_hf.bench.suites.loop_report import markdown_tables, run_loop_bench, write_results  # noqa: E402
+from slam_hf.bench.suites.loop_report import full_text, markdown_tables, run_loop_bench  # noqa: E402
 
 DEFAULT_OUT = os.path.join(_REPO_ROOT, "benchmarks", "results", "loop_vs_llama_midsize")
 QUICK = dict(  # --quick: few steps and rows; options given explicitly win
@@ -48,47 +47,13 @@ QUICK = dict(  # --quick: few steps and rows; options given explicitly win
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = LoopBenchSettings()
-    for field in fields(LoopBenchSettings):
-        value = getattr(defaults, field.name)
-        flag = "--" + field.name.replace("_", "-")
-        if isinstance(value, tuple):
-            p.add_argument(flag, type=float, nargs="+", default=list(value))
-        else:
-            p.add_argument(flag, type=type(value) if value is not None else str, default=value)
-    p.add_argument("--quick", action="store_true", help="a smoke run (few steps and rows); no files unless --out")
-    p.add_argument("--out", default=None, help=f"results prefix, writes .json and .txt (default: {DEFAULT_OUT})")
-    args = p.parse_args(argv)
-    given = {t.split("=")[0][2:].replace("-", "_") for t in (sys.argv[1:] if argv is None else argv) if t[:2] == "--"}
-    if args.quick:
-        for name, value in QUICK.items():
-            if name not in given:
-                setattr(args, name, value)
-    if args.out is None and not args.quick:
-        args.out = DEFAULT_OUT
-    return args
+    return script.parse_settings_args(LoopBenchSettings, argv, __doc__, QUICK, DEFAULT_OUT)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    settings = LoopBenchSettings(
-        **{f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v for f in fields(LoopBenchSettings)}
+    return script.run_script(
+        parse_args(argv), argv, __file__, LoopBenchSettings, run_loop_bench, markdown_tables, full_text
     )
-    lines = []
-
-    def log(text=""):
-        print(text, flush=True)
-        lines.append(text)
-
-    command = "PYTHONPATH=. python benchmarks/bench_loop.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    results = run_loop_bench(settings, log, command=command.strip())
-    log("")
-    log(markdown_tables(results))
-    if args.out:
-        for path in write_results(results, lines, args.out):
-            print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

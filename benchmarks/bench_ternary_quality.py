@@ -19,64 +19,28 @@ a higher lr; the fp32 models get it too, as a control; 0 skips it).
 The measurement lives in slam_hf.bench.suites.ternary_quality; this file is its command line.
 """
 
-import argparse
 import os
 import sys
-from dataclasses import fields
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, _REPO_ROOT)
 
-from slam_hf.bench.suites.ternary_quality import (  # noqa: E402
-    TernaryQualitySettings,
-    markdown_table,
-    run_ternary_quality,
-    write_results,
-)
+from slam_hf.bench import script  # noqa: E402
+from slam_hf.bench.suites.ternary_quality import TernaryQualitySettings, markdown_table, run_ternary_quality  # noqa: E402
 
 DEFAULT_OUT = os.path.join(_REPO_ROOT, "benchmarks", "results", "ternary_quality_midsize")
 QUICK = dict(steps=20, eval_rows=16, log_every=10)  # --quick: few steps and rows; options given explicitly win
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = TernaryQualitySettings()
-    for field in fields(TernaryQualitySettings):
-        value = getattr(defaults, field.name)
-        flag = "--" + field.name.replace("_", "-")
-        p.add_argument(flag, type=type(value) if value is not None else str, default=value)
-    p.add_argument("--quick", action="store_true", help="a smoke run (few steps and rows); no files unless --out")
-    p.add_argument("--out", default=None, help=f"results prefix, writes .json and .txt (default: {DEFAULT_OUT})")
-    args = p.parse_args(argv)
-    given = {t.split("=")[0][2:].replace("-", "_") for t in (sys.argv[1:] if argv is None else argv) if t[:2] == "--"}
-    if args.quick:
-        for name, value in QUICK.items():
-            if name not in given:
-                setattr(args, name, value)
-    if args.out is None and not args.quick:
-        args.out = DEFAULT_OUT
-    return args
+    return script.parse_settings_args(TernaryQualitySettings, argv, __doc__, QUICK, DEFAULT_OUT)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    settings = TernaryQualitySettings(**{f.name: getattr(args, f.name) for f in fields(TernaryQualitySettings)})
-    lines = []
-
-    def log(text=""):
-        print(text, flush=True)
-        lines.append(text)
-
-    command = "PYTHONPATH=. python benchmarks/bench_ternary_quality.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
+    return script.run_script(
+        parse_args(argv), argv, __file__, TernaryQualitySettings, run_ternary_quality, markdown_table
     )
-    results = run_ternary_quality(settings, log, command=command.strip())
-    print("\n" + markdown_table(results), flush=True)  # the .txt gets it once, after the log
-    if args.out:
-        for path in write_results(results, lines, args.out):
-            print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ head `conditional_generation_class`). Where the two kinds differ in structure (w
 which side is causal, where hidden states come from), a test has one branch per kind.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -48,6 +49,14 @@ from slam_hf.configuration_slam import AUTO_FACTORIES
 ATOL = 1e-5
 # The cache argument: "cache" since transformers 5.24, "past_key_values" before; SLAM forwards accept both.
 CACHE_ARGUMENTS = ("cache", "past_key_values")
+
+
+def load_script(path):
+    """A script that is no module (benchmarks/*.py, scripts/*.py), imported from its path."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def single_threaded_torch():

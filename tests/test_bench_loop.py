@@ -1,13 +1,13 @@
 """benchmarks/bench_loop.py's suite (slam_hf.bench.suites.loop*) end to end at a tiny size: the bench's data, both
 models trained interleaved, every exit curve with calibration, decoding, both cache modes, the targets and tables."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from slam_common import load_script
 
 from slam_hf.bench.suites.loop import LoopBenchSettings, build_models
 from slam_hf.bench.suites.loop_exits import EXIT_CURVES, frontier
@@ -151,9 +151,7 @@ def test_tables_and_files(results, tmp_path):
 
 
 def test_command_line_options():
-    spec = importlib.util.spec_from_file_location("bench_loop", BENCH_SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(BENCH_SCRIPT)
     quick = script.parse_args(["--quick", "--steps", "7"])
     assert quick.steps == 7 and quick.confidence_steps == script.QUICK["confidence_steps"] and quick.out is None
     full = script.parse_args(["--budgets", "0.01", "0.02"])

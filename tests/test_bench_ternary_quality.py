@@ -2,13 +2,13 @@
 bench's data, the four models (SLAM v1 and Llama, fp32 and BitNet b1.58 ternary) trained interleaved, held-out
 losses, the extra learning rate, the table and the files."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from slam_common import load_script
 from torch import nn
 from torch.nn import functional as F
 
@@ -39,13 +39,6 @@ NAMES = ("slam_v1", "slam_v1_ternary", "llama", "llama_ternary")
 BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ternary_quality.py"
 
 
-def _bench_script():
-    spec = importlib.util.spec_from_file_location("bench_ternary_quality", BENCH_SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """The command line's --quick path, in-process, at TINY's size, writing its files to a temporary folder."""
@@ -56,7 +49,7 @@ def results(tmp_path_factory):
     argv += ["--intermediate-size", str(TINY.intermediate_size), "--eval-rows", str(TINY.eval_rows)]
     threads = torch.get_num_threads()
     try:
-        assert _bench_script().main(argv) == 0
+        assert load_script(BENCH_SCRIPT).main(argv) == 0
     finally:
         torch.set_num_threads(threads)
     assert "| Llama ternary (b1.58) | " in out.with_suffix(".txt").read_text()
@@ -163,7 +156,7 @@ def test_table_and_files(results, tmp_path):
 
 
 def test_quick_defaults_write_nothing():
-    bench = _bench_script()
+    bench = load_script(BENCH_SCRIPT)
     quick = bench.parse_args(["--quick"])
     assert quick.out is None and quick.steps == bench.QUICK["steps"]
     assert bench.parse_args(["--quick", "--steps", "7"]).steps == 7

@@ -5,7 +5,6 @@ order and returns one results dict; `targets` checks the issue's targets against
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import tempfile
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from slam_hf.bench import script
 from slam_hf.bench.machine import cpu_name, git_state, load_average, software_versions
 
 from .loop import (
@@ -340,12 +340,7 @@ def full_text(results: dict) -> str:
 
 def write_results(results: dict, log_lines: list[str], out_prefix) -> list[Path]:
     """<prefix>.json (everything) and <prefix>.txt (the run's log, then the tables and every curve point)."""
-    out_prefix = Path(out_prefix)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    json_path, text_path = out_prefix.with_suffix(".json"), out_prefix.with_suffix(".txt")
-    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
-    text_path.write_text("\n".join([*log_lines, "", full_text(results)]) + "\n", encoding="utf-8")
-    return [json_path, text_path]
+    return script.write_results(results, log_lines, out_prefix, full_text(results))
 
 
 __all__ = ["REPORT_KEYS", "full_text", "markdown_tables", "run_loop_bench", "targets", "write_results"]

@@ -25,7 +25,6 @@ ternary kernel: it prices the training recipe, not BitNet inference.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slam_hf.bench import script
 from slam_hf.bench.machine import load_average
 from slam_hf.bench.measure import count_parameters
 from slam_hf.slam_ternary import TernaryLinear, ternary_weight
@@ -392,12 +392,7 @@ def markdown_table(results: dict) -> str:
 
 def write_results(results: dict, log_lines: list[str], out_prefix) -> list[Path]:
     """<prefix>.json (everything) and <prefix>.txt (the run's log, then the table)."""
-    out_prefix = Path(out_prefix)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    json_path, text_path = out_prefix.with_suffix(".json"), out_prefix.with_suffix(".txt")
-    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
-    text_path.write_text("\n".join([*log_lines, "", markdown_table(results)]) + "\n", encoding="utf-8")
-    return [json_path, text_path]
+    return script.write_results(results, log_lines, out_prefix, markdown_table(results))
 
 
 __all__ = [
