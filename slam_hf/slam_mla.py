@@ -26,7 +26,7 @@ from torch import nn
 
 from .configuration_slam import check_latent_attention_dims
 from .slam_attention import SlamAttentionBase, run_attention
-from .slam_layers import SlamRMSNorm, apply_rotary_pos_emb, make_linear, make_sub_norm
+from .slam_layers import SlamRMSNorm, apply_rotary_pos_emb, is_ternary, make_linear, make_sub_norm
 
 
 def causal_bool_mask(q_len: int, kv_len: int, device) -> torch.Tensor:
@@ -40,7 +40,9 @@ class SlamLatentAttention(SlamAttentionBase):
     kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj), so DeepSeek / Llama LoRA target lists apply.
 
     `attention_bias` applies to every projection; a kv_b_proj bias stays exact under absorption (its key part
-    adds a per-query constant that softmax ignores, its value part passes through the convex average).
+    adds a per-query constant that softmax ignores, its value part passes through the convex average). Absorption
+    needs kv_b_proj to be affine: a BitNet ternary kv_b_proj quantises each latent to int8 first, so such a layer
+    always runs expanded (the path it trains on).
     """
 
     is_causal = True
@@ -50,6 +52,14 @@ class SlamLatentAttention(SlamAttentionBase):
         # Fail at construction, naming the field, instead of with a shape error deep inside forward.
         check_latent_attention_dims(config)
         super().__init__(config, layer_idx, (config.qk_nope_head_dim + config.qk_rope_head_dim) ** -0.5)
+        if is_ternary(config, "kv_b_proj"):
+            if absorb is True:
+                raise ValueError(
+                    "absorb=True folds kv_b_proj into the queries, which is exact only for an affine kv_b_proj; this "
+                    "config makes it BitNet ternary (int8 activations): leave `kv_b_proj` out of `ternary_modules` "
+                    "or use absorb='auto' (expanded attention)."
+                )
+            absorb = False
         self.absorb = absorb
         self.num_heads = config.num_attention_heads
         self.kv_lora_rank = config.kv_lora_rank

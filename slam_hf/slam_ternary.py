@@ -51,13 +51,9 @@ def int8_activations(hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """(x_q in [-128, 127] as float, s_x (..., 1)): the per-token absmax quantisation of activations, in float32
     (or 64)."""
     hidden_states = hidden_states.to(compute_dtype(hidden_states))
-    scale = ACTIVATION_MAX / hidden_states.abs().amax(dim=-1, keepdim=True).clamp(min=ACTIVATION_EPS)
-    return (hidden_states * scale).round().clamp(-ACTIVATION_MAX - 1, ACTIVATION_MAX), scale
-
-
-def straight_through(value: torch.Tensor, quantised: torch.Tensor) -> torch.Tensor:
-    """`quantised` in the forward, the identity's gradient to `value` in the backward."""
-    return value + (quantised.to(value.dtype) - value).detach()
+    scale = ACTIVATION_MAX / hidden_states.abs().amax(dim=-1, keepdim=True).clamp_(min=ACTIVATION_EPS)
+    # in place on the new product: one (tokens x features) temporary instead of three
+    return torch.mul(hidden_states, scale).round_().clamp_(-ACTIVATION_MAX - 1, ACTIVATION_MAX), scale
 
 
 class TernaryMatmul(torch.autograd.Function):
@@ -170,6 +166,9 @@ class Int8TernaryLinear(nn.Module):
         large = self.in_features * self.out_features >= self.onednn_min_weights
         if not (large and self.weight_t.device.type == "cpu" and onednn_int8_linear_available()):
             return
+        # the op's per-output-channel scales and zero points, constant: allocated once, not per call
+        self.unit_scales = torch.ones(self.out_features)
+        self.zero_points = torch.zeros(self.out_features, dtype=torch.long)
         try:
             packed = torch.ops.onednn.qlinear_prepack(self.weight_t.T.contiguous(), None)
             probe = torch.randint(-128, 128, (3, self.in_features), dtype=torch.int8)
@@ -181,10 +180,20 @@ class Int8TernaryLinear(nn.Module):
 
     def _onednn_product(self, activations_q: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         # (x_q @ W_q^T) * 1 * 1 as float32: with unit scales and zero points, oneDNN returns the exact integer product
-        ones = torch.ones(self.out_features)
-        zeros = torch.zeros(self.out_features, dtype=torch.long)
         return torch.ops.onednn.qlinear_pointwise(
-            activations_q, 1.0, 0, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+            activations_q,
+            1.0,
+            0,
+            packed,
+            self.unit_scales,
+            self.zero_points,
+            None,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
         )
 
     def product(self, activations_q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -197,11 +206,7 @@ class Int8TernaryLinear(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
-        # int8_activations' operations in its order, on fewer temporaries (the same values bit for bit)
-        inputs = hidden_states.reshape(-1, self.in_features)
-        inputs = inputs.to(compute_dtype(inputs))
-        scale = ACTIVATION_MAX / inputs.abs().amax(dim=-1, keepdim=True).clamp_(min=ACTIVATION_EPS)
-        activations_q = torch.mul(inputs, scale).round_().clamp_(-ACTIVATION_MAX - 1, ACTIVATION_MAX)
+        activations_q, scale = int8_activations(hidden_states.reshape(-1, self.in_features))
         product = self.product(activations_q, scale.dtype)
         output = product.div_(scale.mul_(self.weight_scale.to(scale.dtype))).to(hidden_states.dtype)
         if self.bias is not None:
@@ -218,7 +223,7 @@ class Int8TernaryLinear(nn.Module):
 
     def __getstate__(self):
         # deepcopy and pickle cannot read an opaque tensor: hand them the int8 weight (packed again on load)
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = super().__getstate__()
         if self.packed_weight is not None:
             state = {**state, "packed_weight": None, "_buffers": {**state["_buffers"], "weight_t": self.int8_weight()}}
         return state
@@ -272,7 +277,6 @@ __all__ = [
     "int8_activations",
     "onednn_int8_linear_available",
     "pack_ternary",
-    "straight_through",
     "ternary_weight",
     "to_int8_ternary",
     "unpack_ternary",

@@ -183,3 +183,24 @@ def test_trainer_lowers_held_out_loss_of_a_ternary_model(variant, lm_blocks, tmp
     assert ternary and all(not torch.equal(m.weight, start[f"{name}.weight"]) for name, m in ternary.items())
     for module in ternary.values():
         assert len(ternary_weight(module.weight)[0].unique()) <= 3
+
+
+def test_v3_ternary_latent_attention_runs_the_path_it_trains_on():
+    """Absorbing kv_b_proj into the queries is exact only for an affine kv_b_proj; a ternary one quantises each
+    latent first. Inference (where absorption would pick itself for short queries) must equal the training path."""
+    from slam_hf.slam_mla import SlamLatentAttention
+
+    tester = ternary_tester(SlamV3ModelTester)()
+    torch.manual_seed(0)
+    model = tester.generative_class(tester.get_config(hidden_dropout=0.0, attention_dropout=0.0))
+    inputs = tester.model_inputs(batch_size=2)
+    with torch.no_grad():
+        training_path = model.train()(**inputs).logits
+        inference = model.eval()(**inputs).logits
+    torch.testing.assert_close(inference, training_path, rtol=0, atol=1e-5)
+    layers = [m for m in model.modules() if isinstance(m, SlamLatentAttention)]
+    assert layers and not any(layer.use_absorption(1) for layer in layers)
+    full_precision_kv_b = tester.get_config(ternary_modules=["q_proj", "o_proj"], ternary_subln=False)
+    assert SlamLatentAttention(full_precision_kv_b, 0).eval().use_absorption(1)  # absorbed where that is exact
+    with pytest.raises(ValueError, match="absorb=True"):
+        SlamLatentAttention(tester.get_config(), 0, absorb=True)
