@@ -7,8 +7,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
+
+
+class Sections:
+    """`section(name, fn)`: runs one named part of a benchmark, logging its start and wall time; `seconds` holds
+    name -> seconds for the results' `section_seconds`."""
+
+    def __init__(self, log):
+        self.log, self.seconds = log, {}
+
+    def __call__(self, name: str, fn):
+        started = time.perf_counter()
+        self.log(f"[{name}]")
+        value = fn()
+        self.seconds[name] = time.perf_counter() - started
+        self.log(f"[{name}: {self.seconds[name]:.0f} s]")
+        return value
 
 
 def settings_parser(settings_class, description: str, quick_help: str, default_out: str) -> argparse.ArgumentParser:

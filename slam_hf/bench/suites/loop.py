@@ -27,8 +27,9 @@ CONFIDENCE_MODULES = ("confidence_head", "confidence_norm")
 
 
 @dataclass
-class LoopBenchSettings:
-    """Everything the benchmark's numbers depend on (the defaults are the recorded run)."""
+class MidsizeProtocol:
+    """The settings of the bench's mid-size protocol (configs/bench/midsize.yaml) that every benchmark built on it
+    shares: data, optimisation, model shape, held-out rows; each benchmark's settings add their own fields."""
 
     steps: int = 300
     seed: int = 0
@@ -41,12 +42,25 @@ class LoopBenchSettings:
     hidden_size: int = 256
     num_heads: int = 8
     intermediate_size: int = 1024
+    eval_rows: int = 128  # the bench's held-out rows (evenly spaced over the six held-out works)
+    threads: int = 1
+    log_every: int = 25
+    work_dir: str | None = None  # tokenizer and rows (default: a temporary folder)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.sequence_length
+
+
+@dataclass
+class LoopBenchSettings(MidsizeProtocol):
+    """Everything the benchmark's numbers depend on (the defaults are the recorded run)."""
+
     llama_layers: int = 4
     prelude_layers: int = 1
     core_layers: int = 2
     coda_layers: int = 1
     loop_max_iterations: int = 4
-    eval_rows: int = 128  # the bench's held-out rows (evenly spaced over the six held-out works)
     calibration_rows: int = 64  # other held-out rows, for choosing thresholds (never scored in the curves)
     confidence_steps: int = 200  # the second ("absolute") confidence head, on the frozen trunk
     loss_budget: float = 0.005
@@ -56,13 +70,6 @@ class LoopBenchSettings:
     decode_repeats: int = 5
     teacher_forced_rows: int = 64  # rows of the cached teacher-forced decode (both cache modes)
     teacher_forced_prefix: int = 32
-    threads: int = 1
-    log_every: int = 25
-    work_dir: str | None = None  # tokenizer and rows (default: a temporary folder)
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.sequence_length
 
     def shape(self) -> dict:
         return {

@@ -42,15 +42,7 @@ CURVE_LABELS = {
 def run_loop_bench(settings: LoopBenchSettings, log=print, command: str = "") -> dict:
     """Every section, in order; returns the results (REPORT_KEYS, targets included)."""
     torch.set_num_threads(settings.threads)
-    started, sections, env = time.perf_counter(), {}, environment(settings)
-
-    def section(name, fn):
-        t0 = time.perf_counter()
-        log(f"[{name}]")
-        value = fn()
-        sections[name] = time.perf_counter() - t0
-        log(f"[{name}: {sections[name]:.0f} s]")
-        return value
+    started, section, env = time.perf_counter(), script.Sections(log), environment(settings)
 
     with tempfile.TemporaryDirectory() as scratch:
         data = section("data", lambda: bench_data(settings, Path(settings.work_dir or scratch)))
@@ -98,7 +90,7 @@ def run_loop_bench(settings: LoopBenchSettings, log=print, command: str = "") ->
         "decode": decode,
         "batch_equivalence": equivalence,
         "cache": cache,
-        "section_seconds": sections,
+        "section_seconds": section.seconds,
     }
     results["targets"] = targets(results, settings)
     results["duration_seconds"] = time.perf_counter() - started

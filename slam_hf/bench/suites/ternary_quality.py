@@ -38,7 +38,7 @@ from slam_hf.bench.machine import load_average
 from slam_hf.bench.measure import count_parameters
 from slam_hf.slam_ternary import TernaryLinear, ternary_weight
 
-from .loop import batches, train_interleaved
+from .loop import MidsizeProtocol, batches, train_interleaved
 from .loop_exits import heldout_loss
 from .loop_report import environment
 
@@ -56,31 +56,12 @@ REPORT_KEYS += ("parameters", "ternary", "training", "heldout", "comparison", "e
 
 
 @dataclass
-class TernaryQualitySettings:
+class TernaryQualitySettings(MidsizeProtocol):
     """Everything the benchmark's numbers depend on (the defaults are the recorded run)."""
 
-    steps: int = 300
-    seed: int = 0
-    vocab_size: int = 10000
-    sequence_length: int = 128
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    warmup_ratio: float = 0.05
-    max_grad_norm: float = 1.0
-    hidden_size: int = 256
-    num_heads: int = 8
-    intermediate_size: int = 1024
     num_layers: int = 4  # Llama's layers; SLAM v1: 2 full-attention layers + (L - 2) / 2 encoder-fusion cycles
-    eval_rows: int = 128  # the bench's held-out rows (evenly spaced over the six held-out works)
     extra_learning_rate: float = 3e-3  # all four once more at this lr, an extra beside the protocol (0: none)
     param_tolerance: float = 0.03  # largest relative parameter difference to Llama fp32 allowed
-    threads: int = 1
-    log_every: int = 25
-    work_dir: str | None = None  # tokenizer and rows (default: a temporary folder)
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.sequence_length
 
     def shape(self) -> dict:
         return {
@@ -220,15 +201,7 @@ def run_ternary_quality(settings: TernaryQualitySettings, log=print, command: st
     """Data, the four models, interleaved training, held-out loss, (optionally) the extra ternary learning rate;
     returns the results (REPORT_KEYS)."""
     torch.set_num_threads(settings.threads)
-    started, sections, env = time.perf_counter(), {}, environment(settings)
-
-    def section(name, fn):
-        t0 = time.perf_counter()
-        log(f"[{name}]")
-        value = fn()
-        sections[name] = time.perf_counter() - t0
-        log(f"[{name}: {sections[name]:.0f} s]")
-        return value
+    started, section, env = time.perf_counter(), script.Sections(log), environment(settings)
 
     with tempfile.TemporaryDirectory() as scratch:
         data = section("data", lambda: bench_data(settings, Path(settings.work_dir or scratch)))
@@ -266,7 +239,7 @@ def run_ternary_quality(settings: TernaryQualitySettings, log=print, command: st
         "heldout": heldout,
         "comparison": compare(heldout, training),
         "extra": extra,
-        "section_seconds": sections,
+        "section_seconds": section.seconds,
     }
     results["duration_seconds"] = time.perf_counter() - started
     results["environment"]["load_average_at_end"] = load_average()
